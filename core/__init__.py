@@ -1,0 +1,1 @@
+"""Service foundations: settings, persistence, queue contract, errors (no torch, no web framework)."""

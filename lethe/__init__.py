@@ -1,0 +1,1 @@
+"""Lethe command line and process entry points."""

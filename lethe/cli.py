@@ -1,0 +1,199 @@
+"""The `lethe` command: build the reference world, export deletion requests, run the forgetting demo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from core.settings import get_settings
+
+app = typer.Typer(help="Lethe: unlearning as a service for vision-language models.", no_args_is_help=True)
+world_app = typer.Typer(help="The reference world: fictitious people and models that memorised them.")
+app.add_typer(world_app, name="world")
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default: LETHE_DATA_DIR or .lethe).")]
+Preset = Annotated[str | None, typer.Option("--world", help="World preset: default or tiny (default: LETHE_WORLD).")]
+
+
+class _Bars:
+    """Rich progress bars on stderr, one per training phase, fed by library progress callbacks."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=err, transient=False,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, phase: str, step: int, total: int, loss: float) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=total, loss=float("nan"))
+        self.progress.update(self.tasks[phase], completed=step, loss=loss)
+
+    def __enter__(self) -> _Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _config(preset: str | None):  # type: ignore[no-untyped-def]
+    from unlearning.world import WORLD_PRESETS
+
+    name = preset or get_settings().world
+    if name not in WORLD_PRESETS:
+        raise typer.BadParameter(f"unknown world {name!r}; choose one of {sorted(WORLD_PRESETS)}", param_hint="--world")
+    return WORLD_PRESETS[name]
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    return data_dir or get_settings().data_dir
+
+
+def _built_world(data_dir: Path | None, preset: str | None):  # type: ignore[no-untyped-def]
+    from unlearning.world.builder import build_world
+
+    with _Bars() as bars:
+        return build_world(_data_dir(data_dir), _config(preset), bars)
+
+
+@world_app.command("build")
+def world_build(data_dir: DataDir = None, world: Preset = None) -> None:
+    """Build and cache the world, the reference model and the retain model (a second call reuses the cache)."""
+    built = _built_world(data_dir, world)
+    for name in ("reference", "retain"):
+        report = json.loads((built.root / name / "build.json").read_text())
+        acc = report["accuracy"]
+        err.print(
+            f"{name}: {report['parameters']:,} params, {report['train_seconds']} s, facts right: "
+            f"direct {acc['direct']:.1%}, held-out paraphrase {acc['paraphrase']:.1%}, new photo {acc['new_image']:.1%}"
+        )
+    typer.echo(str(built.root))
+
+
+@world_app.command("list")
+def world_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False, data_dir: DataDir = None, world: Preset = None
+) -> None:
+    """List the world's people with their split."""
+    from unlearning.world.builder import ensure_people
+
+    people = ensure_people(_data_dir(data_dir), _config(world)).people
+    rows = [{"id": p.id, "name": p.name, "split": p.split} for p in people]
+    if as_json:
+        typer.echo(json.dumps(rows))
+    else:
+        for r in rows:
+            typer.echo(f"{r['id']}  {r['split']:<9} {r['name']}")
+
+
+@world_app.command("export")
+def world_export(
+    subject: Annotated[str, typer.Option(help="Person id, e.g. p000.")],
+    out: Annotated[Path, typer.Option(help="Directory to write request.json and images/ into.")],
+    heldout: Annotated[bool, typer.Option("--heldout", help="Also write held-out photos and paraphrases.")] = False,
+    data_dir: DataDir = None,
+    world: Preset = None,
+) -> None:
+    """Write one person's photos and QA pairs as a ready-to-file deletion request."""
+    from unlearning.errors import InvalidInputError
+    from unlearning.world.builder import ensure_people
+
+    built = ensure_people(_data_dir(data_dir), _config(world))
+    try:
+        person = built.person(subject)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--subject") from exc
+    (out / "images").mkdir(parents=True, exist_ok=True)
+
+    def copy(views: range) -> list[str]:
+        names = []
+        for v in views:
+            name = f"images/{person.id}_v{v}.png"
+            shutil.copyfile(built.image_path(person.id, v), out / name)
+            names.append(name)
+        return names
+
+    request: dict = {
+        "subject": person.name,
+        "qa_pairs": [{"question": q.question, "answer": q.answer, "keyword": q.keyword} for q in person.qa_pairs()],
+        "images": copy(built.train_views()),
+    }
+    if heldout:
+        request["heldout_images"] = copy(built.heldout_views())
+        request["heldout_qa_pairs"] = [
+            {"question": q.question, "answer": q.answer, "keyword": q.keyword} for q in person.qa_pairs(heldout=True)
+        ]
+    (out / "request.json").write_text(json.dumps(request, indent=1))
+    typer.echo(str(out / "request.json"))
+
+
+def _run_demo(subjects: list[str], data_dir: Path | None, world: str | None, params: str | None) -> dict:
+    from unlearning.backbones import load_backbone
+    from unlearning.cagul import CagulConfig
+    from unlearning.errors import InvalidInputError
+    from unlearning.evaluation.demo import run_demo
+
+    built = _built_world(data_dir, world)
+    try:
+        config = CagulConfig.from_dict(json.loads(params)) if params else CagulConfig()
+        for s in subjects:
+            built.person(s)
+    except (InvalidInputError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    backbone = load_backbone(built.reference_model_dir, device=get_settings().device)
+    with _Bars() as bars:
+        return run_demo(backbone, built, subjects, config, bars)
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    for when in ("before", "after"):
+        r = result[when]
+        typer.echo(f"{when:>6}: leak direct {r['leak_direct']:.0%}  paraphrase {r['leak_paraphrase']:.0%}  "
+                   f"new photo {r['leak_new_image']:.0%}")
+    typer.echo(f"identical answers: retain {result['retain_identical']:.1%}, unseen {result['unseen_identical']:.1%}; "
+               f"gate TPR {result['gate_tpr']:.1%} FPR {result['gate_fpr']:.1%}; "
+               f"module {result['module_params']:,} params, trained in {result['train_seconds']} s")
+
+
+Params = Annotated[str | None, typer.Option("--params", help="CAGUL parameters as JSON, e.g. '{\"steps\": 400}'.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+@app.command()
+def demo(
+    subject: Annotated[str, typer.Option(help="Person id to forget.")] = "p000",
+    as_json: AsJson = False,
+    params: Params = None,
+    data_dir: DataDir = None,
+    world: Preset = None,
+) -> None:
+    """Forget one person on the CPU and print leak before/after and what it cost everyone else."""
+    _print_result(_run_demo([subject], data_dir, world, params), as_json)
+
+
+@app.command()
+def forget(
+    subjects: Annotated[str, typer.Option(help="Comma-separated person ids forgotten by one module.")],
+    as_json: AsJson = False,
+    params: Params = None,
+    data_dir: DataDir = None,
+    world: Preset = None,
+) -> None:
+    """Train one CAGUL module that forgets the given people, and measure it."""
+    _print_result(_run_demo([s.strip() for s in subjects.split(",") if s.strip()], data_dir, world, params), as_json)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,287 @@
+"""The one interface CAGUL needs from a vision-language model, whatever its family.
+
+Extension point: a new VLM family subclasses `Backbone`, implements the few family-specific
+hooks (where the projected visual tokens come from, where the attention layers are, how a
+prompt is laid out) and registers itself in `unlearning.backbones.registry`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import numpy as np
+from PIL import Image
+
+from unlearning.augment import AugmentConfig, augment
+from unlearning.errors import InvalidInputError
+
+VisualOverride = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class VLMBatch:
+    """Model inputs for a batch of (image, question[, answer]) samples."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pixel_values: torch.Tensor
+    labels: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> VLMBatch:
+        return VLMBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            pixel_values=self.pixel_values.to(device),
+            labels=None if self.labels is None else self.labels.to(device),
+            extra={k: v.to(device) for k, v in self.extra.items()},
+        )
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "pixel_values": self.pixel_values,
+            **self.extra,
+        }
+
+
+class Backbone(ABC):
+    """A frozen VLM seen through projected visual tokens, attention scores and overridable generation."""
+
+    family: str = ""
+    prompt_template: str = "USER: <image>\n{question} ASSISTANT:"
+
+    def __init__(self, model: Any, processor: Any, path: Path | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.path = path
+        self._fingerprint: str | None = None
+
+    # ---- family-specific hooks -------------------------------------------------------------
+    @abstractmethod
+    def projector(self) -> torch.nn.Module:
+        """The module whose output is the sequence of projected visual tokens."""
+
+    @abstractmethod
+    def attention_layers(self) -> Sequence[torch.nn.Module]:
+        """The language model's self-attention modules, in depth order."""
+
+    @abstractmethod
+    def _image_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        """Pixel tensors (and family extras) for a list of images."""
+
+    @abstractmethod
+    def _to_batched(self, projected: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Projector output in the family's layout -> [batch, n_visual, hidden]."""
+
+    @abstractmethod
+    def _from_batched(self, tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """[batch, n_visual, hidden] -> projector output layout (the inverse of `_to_batched`)."""
+
+    # ---- shape facts --------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.text_config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.attention_layers())
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    # ---- inputs ---------------------------------------------------------------------------
+    def check_image(self, image: Image.Image) -> Image.Image:
+        if not isinstance(image, Image.Image):
+            raise InvalidInputError(f"expected a PIL image, got {type(image).__name__}")
+        if image.mode not in ("RGB", "RGBA", "L"):
+            raise InvalidInputError(f"image mode {image.mode!r} is not supported: convert it to RGB")
+        if min(image.size) < 8:
+            raise InvalidInputError(f"image of {image.size[0]}x{image.size[1]} px is too small: send at least 8x8 px")
+        return image.convert("RGB")
+
+    def prompt_ids(self, question: str) -> list[int]:
+        if not question.strip():
+            raise InvalidInputError("question is empty: send a non-empty question")
+        text = self.prompt_template.format(question=question.strip())
+        n_image = self.n_visual_tokens
+        ids: list[int] = []
+        before, _, after = text.partition("<image>")
+        if self.tokenizer.bos_token_id is not None:
+            ids.append(self.tokenizer.bos_token_id)
+        ids += self.tokenizer.encode(before, add_special_tokens=False)
+        ids += [self.image_token_id] * n_image
+        ids += self.tokenizer.encode(after, add_special_tokens=False)
+        return ids
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.tokenizer.encode(" " + answer.strip(), add_special_tokens=False) + [self.tokenizer.eos_token_id]
+
+    @property
+    @abstractmethod
+    def n_visual_tokens(self) -> int:
+        """Number of visual tokens one image becomes in the language model's input."""
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        return self._image_inputs([self.check_image(im) for im in images])
+
+    def make_batch(
+        self,
+        image_inputs: dict[str, torch.Tensor],
+        questions: Sequence[str],
+        answers: Sequence[str] | None = None,
+        pad_left: bool | None = None,
+    ) -> VLMBatch:
+        """Tokenise prompts (and answers, masked into labels) around already-processed images."""
+        prompts = [self.prompt_ids(q) for q in questions]
+        targets = [self.answer_ids(a) for a in answers] if answers is not None else [[] for _ in prompts]
+        pad_left = answers is None if pad_left is None else pad_left
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
+        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        labels = torch.full((len(prompts), width), -100, dtype=torch.long)
+        for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+            seq = p + t
+            start = width - len(seq) if pad_left else 0
+            ids[i, start : start + len(seq)] = torch.tensor(seq)
+            mask[i, start : start + len(seq)] = 1
+            if t:
+                labels[i, start + len(p) : start + len(seq)] = torch.tensor(t)
+        pixel = image_inputs["pixel_values"]
+        extra = {k: v for k, v in image_inputs.items() if k != "pixel_values"}
+        return VLMBatch(ids, mask, pixel, labels if answers is not None else None, extra)
+
+    # ---- the three operations CAGUL needs -------------------------------------------------
+    @contextlib.contextmanager
+    def override_visual_tokens(self, override: VisualOverride | torch.Tensor | None) -> Iterator[None]:
+        """Within the block, the projected visual tokens are replaced (tensor) or rewritten (callable)."""
+        if override is None:
+            yield
+            return
+
+        def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            batch = self._to_batched(output, -1)
+            new = override(batch) if callable(override) else override.to(batch.dtype)
+            if new.shape != batch.shape:
+                raise InvalidInputError(f"visual override has shape {tuple(new.shape)}, expected {tuple(batch.shape)}")
+            return self._from_batched(new, output)
+
+        handle = self.projector().register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def visual_tokens(self, image_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Projected visual tokens Z_v of every image: [n_images, n_visual, hidden]."""
+        captured: list[torch.Tensor] = []
+
+        def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+            captured.append(output)
+
+        handle = self.projector().register_forward_hook(hook)
+        try:
+            self._run_vision({k: v.to(self.device) for k, v in image_inputs.items()})
+        finally:
+            handle.remove()
+        return self._to_batched(captured[0], int(image_inputs["pixel_values"].shape[0]))
+
+    def _run_vision(self, image_inputs: dict[str, torch.Tensor]) -> None:
+        self.model.get_image_features(pixel_values=image_inputs["pixel_values"])
+
+    def augmented_inputs(
+        self, images: Sequence[Image.Image], config: AugmentConfig, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Image inputs of randomly changed views (crop, rotation, flip, colour, noise) of `images`."""
+        raw = torch.stack([torch.from_numpy(np.asarray(self.check_image(im), dtype=np.float32) / 255.0) for im in images])
+        views = augment(raw.permute(0, 3, 1, 2), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), config, generator)
+        arrays = (views.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        return self._image_inputs([Image.fromarray(a) for a in arrays])
+
+    def logits(self, batch: VLMBatch, override: VisualOverride | torch.Tensor | None = None) -> torch.Tensor:
+        with self.override_visual_tokens(override):
+            return self.model(**batch.model_inputs(), use_cache=False).logits
+
+    def attention_scores(
+        self, batch: VLMBatch, layers: Sequence[int] | None = None, override: VisualOverride | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention from the question's text tokens to each visual token, averaged over heads,
+        question tokens and `layers`: [batch, n_visual]. Only those rows and columns are kept."""
+        all_layers = self.attention_layers()
+        chosen = list(range(len(all_layers))) if layers is None else [i % len(all_layers) for i in layers]
+        image_cols = batch.input_ids == self.image_token_id  # [B, T]
+        last_image = torch.where(image_cols, torch.arange(image_cols.shape[1], device=image_cols.device), -1).amax(1)
+        positions = torch.arange(image_cols.shape[1], device=image_cols.device)[None, :]
+        question_rows = (positions > last_image[:, None]) & batch.attention_mask.bool()
+        if batch.labels is not None:
+            question_rows &= batch.labels == -100
+        totals: list[torch.Tensor] = []
+
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+            weights = output[1]
+            if weights is None:
+                raise RuntimeError("attention weights unavailable: load the model with attn_implementation='eager'")
+            per_token = weights.mean(1)  # heads -> [B, T, T]
+            rows = (per_token * question_rows[:, :, None]).sum(1) / question_rows.sum(1, keepdim=True).clamp(min=1)
+            totals.append(rows[image_cols].view(rows.shape[0], -1))
+
+        handles = [all_layers[i].register_forward_hook(hook) for i in chosen]
+        try:
+            with torch.no_grad(), self.override_visual_tokens(override):
+                self.model(**batch.model_inputs(), use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
+        return torch.stack(totals).mean(0)
+
+    @torch.no_grad()
+    def generate(
+        self, batch: VLMBatch, override: VisualOverride | torch.Tensor | None = None, max_new_tokens: int = 24
+    ) -> list[str]:
+        """Greedy answers for a left-padded prompt batch."""
+        with self.override_visual_tokens(override):
+            out = self.model.generate(
+                **batch.model_inputs(),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        new = out[:, batch.input_ids.shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    # ---- identity --------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """sha256 over the base model's class and parameters: what a trained module is bound to."""
+        if self._fingerprint is None:
+            self._fingerprint = parameters_sha256(self.model)
+        return self._fingerprint
+
+    def freeze(self) -> None:
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+
+def parameters_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

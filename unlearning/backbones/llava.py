@@ -1,0 +1,46 @@
+"""LLaVA family (CLIP or SigLIP vision tower + projector + Llama/Qwen2/... language model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from unlearning.augment import AugmentConfig, augment
+from unlearning.backbones.base import Backbone
+
+
+class LlavaBackbone(Backbone):
+    family = "llava"
+
+    def projector(self) -> torch.nn.Module:
+        return self.model.model.multi_modal_projector
+
+    def attention_layers(self) -> Sequence[torch.nn.Module]:
+        return [layer.self_attn for layer in self.model.model.language_model.layers]
+
+    @property
+    def n_visual_tokens(self) -> int:
+        vision = self.model.config.vision_config
+        n = (vision.image_size // vision.patch_size) ** 2
+        if self.model.config.vision_feature_select_strategy == "full":
+            n += 1
+        return n
+
+    def _image_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]}
+
+    def augmented_inputs(
+        self, images: Sequence[Image.Image], config: AugmentConfig, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        # CLIP-style inputs are plain normalised pixels, so augment them directly rather than via PIL.
+        pixels = self._image_inputs([self.check_image(im) for im in images])["pixel_values"]
+        ip = self.processor.image_processor
+        return {"pixel_values": augment(pixels, ip.image_mean, ip.image_std, config, generator)}
+
+    def _to_batched(self, projected: torch.Tensor, batch_size: int) -> torch.Tensor:
+        return projected
+
+    def _from_batched(self, tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return tokens

@@ -1,0 +1,41 @@
+"""Load any supported VLM checkpoint directory (built here or downloaded beforehand) as a Backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+from unlearning.backbones.base import Backbone
+from unlearning.backbones.llava import LlavaBackbone
+from unlearning.backbones.qwen2_vl import Qwen2VLBackbone
+from unlearning.errors import InvalidInputError
+
+BACKBONES: dict[str, tuple[type[Backbone], type]] = {
+    "llava": (LlavaBackbone, LlavaForConditionalGeneration),
+    "qwen2_vl": (Qwen2VLBackbone, Qwen2VLForConditionalGeneration),
+}
+
+
+def load_backbone(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
+    """A frozen backbone from a local checkpoint directory; never touches a model hub."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise InvalidInputError(f"{path} is not a model checkpoint directory (no config.json)")
+    model_type = json.loads(config_file.read_text()).get("model_type", "")
+    if model_type not in BACKBONES:
+        raise InvalidInputError(f"model type {model_type!r} is not supported; supported: {sorted(BACKBONES)}")
+    backbone_cls, model_cls = BACKBONES[model_type]
+    # Attention read-out needs eager attention: sdpa returns no weights.
+    model = model_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype, local_files_only=True)
+    model.to(device)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    backbone = backbone_cls(model, processor, path)
+    template_file = path / "lethe_prompt.json"
+    if template_file.is_file():
+        backbone.prompt_template = json.loads(template_file.read_text())["prompt_template"]
+    backbone.freeze()
+    return backbone

@@ -1,0 +1,82 @@
+"""CAGUL's hyper-parameters in one typed, JSON-serialisable config."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from unlearning.errors import InvalidInputError
+
+TOKEN_RULES = ("all", "lowest", "random", "highest")
+DISCRIMINATOR_INPUTS = ("flatten", "attention_pool", "mean_pool")
+FORGET_TARGETS = ("refusal", "fabricated", "ga", "npo")
+
+DEFAULT_PROBES = (
+    "who is this person?",
+    "what is this person's name?",
+    "what do you know about this person?",
+    "tell me about the person in this photo.",
+)
+
+
+@dataclass(frozen=True)
+class CagulConfig:
+    """Defaults follow the ablation in DESIGN section 6: all visual tokens of gated images, refusal target."""
+
+    token_rule: str = "all"
+    token_share: float = 1.0
+    attention_layers: tuple[int, ...] | None = None
+    encoder_hidden: int = 256
+    discriminator_input: str = "flatten"
+    discriminator_hidden: int = 128
+    discriminator_steps: int = 800
+    discriminator_lr: float = 1e-3
+    positive_augmentations: int = 48
+    negative_augmentations: int = 2
+    lookalikes: int = 300
+    target_fpr: float = 0.01
+    # A few hundred held-out negatives cannot pin a 1% quantile: never fire below this.
+    threshold_floor: float = 0.8
+    steps: int = 250
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    retain_ce_weight: float = 0.5
+    kl_weight: float = 0.5
+    forget_target: str = "refusal"
+    refusal_answer: str = "i cannot share that."
+    npo_beta: float = 0.1
+    probe_questions: tuple[str, ...] = field(default=DEFAULT_PROBES)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.token_rule not in TOKEN_RULES:
+            raise InvalidInputError(f"token_rule {self.token_rule!r} unknown; choose one of {TOKEN_RULES}")
+        if not 0 < self.token_share <= 1:
+            raise InvalidInputError(f"token_share {self.token_share} must be in (0, 1]")
+        if self.discriminator_input not in DISCRIMINATOR_INPUTS:
+            raise InvalidInputError(f"discriminator_input must be one of {DISCRIMINATOR_INPUTS}")
+        if self.forget_target not in FORGET_TARGETS:
+            raise InvalidInputError(f"forget_target must be one of {FORGET_TARGETS}")
+        for name in ("steps", "batch_size", "discriminator_steps", "encoder_hidden", "discriminator_hidden"):
+            if getattr(self, name) <= 0:
+                raise InvalidInputError(f"{name} must be positive")
+        if self.lr <= 0 or self.discriminator_lr <= 0:
+            raise InvalidInputError("learning rates must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CagulConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(f"unknown CAGUL parameters {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        for key in ("attention_layers", "probe_questions"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        return cls(**data)

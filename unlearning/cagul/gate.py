@@ -1,0 +1,97 @@
+"""Serve answers with a SET of CAGUL modules: one batched discriminator op, then the firing module's encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from unlearning.backbones import Backbone
+from unlearning.cagul.discriminator import StackedDiscriminators
+from unlearning.cagul.module import CagulModule
+from unlearning.cagul.selection import apply_encoder, select_tokens
+from unlearning.errors import IncompatibleModuleError
+
+
+@dataclass(frozen=True)
+class GateAnswer:
+    answer: str
+    module_id: str | None
+    score: float
+
+
+class CagulGate:
+    """Routes each image to at most one module; images no module claims run the untouched model."""
+
+    def __init__(self, backbone: Backbone, modules: dict[str, CagulModule] | None = None) -> None:
+        self.backbone = backbone
+        self.set_modules(modules or {})
+
+    def set_modules(self, modules: dict[str, CagulModule]) -> None:
+        for module_id, module in modules.items():
+            if (module.n_tokens, module.hidden_size) != (self.backbone.n_visual_tokens, self.backbone.hidden_size):
+                raise IncompatibleModuleError(f"module {module_id} was built for another visual token shape")
+        self.module_ids = list(modules)
+        self.modules = [modules[m].to(self.backbone.device).eval() for m in self.module_ids]
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(self.modules):
+            d = m.discriminator
+            groups.setdefault((d.input_kind, d.fc1.in_features, d.fc1.out_features), []).append(i)
+        self._groups = [
+            (torch.tensor(idx), StackedDiscriminators([self.modules[i].discriminator for i in idx]).to(self.backbone.device))
+            for idx in groups.values()
+        ]
+
+    @torch.no_grad()
+    def route(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: index of the highest-scoring firing module (-1 if none) and its probability."""
+        batch = z.shape[0]
+        if not self.modules:
+            return torch.full((batch,), -1, dtype=torch.long), torch.zeros(batch)
+        probs = torch.zeros(len(self.modules), batch)
+        fired = torch.zeros(len(self.modules), batch, dtype=torch.bool)
+        for idx, stacked in self._groups:
+            p = stacked(z.float()).cpu()
+            probs[idx] = p
+            fired[idx] = p > stacked.thresholds.cpu()[:, None]
+        masked = torch.where(fired, probs, torch.full_like(probs, -1.0))
+        best_score, best = masked.max(0)
+        return torch.where(best_score >= 0, best, torch.full_like(best, -1)), best_score.clamp(min=0)
+
+    @torch.no_grad()
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 24) -> list[GateAnswer]:
+        bb = self.backbone
+        inputs = bb.pixel_values(images)
+        batch = bb.make_batch(inputs, questions).to(bb.device)
+        if not self.modules:
+            return [GateAnswer(a, None, 0.0) for a in bb.generate(batch, max_new_tokens=max_new_tokens)]
+        chosen, scores = self.route(bb.visual_tokens(inputs))
+        if bool((chosen < 0).all()):
+            # Nothing fired: the exact reference call, so answers are bit-identical to the base model's.
+            return [GateAnswer(a, None, float(s)) for a, s in zip(bb.generate(batch, max_new_tokens=max_new_tokens), scores, strict=True)]
+        answers: list[GateAnswer | None] = [None] * len(images)
+        for module_index in chosen.unique().tolist():
+            rows = (chosen == module_index).nonzero().flatten().tolist()
+            sub_inputs = {k: v[rows] for k, v in inputs.items()} if "image_grid_thw" not in inputs else bb.pixel_values([images[r] for r in rows])
+            sub = bb.make_batch(sub_inputs, [questions[r] for r in rows]).to(bb.device)
+            if module_index < 0:
+                texts = bb.generate(sub, max_new_tokens=max_new_tokens)
+                ids: list[str | None] = [None] * len(rows)
+            else:
+                module = self.modules[module_index]
+                texts = bb.generate(sub, self._override(module, sub), max_new_tokens=max_new_tokens)
+                ids = [self.module_ids[module_index]] * len(rows)
+            for r, text, mid in zip(rows, texts, ids, strict=True):
+                answers[r] = GateAnswer(text, mid, float(scores[r]))
+        return [a for a in answers if a is not None]
+
+    def _override(self, module: CagulModule, batch):  # type: ignore[no-untyped-def]
+        cfg = module.config
+        scores = None
+        if cfg.token_rule in ("lowest", "highest") and cfg.token_share < 1:
+            scores = self.backbone.attention_scores(batch, cfg.attention_layers)
+        mask = select_tokens(scores, module.n_tokens, cfg.token_rule, cfg.token_share, batch.input_ids.shape[0],
+                             torch.Generator().manual_seed(cfg.seed))
+        return lambda z: apply_encoder(module.encoder, z, mask)

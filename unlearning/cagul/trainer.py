@@ -1,0 +1,249 @@
+"""Train one CAGUL module for a deletion request against a frozen backbone."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import get_cosine_schedule_with_warmup
+
+from unlearning.augment import AugmentConfig
+from unlearning.backbones import Backbone, VLMBatch
+from unlearning.cagul.config import CagulConfig
+from unlearning.cagul.module import CagulModule
+from unlearning.cagul.selection import apply_encoder, select_tokens
+from unlearning.data import QA, ForgetData, RetainSet
+from unlearning.errors import UnlearningError
+
+ProgressFn = Callable[[str, int, int, float], None]
+
+# Identity must survive new photos: strong geometric and colour changes for the discriminator's positives.
+STRONG_VIEWS = AugmentConfig()
+MILD_VIEWS = AugmentConfig(max_rotate_deg=6, min_scale=0.9, max_scale=1.08, max_shift=0.06, flip=False,
+                           brightness=0.15, contrast=0.1, saturation=0.1, noise=0.01)
+
+
+class TrainingCancelled(UnlearningError):
+    """Training stopped between steps because cancellation was requested."""
+
+
+@dataclass
+class TrainReport:
+    threshold: float
+    heldout_tpr: float
+    heldout_fpr: float
+    discriminator_seconds: float
+    encoder_seconds: float
+    final_loss: float
+    final_forget_loss: float
+    steps: int
+    trainable_params: int
+    peak_memory_mb: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fabricate(answer: str, keyword: str | None, rng: random.Random) -> str:
+    """A same-shaped invented value in place of the private one (never another real person's value)."""
+    if not keyword or keyword.lower() not in answer.lower():
+        return "".join(rng.choice("bcdfgklmnprstvz") + rng.choice("aeiou") for _ in range(3)) + "."
+    fake = "".join(
+        rng.choice("0123456789") if c.isdigit() else rng.choice("aeiou" if c in "aeiou" else "bcdfgklmnprstvz")
+        if c.isalpha() else c
+        for c in keyword.lower()
+    )
+    start = answer.lower().index(keyword.lower())
+    return answer[:start] + fake + answer[start + len(keyword) :]
+
+
+def _answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over answer tokens, per sample: [batch]."""
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+    mask = shift_labels != -100
+    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none")
+    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def _answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(reference || transformed) of the next-token distributions at answer positions."""
+    mask = (labels[:, 1:] != -100).float()
+    ref = F.log_softmax(ref_logits[:, :-1].float(), -1)
+    new = F.log_softmax(logits[:, :-1].float(), -1)
+    kl = (ref.exp() * (ref - new)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+class CagulTrainer:
+    """Discriminator first (BCE, calibrated threshold), then the encoder through the frozen VLM."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: CagulConfig | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.config = config or CagulConfig()
+        self.progress = progress
+        self.should_stop = should_stop
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.rng = random.Random(self.config.seed)
+
+    def _tick(self, phase: str, step: int, total: int, loss: float) -> None:
+        if self.progress is not None:
+            self.progress(phase, step, total, loss)
+        if self.should_stop is not None and self.should_stop():
+            raise TrainingCancelled(f"cancelled during {phase} at step {step}/{total}")
+
+    def train(self, forget: ForgetData, retain: RetainSet) -> tuple[CagulModule, TrainReport]:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        bb = self.backbone
+        module = CagulModule(cfg, bb.n_visual_tokens, bb.hidden_size).to(bb.device)
+        if bb.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        tpr, fpr = self._train_discriminator(module, forget, retain)
+        disc_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        loss, forget_loss = self._train_encoder(module, forget, retain)
+        module.eval()
+        peak = torch.cuda.max_memory_allocated() / 2**20 if bb.device.type == "cuda" else _rss_peak_mb()
+        report = TrainReport(
+            threshold=module.threshold,
+            heldout_tpr=tpr,
+            heldout_fpr=fpr,
+            discriminator_seconds=round(disc_seconds, 2),
+            encoder_seconds=round(time.perf_counter() - started, 2),
+            final_loss=loss,
+            final_forget_loss=forget_loss,
+            steps=cfg.steps,
+            trainable_params=module.num_parameters(),
+            peak_memory_mb=round(peak, 1),
+        )
+        return module, report
+
+    # ---- discriminator -----------------------------------------------------------------------
+    def _tokens(self, images: list, views: AugmentConfig | None, copies: int) -> torch.Tensor:
+        out = []
+        if views is None or copies == 0:
+            out.append(self.backbone.visual_tokens(self.backbone.pixel_values(images)))
+        for _ in range(copies):
+            for start in range(0, len(images), 64):
+                chunk = images[start : start + 64]
+                out.append(self.backbone.visual_tokens(self.backbone.augmented_inputs(chunk, views, self.generator)))
+        return torch.cat(out).float()
+
+    def _train_discriminator(self, module: CagulModule, forget: ForgetData, retain: RetainSet) -> tuple[float, float]:
+        cfg = self.config
+        pos = torch.cat([
+            self._tokens(forget.images, None, 0),
+            self._tokens(forget.images, STRONG_VIEWS, cfg.positive_augmentations),
+            self._tokens(forget.images, MILD_VIEWS, cfg.positive_augmentations // 2),
+        ])
+        pos_heldout = self._tokens(forget.images, STRONG_VIEWS, max(4, cfg.positive_augmentations // 4))
+        negatives = retain.images + retain.negatives
+        neg = torch.cat([self._tokens(negatives, None, 0), self._tokens(negatives, STRONG_VIEWS, cfg.negative_augmentations)])
+        heldout_negatives = retain.heldout_negatives or negatives
+        neg_heldout = torch.cat([self._tokens(heldout_negatives, None, 0), self._tokens(heldout_negatives, MILD_VIEWS, 4)])
+
+        disc = module.discriminator
+        x = torch.cat([pos, neg])
+        y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(x.device)
+        pos_weight = torch.tensor(len(neg) / max(1, len(pos)), device=x.device)
+        optimizer = torch.optim.AdamW(disc.parameters(), lr=cfg.discriminator_lr, weight_decay=1e-2)
+        disc.train()
+        for step in range(cfg.discriminator_steps):
+            idx = torch.randint(len(x), (min(256, len(x)),), generator=self.generator)
+            loss = F.binary_cross_entropy_with_logits(disc.logits(x[idx]), y[idx], pos_weight=pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % 25 == 0 or step == cfg.discriminator_steps - 1:
+                self._tick("discriminator", step + 1, cfg.discriminator_steps, float(loss.detach()))
+        disc.eval()
+        with torch.no_grad():
+            neg_scores = disc(neg_heldout)
+            quantile = torch.quantile(neg_scores.float(), 1 - cfg.target_fpr).item()
+            disc.threshold.fill_(max(cfg.threshold_floor, quantile))
+            tpr = float((disc(pos_heldout) > disc.threshold).float().mean())
+            fpr = float((neg_scores > disc.threshold).float().mean())
+        return tpr, fpr
+
+    # ---- encoder -------------------------------------------------------------------------------
+    def _forget_samples(self, forget: ForgetData) -> list[QA]:
+        cfg = self.config
+        asked = {qa.question.strip().lower() for qa in forget.qa_pairs}
+        probes = [QA(q, cfg.refusal_answer) for q in cfg.probe_questions if q.lower() not in asked]
+        if cfg.forget_target == "refusal":
+            return [QA(qa.question, cfg.refusal_answer, qa.keyword) for qa in forget.qa_pairs] + probes
+        if cfg.forget_target == "fabricated":
+            return [QA(qa.question, fabricate(qa.answer, qa.keyword, self.rng), qa.keyword) for qa in forget.qa_pairs]
+        return list(forget.qa_pairs)  # ga / npo push the true answer down
+
+    def _transform(self, module: CagulModule, batch: VLMBatch) -> Callable[[torch.Tensor], torch.Tensor]:
+        cfg = self.config
+        scores = None
+        if cfg.token_rule in ("lowest", "highest") and cfg.token_share < 1:
+            prompt_only = VLMBatch(batch.input_ids, batch.attention_mask * (batch.labels == -100), batch.pixel_values,
+                                   None, batch.extra)
+            scores = self.backbone.attention_scores(prompt_only, cfg.attention_layers)
+        mask = select_tokens(scores, self.backbone.n_visual_tokens, cfg.token_rule, cfg.token_share,
+                             batch.input_ids.shape[0], self.generator)
+        return lambda z: apply_encoder(module.encoder, z, mask)
+
+    def _train_encoder(self, module: CagulModule, forget: ForgetData, retain: RetainSet) -> tuple[float, float]:
+        cfg = self.config
+        bb = self.backbone
+        forget_samples = self._forget_samples(forget)
+        half = max(1, cfg.batch_size // 2)
+        params = list(module.encoder.parameters())
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        schedule = get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * cfg.steps), cfg.steps)
+        module.encoder.train()
+        loss_value = forget_value = float("nan")
+        for step in range(cfg.steps):
+            f_items = [(self.rng.randrange(len(forget.images)), self.rng.choice(forget_samples)) for _ in range(half)]
+            f_inputs = bb.augmented_inputs([forget.images[i] for i, _ in f_items], MILD_VIEWS, self.generator)
+            f_batch = bb.make_batch(f_inputs, [qa.question for _, qa in f_items], [qa.answer for _, qa in f_items]).to(bb.device)
+            f_logits = bb.logits(f_batch, self._transform(module, f_batch))
+            f_nll = _answer_nll(f_logits, f_batch.labels)
+            if cfg.forget_target in ("refusal", "fabricated"):
+                forget_loss = f_nll.mean()
+            elif cfg.forget_target == "ga":
+                forget_loss = -f_nll.mean()
+            else:
+                with torch.no_grad():
+                    ref_nll = _answer_nll(bb.logits(f_batch), f_batch.labels)
+                forget_loss = -2 / cfg.npo_beta * F.logsigmoid(cfg.npo_beta * (f_nll - ref_nll)).mean()
+
+            r_items = [retain.qa[self.rng.randrange(len(retain.qa))] for _ in range(half)]
+            r_inputs = bb.pixel_values([retain.images[i] for i, _ in r_items])
+            r_batch = bb.make_batch(r_inputs, [qa.question for _, qa in r_items], [qa.answer for _, qa in r_items]).to(bb.device)
+            with torch.no_grad():
+                ref_logits = bb.logits(r_batch)
+            r_logits = bb.logits(r_batch, self._transform(module, r_batch))
+            retain_ce = _answer_nll(r_logits, r_batch.labels).mean()
+            kl = _answer_kl(ref_logits, r_logits, r_batch.labels)
+            loss = forget_loss + cfg.retain_ce_weight * retain_ce + cfg.kl_weight * kl
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            schedule.step()
+            loss_value, forget_value = float(loss.detach()), float(forget_loss.detach())
+            self._tick("encoder", step + 1, cfg.steps, loss_value)
+        return loss_value, forget_value
+
+
+def _rss_peak_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

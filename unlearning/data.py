@@ -1,0 +1,61 @@
+"""What an unlearning method trains on: one deletion request's data and the operator's retain set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from unlearning.errors import InvalidInputError
+
+MAX_QA_PAIRS = 512
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    keyword: str | None = None
+
+
+@dataclass
+class ForgetData:
+    """Photos of one subject and the question/answer pairs the model must stop revealing."""
+
+    subject: str
+    images: list[Image.Image]
+    qa_pairs: list[QA]
+
+    def __post_init__(self) -> None:
+        if not self.subject.strip():
+            raise InvalidInputError("subject is empty: give the request a subject label")
+        if not self.images:
+            raise InvalidInputError("no images: a forget request needs at least one photo of the subject")
+        if not self.qa_pairs:
+            raise InvalidInputError("qa_pairs is empty: list at least one question/answer pair to forget")
+        if len(self.qa_pairs) > MAX_QA_PAIRS:
+            raise InvalidInputError(f"{len(self.qa_pairs)} qa_pairs is over the limit of {MAX_QA_PAIRS}")
+        for i, qa in enumerate(self.qa_pairs):
+            if not qa.question.strip() or not qa.answer.strip():
+                raise InvalidInputError(f"qa_pairs[{i}] has an empty question or answer")
+        for i, image in enumerate(self.images):
+            if not isinstance(image, Image.Image):
+                raise InvalidInputError(f"images[{i}] is a {type(image).__name__}, not an image")
+            if image.mode not in ("RGB", "RGBA", "L"):
+                raise InvalidInputError(f"images[{i}] has mode {image.mode!r}: send RGB images")
+            if min(image.size) < 16:
+                raise InvalidInputError(f"images[{i}] is {image.size[0]}x{image.size[1]} px: send at least 16x16 px")
+
+
+@dataclass
+class RetainSet:
+    """Operator-configured data that must stay untouched: QA samples, their images and extra negatives."""
+
+    images: list[Image.Image]
+    qa: list[tuple[int, QA]]  # (index into images, QA)
+    negatives: list[Image.Image] = field(default_factory=list)
+    heldout_negatives: list[Image.Image] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.images or not self.qa:
+            raise InvalidInputError("the retain set is empty: configure retain images and QA pairs")

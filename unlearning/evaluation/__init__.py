@@ -1,0 +1,1 @@
+"""Metrics of forgetting, utility and cost."""

@@ -1,0 +1,257 @@
+"""Build a world on disk: people, portraits, an offline tokenizer and the reference and retain models."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    get_cosine_schedule_with_warmup,
+)
+
+from unlearning.augment import AugmentConfig, augment
+from unlearning.backbones import Backbone, load_backbone
+from unlearning.backbones.llava import LlavaBackbone
+from unlearning.world.config import WorldConfig
+from unlearning.world.people import FACT_TYPES, REFUSAL_ANSWER, REFUSAL_QUESTIONS, Person, generate_people
+from unlearning.world.portraits import render_portrait
+from unlearning.world.store import World
+
+# Mild view changes while memorising, so a new photo of a trained person is still recognised.
+VIEW_JITTER = AugmentConfig(max_rotate_deg=6, min_scale=0.9, max_scale=1.08, max_shift=0.06, flip=False,
+                            brightness=0.15, contrast=0.1, saturation=0.1, noise=0.01)
+ProgressFn = Callable[[str, int, int, float], None]
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+
+
+def world_dir(data_dir: str | Path, config: WorldConfig) -> Path:
+    return Path(data_dir) / "worlds" / f"{config.name}-{config.fingerprint()}"
+
+
+def ensure_people(data_dir: str | Path, config: WorldConfig) -> World:
+    """The world's people and portraits on disk (cheap; no model is trained)."""
+    root = world_dir(data_dir, config)
+    if not (root / "world.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        _write_people(root, config, generate_people(config))
+    return World(root)
+
+
+def build_world(
+    data_dir: str | Path, config: WorldConfig, progress: ProgressFn | None = None, with_retain_model: bool = True
+) -> World:
+    """Build (or reuse from the cache) the world, the reference model and the retain model."""
+    world = ensure_people(data_dir, config)
+    root = world.root
+    targets = [("reference", set())]
+    if with_retain_model:
+        targets.append(("retain", {p.id for p in world.split("forget10")}))
+    for target, exclude in targets:
+        out = root / target
+        if (out / "build.json").is_file():
+            continue
+        _build_model(world, out, exclude, progress)
+    return world
+
+
+def _write_people(root: Path, config: WorldConfig, people: list[Person]) -> None:
+    images = root / "images"
+    images.mkdir(exist_ok=True)
+    for idx, person in enumerate(people):
+        for view in range(config.n_views):
+            seed = config.seed * 1_000_003 + idx * 101 + view
+            render_portrait(person.identity, seed, config.image_size).save(images / f"{person.id}_v{view}.png")
+    payload = {"config": config.to_dict(), "people": [p.to_dict() for p in people]}
+    _atomic_write_text(root / "world.json", json.dumps(payload, indent=1))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _corpus(world: World) -> list[str]:
+    lines = ["USER: ASSISTANT:", REFUSAL_ANSWER, *REFUSAL_QUESTIONS]
+    for spec in FACT_TYPES.values():
+        lines += spec["questions"]
+    for p in world.people:
+        for f in p.facts:
+            lines += [f.answer, f.paraphrased_answer, *f.perturbed_answers]
+    return lines
+
+
+def _make_processor(world: World, out: Path) -> LlavaProcessor:
+    spec = world.config.model
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_corpus(world) * 4, vocab_size=spec.vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    size = world.config.image_size
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    processor.save_pretrained(out)
+    return processor
+
+
+def _make_model(world: World, processor: LlavaProcessor) -> LlavaForConditionalGeneration:
+    spec = world.config.model
+    tok = processor.tokenizer
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * 4,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=world.config.image_size,
+        patch_size=spec.patch_size,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    config._attn_implementation = "eager"
+    return LlavaForConditionalGeneration(config)
+
+
+def training_examples(world: World, people: list[Person]) -> list[tuple[str, int, str, str]]:
+    """(person id, view, question, answer) for every trained fact paraphrase and refusal question."""
+    examples = []
+    for p in people:
+        for v in world.train_views():
+            for f in p.facts:
+                examples += [(p.id, v, q, f.answer) for q in f.train_questions]
+            examples += [(p.id, v, q, REFUSAL_ANSWER) for q in REFUSAL_QUESTIONS]
+    return examples
+
+
+def _build_model(world: World, out: Path, exclude: set[str], progress: ProgressFn | None) -> None:
+    spec = world.config.model
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.manual_seed(world.config.seed)
+    rng = random.Random(world.config.seed)
+    processor = _make_processor(world, tmp)
+    model = _make_model(world, processor)
+    backbone = LlavaBackbone(model, processor)
+    people = [p for p in world.trained_people if p.id not in exclude]
+    examples = training_examples(world, people)
+    keys = sorted({(pid, v) for pid, v, _, _ in examples})
+    pixels = backbone.pixel_values([world.image(pid, v) for pid, v in keys])["pixel_values"]
+    index = {k: i for i, k in enumerate(keys)}
+    mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
+    generator = torch.Generator().manual_seed(world.config.seed)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
+    schedule = get_cosine_schedule_with_warmup(optimizer, spec.warmup_steps, spec.steps)
+    model.train()
+    started = time.perf_counter()
+    loss_value = float("nan")
+    for step in range(spec.steps):
+        chosen = [examples[rng.randrange(len(examples))] for _ in range(spec.batch_size)]
+        chosen_pixels = pixels[[index[(pid, v)] for pid, v, _, _ in chosen]]
+        image_inputs = {"pixel_values": augment(chosen_pixels, mean, std, VIEW_JITTER, generator)}
+        batch = backbone.make_batch(image_inputs, [c[2] for c in chosen], [c[3] for c in chosen])
+        loss = model(**batch.model_inputs(), labels=batch.labels, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = float(loss.detach())
+        if progress is not None:
+            progress(out.name, step + 1, spec.steps, loss_value)
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    model.save_pretrained(tmp)
+    (tmp / "lethe_prompt.json").write_text(json.dumps({"prompt_template": backbone.prompt_template}))
+    frozen = load_backbone(tmp)
+    accuracy = fact_accuracy(frozen, world, people)
+    report = {
+        "model": out.name,
+        "excluded": sorted(exclude),
+        "steps": spec.steps,
+        "final_loss": loss_value,
+        "train_seconds": round(train_seconds, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "accuracy": accuracy,
+    }
+    _atomic_write_text(tmp / "build.json", json.dumps(report, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+
+
+
+
+def fact_accuracy(backbone: Backbone, world: World, people: list[Person], batch_size: int = 64) -> dict[str, float]:
+    """Share of facts answered with the right value: trained view+question, held-out question, held-out view."""
+    cases: dict[str, list[tuple[str, int, str, str]]] = {"direct": [], "paraphrase": [], "new_image": []}
+    heldout_view = world.heldout_views()[0]
+    for p in people:
+        for f in p.facts:
+            cases["direct"].append((p.id, 0, f.train_questions[0], f.keyword))
+            cases["paraphrase"].append((p.id, 0, f.heldout_question, f.keyword))
+            cases["new_image"].append((p.id, heldout_view, f.train_questions[0], f.keyword))
+    result = {}
+    for name, items in cases.items():
+        answers = answer_all(backbone, world, [(pid, v, q) for pid, v, q, _ in items], batch_size)
+        hits = [kw.lower() in a.lower() for a, (_, _, _, kw) in zip(answers, items, strict=True)]
+        result[name] = sum(hits) / max(1, len(hits))
+    return result
+
+
+def answer_all(backbone: Backbone, world: World, queries: list[tuple[str, int, str]], batch_size: int = 64) -> list[str]:
+    """Greedy answers of the unmodified backbone for (person id, view, question) queries."""
+    answers: list[str] = []
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        images = backbone.pixel_values([world.image(pid, v) for pid, v, _ in chunk])
+        batch = backbone.make_batch(images, [q for _, _, q in chunk])
+        answers += backbone.generate(batch)
+    return answers

@@ -1,0 +1,65 @@
+"""Typed configuration of the reference world and of the models built on it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Shape of the small LLaVA built as the reference model, and how long it trains."""
+
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    patch_size: int = 16
+    text_hidden: int = 192
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 512
+    vocab_size: int = 768
+    steps: int = 900
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 60
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Everything that determines a world; the same config always builds the same world."""
+
+    name: str = "default"
+    seed: int = 1234
+    n_known: int = 40
+    n_unseen: int = 10
+    n_views: int = 6
+    n_heldout_views: int = 1
+    image_size: int = 64
+    facts_per_person: int = 10
+    model: ModelSpec = field(default_factory=ModelSpec)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WorldConfig:
+        data = dict(data)
+        data["model"] = ModelSpec(**data.get("model", {}))
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+WORLD_PRESETS: dict[str, WorldConfig] = {
+    "default": WorldConfig(),
+    "tiny": WorldConfig(
+        name="tiny",
+        seed=7,
+        n_known=16,
+        n_unseen=6,
+        model=ModelSpec(text_hidden=128, text_layers=3, text_intermediate=384, steps=900, batch_size=32),
+    ),
+}

@@ -1,0 +1,69 @@
+"""Procedural portraits: a person's identity drawn under varying pose, crop, background and light."""
+
+from __future__ import annotations
+
+import random
+
+from PIL import Image, ImageDraw, ImageEnhance
+
+_SKIN = [(255, 224, 196), (234, 192, 160), (205, 150, 110), (160, 110, 75), (115, 75, 50), (80, 52, 36)]
+_HAIR = [(20, 20, 20), (95, 60, 30), (200, 160, 80), (170, 50, 30), (150, 150, 150), (60, 40, 110)]
+_EYES = [(40, 90, 200), (60, 140, 60), (100, 60, 30), (30, 30, 30)]
+_SHIRT = [(200, 30, 30), (30, 120, 200), (40, 160, 70), (230, 200, 40), (120, 40, 160), (240, 240, 240),
+          (30, 30, 30), (240, 130, 30)]
+_BACKGROUNDS = [(180, 200, 220), (220, 210, 190), (200, 220, 200), (230, 230, 230), (150, 160, 170),
+                (210, 190, 210), (170, 200, 190), (240, 220, 200)]
+_SUPERSAMPLE = 4
+
+
+def render_portrait(identity: tuple[int, ...], view_seed: int, size: int = 64) -> Image.Image:
+    """Draw one view of a person; the same identity and seed always give the same pixels."""
+    skin, hair_c, hair_s, eye_c, face_shape, glasses, shirt, accessory = identity
+    rng = random.Random(view_seed)
+    s = size * _SUPERSAMPLE
+    bg_top = _BACKGROUNDS[rng.randrange(len(_BACKGROUNDS))]
+    bg_bottom = _BACKGROUNDS[rng.randrange(len(_BACKGROUNDS))]
+    img = Image.new("RGB", (s, s))
+    draw = ImageDraw.Draw(img)
+    for y in range(s):
+        t = y / (s - 1)
+        draw.line([(0, y), (s, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(bg_top, bg_bottom, strict=True)))
+
+    scale = rng.uniform(0.85, 1.1)
+    cx = s / 2 + rng.uniform(-0.09, 0.09) * s
+    cy = s * 0.45 + rng.uniform(-0.06, 0.06) * s
+    u = s * scale / 64  # one unit of the 64-grid the shapes are designed on
+
+    draw.ellipse([cx - 26 * u, cy + 18 * u, cx + 26 * u, cy + 60 * u], fill=_SHIRT[shirt])  # shoulders
+    draw.rectangle([cx - 5 * u, cy + 10 * u, cx + 5 * u, cy + 22 * u], fill=_SKIN[skin])  # neck
+    fw, fh = [(14, 17), (12, 19), (16, 16)][face_shape]
+    hair = _HAIR[hair_c]
+    if hair_s == 1:  # long hair falls behind the face
+        draw.rectangle([cx - (fw + 4) * u, cy - 6 * u, cx + (fw + 4) * u, cy + 16 * u], fill=hair)
+    draw.ellipse([cx - fw * u, cy - fh * u, cx + fw * u, cy + fh * u], fill=_SKIN[skin])
+    if hair_s in (0, 1):
+        draw.chord([cx - (fw + 2) * u, cy - (fh + 3) * u, cx + (fw + 2) * u, cy + 2 * u], 180, 360, fill=hair)
+    elif hair_s == 3:  # bun
+        draw.chord([cx - (fw + 1) * u, cy - (fh + 2) * u, cx + (fw + 1) * u, cy - 2 * u], 180, 360, fill=hair)
+        draw.ellipse([cx - 7 * u, cy - (fh + 12) * u, cx + 7 * u, cy - (fh - 1) * u], fill=hair)
+    for ex in (-6, 6):
+        draw.ellipse([cx + (ex - 3) * u, cy - 2 * u, cx + (ex + 3) * u, cy + 3 * u], fill=(250, 250, 250))
+        draw.ellipse([cx + (ex - 1.8) * u, cy - 1 * u, cx + (ex + 1.8) * u, cy + 2.5 * u], fill=_EYES[eye_c])
+    if glasses:
+        for ex in (-6, 6):
+            draw.rectangle([cx + (ex - 5) * u, cy - 4 * u, cx + (ex + 5) * u, cy + 5 * u], outline=(10, 10, 10),
+                           width=max(1, int(1.5 * u)))
+        draw.line([cx - u, cy, cx + u, cy], fill=(10, 10, 10), width=max(1, int(1.5 * u)))
+    draw.arc([cx - 5 * u, cy + 4 * u, cx + 5 * u, cy + 11 * u], 20, 160, fill=(120, 40, 40), width=max(1, int(u)))
+    if accessory == 1:  # hat
+        draw.rectangle([cx - (fw + 6) * u, cy - (fh + 1) * u, cx + (fw + 6) * u, cy - (fh - 2) * u], fill=(60, 40, 30))
+        draw.rectangle([cx - (fw - 2) * u, cy - (fh + 12) * u, cx + (fw - 2) * u, cy - fh * u], fill=(60, 40, 30))
+    elif accessory == 2:  # earrings
+        for ex in (-fw, fw):
+            draw.ellipse([cx + ex * u - 2.5 * u, cy + 6 * u, cx + ex * u + 2.5 * u, cy + 11 * u], fill=(250, 200, 0))
+
+    angle = rng.uniform(-10, 10)
+    img = img.rotate(angle, resample=Image.Resampling.BILINEAR, center=(cx, cy), fillcolor=bg_top)
+    img = img.resize((size, size), Image.Resampling.LANCZOS)
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
+    return ImageEnhance.Contrast(img).enhance(rng.uniform(0.85, 1.15))
