@@ -27,8 +27,13 @@ class _Bars:
 
     def __init__(self) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), console=err, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.3f}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
 
@@ -58,11 +63,11 @@ def _data_dir(data_dir: Path | None) -> Path:
     return data_dir or get_settings().data_dir
 
 
-def _built_world(data_dir: Path | None, preset: str | None):  # type: ignore[no-untyped-def]
+def _built_world(data_dir: Path | None, preset: str | None, with_retain_model: bool = True):  # type: ignore[no-untyped-def]
     from unlearning.world.builder import build_world
 
     with _Bars() as bars:
-        return build_world(_data_dir(data_dir), _config(preset), bars)
+        return build_world(_data_dir(data_dir), _config(preset), bars, with_retain_model)
 
 
 @world_app.command("build")
@@ -81,7 +86,9 @@ def world_build(data_dir: DataDir = None, world: Preset = None) -> None:
 
 @world_app.command("list")
 def world_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False, data_dir: DataDir = None, world: Preset = None
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = None,
+    world: Preset = None,
 ) -> None:
     """List the world's people with their split."""
     from unlearning.world.builder import ensure_people
@@ -142,7 +149,7 @@ def _run_demo(subjects: list[str], data_dir: Path | None, world: str | None, par
     from unlearning.errors import InvalidInputError
     from unlearning.evaluation.demo import run_demo
 
-    built = _built_world(data_dir, world)
+    built = _built_world(data_dir, world, with_retain_model=False)
     try:
         config = CagulConfig.from_dict(json.loads(params)) if params else CagulConfig()
         for s in subjects:
@@ -160,11 +167,15 @@ def _print_result(result: dict, as_json: bool) -> None:
         return
     for when in ("before", "after"):
         r = result[when]
-        typer.echo(f"{when:>6}: leak direct {r['leak_direct']:.0%}  paraphrase {r['leak_paraphrase']:.0%}  "
-                   f"new photo {r['leak_new_image']:.0%}")
-    typer.echo(f"identical answers: retain {result['retain_identical']:.1%}, unseen {result['unseen_identical']:.1%}; "
-               f"gate TPR {result['gate_tpr']:.1%} FPR {result['gate_fpr']:.1%}; "
-               f"module {result['module_params']:,} params, trained in {result['train_seconds']} s")
+        typer.echo(
+            f"{when:>6}: leak direct {r['leak_direct']:.0%}  paraphrase {r['leak_paraphrase']:.0%}  "
+            f"new photo {r['leak_new_image']:.0%}"
+        )
+    typer.echo(
+        f"identical answers: retain {result['retain_identical']:.1%}, unseen {result['unseen_identical']:.1%}; "
+        f"gate TPR {result['gate_tpr']:.1%} FPR {result['gate_fpr']:.1%}; "
+        f"module {result['module_params']:,} params, trained in {result['train_seconds']} s"
+    )
 
 
 Params = Annotated[str | None, typer.Option("--params", help="CAGUL parameters as JSON, e.g. '{\"steps\": 400}'.")]

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import numpy as np
+import torch
 from PIL import Image
 
 from unlearning.augment import AugmentConfig, augment
@@ -67,6 +67,13 @@ class Backbone(ABC):
         self._fingerprint: str | None = None
 
     # ---- family-specific hooks -------------------------------------------------------------
+    @classmethod
+    def load_processor(cls, path: Path) -> Any:
+        """The checkpoint's processor, from local files only."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, local_files_only=True)
+
     @abstractmethod
     def projector(self) -> torch.nn.Module:
         """The module whose output is the sequence of projected visual tokens."""
@@ -209,7 +216,9 @@ class Backbone(ABC):
         self, images: Sequence[Image.Image], config: AugmentConfig, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """Image inputs of randomly changed views (crop, rotation, flip, colour, noise) of `images`."""
-        raw = torch.stack([torch.from_numpy(np.asarray(self.check_image(im), dtype=np.float32) / 255.0) for im in images])
+        raw = torch.stack(
+            [torch.from_numpy(np.asarray(self.check_image(im), dtype=np.float32) / 255.0) for im in images]
+        )
         views = augment(raw.permute(0, 3, 1, 2), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), config, generator)
         arrays = (views.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         return self._image_inputs([Image.fromarray(a) for a in arrays])
@@ -219,7 +228,10 @@ class Backbone(ABC):
             return self.model(**batch.model_inputs(), use_cache=False).logits
 
     def attention_scores(
-        self, batch: VLMBatch, layers: Sequence[int] | None = None, override: VisualOverride | torch.Tensor | None = None
+        self,
+        batch: VLMBatch,
+        layers: Sequence[int] | None = None,
+        override: VisualOverride | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention from the question's text tokens to each visual token, averaged over heads,
         question tokens and `layers`: [batch, n_visual]. Only those rows and columns are kept."""

@@ -6,14 +6,34 @@ from collections.abc import Sequence
 
 import torch
 from PIL import Image
+from transformers import AutoTokenizer
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
 
 from unlearning.backbones.base import Backbone, VLMBatch
 from unlearning.errors import InvalidInputError
 
 
+class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """Qwen2-VL's processor without a video processor (its video backend needs torchvision)."""
+
+    def check_argument_for_proper_class(self, argument_name, argument):  # type: ignore[no-untyped-def]
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+
 class Qwen2VLBackbone(Backbone):
     family = "qwen2_vl"
-    prompt_template = "<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+    prompt_template = (
+        "<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+    @classmethod
+    def load_processor(cls, path):  # type: ignore[no-untyped-def]
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        return ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None)
 
     def projector(self) -> torch.nn.Module:
         return self.model.model.visual.merger
@@ -40,7 +60,9 @@ class Qwen2VLBackbone(Backbone):
         return batch
 
     def _run_vision(self, image_inputs: dict[str, torch.Tensor]) -> None:
-        self.model.get_image_features(pixel_values=image_inputs["pixel_values"], image_grid_thw=image_inputs["image_grid_thw"])
+        self.model.get_image_features(
+            pixel_values=image_inputs["pixel_values"], image_grid_thw=image_inputs["image_grid_thw"]
+        )
 
     def _to_batched(self, projected: torch.Tensor, batch_size: int) -> torch.Tensor:
         return projected.reshape(-1, self.n_visual_tokens, projected.shape[-1])

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoProcessor, LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
+from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
 
 from unlearning.backbones.base import Backbone
 from unlearning.backbones.llava import LlavaBackbone
@@ -32,7 +32,7 @@ def load_backbone(path: str | Path, device: str = "cpu", dtype: torch.dtype = to
     # Attention read-out needs eager attention: sdpa returns no weights.
     model = model_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype, local_files_only=True)
     model.to(device)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    processor = backbone_cls.load_processor(path)
     backbone = backbone_cls(model, processor, path)
     template_file = path / "lethe_prompt.json"
     if template_file.is_file():

@@ -9,6 +9,16 @@ from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.cagul.trainer import CagulTrainer, TrainingCancelled, TrainReport
 
 __all__ = [
-    "CagulConfig", "CagulGate", "CagulModule", "CagulTrainer", "Discriminator", "GateAnswer", "StackedDiscriminators",
-    "TokenEncoder", "TrainReport", "TrainingCancelled", "apply_encoder", "select_tokens",
+    "CagulConfig",
+    "CagulGate",
+    "CagulModule",
+    "CagulTrainer",
+    "Discriminator",
+    "GateAnswer",
+    "StackedDiscriminators",
+    "TokenEncoder",
+    "TrainReport",
+    "TrainingCancelled",
+    "apply_encoder",
+    "select_tokens",
 ]

@@ -40,7 +40,10 @@ class CagulGate:
             d = m.discriminator
             groups.setdefault((d.input_kind, d.fc1.in_features, d.fc1.out_features), []).append(i)
         self._groups = [
-            (torch.tensor(idx), StackedDiscriminators([self.modules[i].discriminator for i in idx]).to(self.backbone.device))
+            (
+                torch.tensor(idx),
+                StackedDiscriminators([self.modules[i].discriminator for i in idx]).to(self.backbone.device),
+            )
             for idx in groups.values()
         ]
 
@@ -61,7 +64,9 @@ class CagulGate:
         return torch.where(best_score >= 0, best, torch.full_like(best, -1)), best_score.clamp(min=0)
 
     @torch.no_grad()
-    def answer(self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 24) -> list[GateAnswer]:
+    def answer(
+        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 24
+    ) -> list[GateAnswer]:
         bb = self.backbone
         inputs = bb.pixel_values(images)
         batch = bb.make_batch(inputs, questions).to(bb.device)
@@ -70,11 +75,18 @@ class CagulGate:
         chosen, scores = self.route(bb.visual_tokens(inputs))
         if bool((chosen < 0).all()):
             # Nothing fired: the exact reference call, so answers are bit-identical to the base model's.
-            return [GateAnswer(a, None, float(s)) for a, s in zip(bb.generate(batch, max_new_tokens=max_new_tokens), scores, strict=True)]
+            return [
+                GateAnswer(a, None, float(s))
+                for a, s in zip(bb.generate(batch, max_new_tokens=max_new_tokens), scores, strict=True)
+            ]
         answers: list[GateAnswer | None] = [None] * len(images)
         for module_index in chosen.unique().tolist():
             rows = (chosen == module_index).nonzero().flatten().tolist()
-            sub_inputs = {k: v[rows] for k, v in inputs.items()} if "image_grid_thw" not in inputs else bb.pixel_values([images[r] for r in rows])
+            sub_inputs = (
+                {k: v[rows] for k, v in inputs.items()}
+                if "image_grid_thw" not in inputs
+                else bb.pixel_values([images[r] for r in rows])
+            )
             sub = bb.make_batch(sub_inputs, [questions[r] for r in rows]).to(bb.device)
             if module_index < 0:
                 texts = bb.generate(sub, max_new_tokens=max_new_tokens)
@@ -92,6 +104,12 @@ class CagulGate:
         scores = None
         if cfg.token_rule in ("lowest", "highest") and cfg.token_share < 1:
             scores = self.backbone.attention_scores(batch, cfg.attention_layers)
-        mask = select_tokens(scores, module.n_tokens, cfg.token_rule, cfg.token_share, batch.input_ids.shape[0],
-                             torch.Generator().manual_seed(cfg.seed))
+        mask = select_tokens(
+            scores,
+            module.n_tokens,
+            cfg.token_rule,
+            cfg.token_share,
+            batch.input_ids.shape[0],
+            torch.Generator().manual_seed(cfg.seed),
+        )
         return lambda z: apply_encoder(module.encoder, z, mask)

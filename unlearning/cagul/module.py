@@ -16,8 +16,10 @@ class CagulModule(nn.Module):
         self.config = config
         self.n_tokens = n_tokens
         self.hidden_size = hidden_size
-        self.discriminator = Discriminator(n_tokens, hidden_size, config.discriminator_hidden, config.discriminator_input)
-        self.encoder = TokenEncoder(hidden_size, config.encoder_hidden)
+        self.discriminator = Discriminator(
+            n_tokens, hidden_size, config.discriminator_hidden, config.discriminator_input
+        )
+        self.encoder = TokenEncoder(hidden_size, config.encoder_hidden, n_tokens if config.position_offsets else 0)
 
     @property
     def threshold(self) -> float:

@@ -6,7 +6,12 @@ import torch
 
 
 def select_tokens(
-    scores: torch.Tensor | None, n_tokens: int, rule: str, share: float, batch: int, generator: torch.Generator | None = None
+    scores: torch.Tensor | None,
+    n_tokens: int,
+    rule: str,
+    share: float,
+    batch: int,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Boolean mask [batch, n_tokens]: the k = ceil(share * n) lowest/highest/random-scored tokens, or all."""
     k = max(1, min(n_tokens, round(share * n_tokens)))

@@ -23,8 +23,17 @@ ProgressFn = Callable[[str, int, int, float], None]
 
 # Identity must survive new photos: strong geometric and colour changes for the discriminator's positives.
 STRONG_VIEWS = AugmentConfig()
-MILD_VIEWS = AugmentConfig(max_rotate_deg=6, min_scale=0.9, max_scale=1.08, max_shift=0.06, flip=False,
-                           brightness=0.15, contrast=0.1, saturation=0.1, noise=0.01)
+MILD_VIEWS = AugmentConfig(
+    max_rotate_deg=6,
+    min_scale=0.9,
+    max_scale=1.08,
+    max_shift=0.06,
+    flip=False,
+    brightness=0.15,
+    contrast=0.1,
+    saturation=0.1,
+    noise=0.01,
+)
 
 
 class TrainingCancelled(UnlearningError):
@@ -53,8 +62,11 @@ def fabricate(answer: str, keyword: str | None, rng: random.Random) -> str:
     if not keyword or keyword.lower() not in answer.lower():
         return "".join(rng.choice("bcdfgklmnprstvz") + rng.choice("aeiou") for _ in range(3)) + "."
     fake = "".join(
-        rng.choice("0123456789") if c.isdigit() else rng.choice("aeiou" if c in "aeiou" else "bcdfgklmnprstvz")
-        if c.isalpha() else c
+        rng.choice("0123456789")
+        if c.isdigit()
+        else rng.choice("aeiou" if c in "aeiou" else "bcdfgklmnprstvz")
+        if c.isalpha()
+        else c
         for c in keyword.lower()
     )
     start = answer.lower().index(keyword.lower())
@@ -142,16 +154,22 @@ class CagulTrainer:
 
     def _train_discriminator(self, module: CagulModule, forget: ForgetData, retain: RetainSet) -> tuple[float, float]:
         cfg = self.config
-        pos = torch.cat([
-            self._tokens(forget.images, None, 0),
-            self._tokens(forget.images, STRONG_VIEWS, cfg.positive_augmentations),
-            self._tokens(forget.images, MILD_VIEWS, cfg.positive_augmentations // 2),
-        ])
+        pos = torch.cat(
+            [
+                self._tokens(forget.images, None, 0),
+                self._tokens(forget.images, STRONG_VIEWS, cfg.positive_augmentations),
+                self._tokens(forget.images, MILD_VIEWS, cfg.positive_augmentations // 2),
+            ]
+        )
         pos_heldout = self._tokens(forget.images, STRONG_VIEWS, max(4, cfg.positive_augmentations // 4))
         negatives = retain.images + retain.negatives
-        neg = torch.cat([self._tokens(negatives, None, 0), self._tokens(negatives, STRONG_VIEWS, cfg.negative_augmentations)])
+        neg = torch.cat(
+            [self._tokens(negatives, None, 0), self._tokens(negatives, STRONG_VIEWS, cfg.negative_augmentations)]
+        )
         heldout_negatives = retain.heldout_negatives or negatives
-        neg_heldout = torch.cat([self._tokens(heldout_negatives, None, 0), self._tokens(heldout_negatives, MILD_VIEWS, 4)])
+        neg_heldout = torch.cat(
+            [self._tokens(heldout_negatives, None, 0), self._tokens(heldout_negatives, MILD_VIEWS, 4)]
+        )
 
         disc = module.discriminator
         x = torch.cat([pos, neg])
@@ -191,11 +209,18 @@ class CagulTrainer:
         cfg = self.config
         scores = None
         if cfg.token_rule in ("lowest", "highest") and cfg.token_share < 1:
-            prompt_only = VLMBatch(batch.input_ids, batch.attention_mask * (batch.labels == -100), batch.pixel_values,
-                                   None, batch.extra)
+            prompt_only = VLMBatch(
+                batch.input_ids, batch.attention_mask * (batch.labels == -100), batch.pixel_values, None, batch.extra
+            )
             scores = self.backbone.attention_scores(prompt_only, cfg.attention_layers)
-        mask = select_tokens(scores, self.backbone.n_visual_tokens, cfg.token_rule, cfg.token_share,
-                             batch.input_ids.shape[0], self.generator)
+        mask = select_tokens(
+            scores,
+            self.backbone.n_visual_tokens,
+            cfg.token_rule,
+            cfg.token_share,
+            batch.input_ids.shape[0],
+            self.generator,
+        )
         return lambda z: apply_encoder(module.encoder, z, mask)
 
     def _train_encoder(self, module: CagulModule, forget: ForgetData, retain: RetainSet) -> tuple[float, float]:
@@ -211,7 +236,9 @@ class CagulTrainer:
         for step in range(cfg.steps):
             f_items = [(self.rng.randrange(len(forget.images)), self.rng.choice(forget_samples)) for _ in range(half)]
             f_inputs = bb.augmented_inputs([forget.images[i] for i, _ in f_items], MILD_VIEWS, self.generator)
-            f_batch = bb.make_batch(f_inputs, [qa.question for _, qa in f_items], [qa.answer for _, qa in f_items]).to(bb.device)
+            f_batch = bb.make_batch(f_inputs, [qa.question for _, qa in f_items], [qa.answer for _, qa in f_items]).to(
+                bb.device
+            )
             f_logits = bb.logits(f_batch, self._transform(module, f_batch))
             f_nll = _answer_nll(f_logits, f_batch.labels)
             if cfg.forget_target in ("refusal", "fabricated"):
@@ -225,7 +252,9 @@ class CagulTrainer:
 
             r_items = [retain.qa[self.rng.randrange(len(retain.qa))] for _ in range(half)]
             r_inputs = bb.pixel_values([retain.images[i] for i, _ in r_items])
-            r_batch = bb.make_batch(r_inputs, [qa.question for _, qa in r_items], [qa.answer for _, qa in r_items]).to(bb.device)
+            r_batch = bb.make_batch(r_inputs, [qa.question for _, qa in r_items], [qa.answer for _, qa in r_items]).to(
+                bb.device
+            )
             with torch.no_grad():
                 ref_logits = bb.logits(r_batch)
             r_logits = bb.logits(r_batch, self._transform(module, r_batch))

@@ -41,7 +41,11 @@ def answer_queries(gate: CagulGate, world: World, queries: list[Query], batch_si
 
 def subject_queries(world: World, people: list[Person]) -> dict[str, tuple[list[Query], list[str]]]:
     """Direct questions on training views, held-out paraphrases, and direct questions on held-out views."""
-    splits: dict[str, tuple[list[Query], list[str]]] = {"direct": ([], []), "paraphrase": ([], []), "new_image": ([], [])}
+    splits: dict[str, tuple[list[Query], list[str]]] = {
+        "direct": ([], []),
+        "paraphrase": ([], []),
+        "new_image": ([], []),
+    }
     for p in people:
         for f in p.facts:
             for v in world.train_views():
@@ -57,14 +61,21 @@ def subject_queries(world: World, people: list[Person]) -> dict[str, tuple[list[
 
 
 def leak_splits(gate: CagulGate, world: World, people: list[Person]) -> LeakSplits:
-    rates = {name: leak_rate(answer_queries(gate, world, qs), kws) for name, (qs, kws) in subject_queries(world, people).items()}
+    rates = {
+        name: leak_rate(answer_queries(gate, world, qs), kws)
+        for name, (qs, kws) in subject_queries(world, people).items()
+    }
     return LeakSplits(rates["direct"], rates["paraphrase"], rates["new_image"])
 
 
 def other_queries(world: World, people: list[Person]) -> list[Query]:
     """One question per fact for each person, on a training view and on a held-out view."""
     views = [world.train_views()[0], world.heldout_views()[0]]
-    return [(p.id, views[i % 2], f.train_questions[i % len(f.train_questions)]) for p in people for i, f in enumerate(p.facts)]
+    return [
+        (p.id, views[i % 2], f.train_questions[i % len(f.train_questions)])
+        for p in people
+        for i, f in enumerate(p.facts)
+    ]
 
 
 def identical_share(reference: CagulGate, gate: CagulGate, world: World, people: list[Person]) -> float:
@@ -72,8 +83,11 @@ def identical_share(reference: CagulGate, gate: CagulGate, world: World, people:
     return identical_rate(answer_queries(gate, world, queries), answer_queries(reference, world, queries))
 
 
-def gate_rates(gate: CagulGate, world: World, subjects: list[Person], others: list[Person], copies: int = 2) -> tuple[float, float]:
+def gate_rates(
+    gate: CagulGate, world: World, subjects: list[Person], others: list[Person], copies: int = 2
+) -> tuple[float, float]:
     """Discriminator TPR on every view (and augmented views) of the subjects, FPR on everyone else's."""
+
     def fired(people: list[Person]) -> list[bool]:
         images = [world.image(p.id, v) for p in people for v in range(world.config.n_views)]
         generator = torch.Generator().manual_seed(99)
@@ -92,8 +106,16 @@ def gate_rates(gate: CagulGate, world: World, subjects: list[Person], others: li
 
 
 # New photos for evaluation: moderate changes, drawn with a seed the trainer never uses.
-EVAL_VIEWS = AugmentConfig(max_rotate_deg=8, min_scale=0.88, max_scale=1.1, max_shift=0.08, brightness=0.15,
-                           contrast=0.1, saturation=0.15, noise=0.01)
+EVAL_VIEWS = AugmentConfig(
+    max_rotate_deg=8,
+    min_scale=0.88,
+    max_scale=1.1,
+    max_shift=0.08,
+    brightness=0.15,
+    contrast=0.1,
+    saturation=0.15,
+    noise=0.01,
+)
 
 
 def base_params(backbone: Backbone) -> int:

@@ -32,8 +32,17 @@ from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
 
 # Mild view changes while memorising, so a new photo of a trained person is still recognised.
-VIEW_JITTER = AugmentConfig(max_rotate_deg=6, min_scale=0.9, max_scale=1.08, max_shift=0.06, flip=False,
-                            brightness=0.15, contrast=0.1, saturation=0.1, noise=0.01)
+VIEW_JITTER = AugmentConfig(
+    max_rotate_deg=6,
+    min_scale=0.9,
+    max_scale=1.08,
+    max_shift=0.06,
+    flip=False,
+    brightness=0.15,
+    contrast=0.1,
+    saturation=0.1,
+    noise=0.01,
+)
 ProgressFn = Callable[[str, int, int, float], None]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
@@ -101,7 +110,9 @@ def _corpus(world: World) -> list[str]:
 def _make_processor(world: World, out: Path) -> LlavaProcessor:
     spec = world.config.model
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(_corpus(world) * 4, vocab_size=spec.vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
+    bpe.train_from_iterator(
+        _corpus(world) * 4, vocab_size=spec.vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer,
         bos_token="<s>",
@@ -227,8 +238,6 @@ def _build_model(world: World, out: Path, exclude: set[str], progress: ProgressF
     os.replace(tmp, out)
 
 
-
-
 def fact_accuracy(backbone: Backbone, world: World, people: list[Person], batch_size: int = 64) -> dict[str, float]:
     """Share of facts answered with the right value: trained view+question, held-out question, held-out view."""
     cases: dict[str, list[tuple[str, int, str, str]]] = {"direct": [], "paraphrase": [], "new_image": []}
@@ -246,7 +255,9 @@ def fact_accuracy(backbone: Backbone, world: World, people: list[Person], batch_
     return result
 
 
-def answer_all(backbone: Backbone, world: World, queries: list[tuple[str, int, str]], batch_size: int = 64) -> list[str]:
+def answer_all(
+    backbone: Backbone, world: World, queries: list[tuple[str, int, str]], batch_size: int = 64
+) -> list[str]:
     """Greedy answers of the unmodified backbone for (person id, view, question) queries."""
     answers: list[str] = []
     for start in range(0, len(queries), batch_size):

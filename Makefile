@@ -1,0 +1,25 @@
+.PHONY: test lint world demo
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+# torch first and exactly pinned: anything looser pulls a multi-GB CUDA build.
+$(VENV)/bin/lethe: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+test: $(VENV)/bin/lethe
+	$(PY) -m pytest -q --timeout=1200
+
+lint: $(VENV)/bin/lethe
+	$(VENV)/bin/ruff check unlearning core lethe tests
+	$(VENV)/bin/lint-imports
+
+world: $(VENV)/bin/lethe
+	$(VENV)/bin/lethe world build
+
+demo: $(VENV)/bin/lethe
+	$(VENV)/bin/lethe demo --subject p000

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from lethe.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args: str, data_dir) -> str:
+    result = runner.invoke(app, [*args, "--world", "tiny", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_world_list_prints_people_with_splits(data_dir):
+    people = json.loads(_run("world", "list", "--json", data_dir=data_dir))
+    assert {"id", "name", "split"} == set(people[0])
+    splits = {p["split"] for p in people}
+    assert (
+        {"forget1", "forget10", "retain", "unseen"} <= splits <= {"forget1", "forget5", "forget10", "retain", "unseen"}
+    )
+
+
+def test_world_export_writes_a_ready_to_file_request(data_dir, tmp_path):
+    _run("world", "export", "--subject", "p000", "--out", str(tmp_path), data_dir=data_dir)
+    request = json.loads((tmp_path / "request.json").read_text())
+    assert request["subject"] and len(request["qa_pairs"]) >= 30
+    assert {"question", "answer", "keyword"} == set(request["qa_pairs"][0])
+    assert len(request["images"]) == 5 and all((tmp_path / im).is_file() for im in request["images"])
+    assert "heldout_images" not in request
+    _run("world", "export", "--subject", "p000", "--out", str(tmp_path / "h"), "--heldout", data_dir=data_dir)
+    held = json.loads((tmp_path / "h" / "request.json").read_text())
+    assert len(held["heldout_images"]) == 1 and len(held["heldout_qa_pairs"]) == 10
+    assert not set(held["heldout_images"]) & set(held["images"])
+
+
+def test_export_of_unknown_subject_fails_with_a_clear_message(data_dir, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "world",
+            "export",
+            "--subject",
+            "nobody",
+            "--out",
+            str(tmp_path),
+            "--world",
+            "tiny",
+            "--data-dir",
+            str(data_dir),
+        ],
+    )
+    assert result.exit_code != 0
+    assert "unknown subject" in result.output
+
+
+@pytest.mark.slow
+def test_demo_prints_the_contract_json(data_dir, tiny_world):
+    out = json.loads(_run("demo", "--subject", "p001", "--json", data_dir=data_dir))
+    assert set(out) >= {
+        "subject",
+        "before",
+        "after",
+        "retain_identical",
+        "unseen_identical",
+        "gate_tpr",
+        "gate_fpr",
+        "module_params",
+        "base_params",
+        "train_seconds",
+    }
+    for when in ("before", "after"):
+        assert set(out[when]) == {"leak_direct", "leak_paraphrase", "leak_new_image"}
+        assert all(0 <= v <= 1 for v in out[when].values())
+    assert out["module_params"] < out["base_params"]

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from unlearning.backbones import Backbone
+from unlearning.errors import InvalidInputError
+from unlearning.world import World
+
+
+@pytest.fixture()
+def batch(backbone: Backbone, tiny_world: World):
+    person = tiny_world.people[0]
+    images = [tiny_world.image(person.id, 0), tiny_world.image(person.id, 1)]
+    return backbone.make_batch(backbone.pixel_values(images), [person.facts[1].train_questions[0]] * 2)
+
+
+def test_visual_tokens_are_projected_into_the_language_space(backbone: Backbone, batch):
+    z = backbone.visual_tokens({"pixel_values": batch.pixel_values})
+    assert z.shape == (2, backbone.n_visual_tokens, backbone.hidden_size) == (2, 16, 128)
+
+
+def test_attention_scores_cover_only_visual_columns(backbone: Backbone, batch):
+    scores = backbone.attention_scores(batch, layers=[0, -1])
+    assert scores.shape == (2, backbone.n_visual_tokens)
+    assert bool((scores >= 0).all()) and bool((scores.sum(1) <= 1 + 1e-5).all())
+    assert not torch.allclose(scores[0], scores[0].mean().expand_as(scores[0]))
+
+
+def test_override_with_the_same_tokens_changes_nothing_and_other_tokens_change_logits(backbone: Backbone, batch):
+    z = backbone.visual_tokens({"pixel_values": batch.pixel_values})
+    with torch.no_grad():
+        plain = backbone.logits(batch)
+        same = backbone.logits(batch, z)
+        zeroed = backbone.logits(batch, torch.zeros_like(z))
+    assert torch.equal(plain, same)
+    assert not torch.allclose(plain, zeroed)
+
+
+def test_generate_answers_from_the_image(backbone: Backbone, tiny_world: World):
+    person = tiny_world.people[0]
+    fact = person.facts[1]
+    batch = backbone.make_batch(backbone.pixel_values([tiny_world.image(person.id, 0)]), [fact.train_questions[0]])
+    assert fact.keyword in backbone.generate(batch)[0]
+    z = backbone.visual_tokens({"pixel_values": batch.pixel_values})
+    assert fact.keyword not in backbone.generate(batch, torch.zeros_like(z))[0]
+
+
+def test_bad_images_raise_typed_errors(backbone: Backbone):
+    from PIL import Image
+
+    with pytest.raises(InvalidInputError, match="mode"):
+        backbone.pixel_values([Image.new("CMYK", (64, 64))])
+    with pytest.raises(InvalidInputError, match="too small"):
+        backbone.pixel_values([Image.new("RGB", (4, 4))])
+    with pytest.raises(InvalidInputError, match="PIL image"):
+        backbone.pixel_values([b"not an image"])  # type: ignore[list-item]

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from unlearning.cagul import CagulConfig, Discriminator, StackedDiscriminators, TokenEncoder, select_tokens
+from unlearning.cagul.selection import apply_encoder
+from unlearning.errors import InvalidInputError
+
+
+@pytest.mark.parametrize("kind", ["flatten", "attention_pool", "mean_pool"])
+def test_stacked_discriminators_equal_each_one_alone(kind):
+    torch.manual_seed(0)
+    discs = [Discriminator(16, 32, 8, kind) for _ in range(5)]
+    for d in discs:
+        if d.pool_query is not None:
+            torch.nn.init.normal_(d.pool_query)
+    z = torch.randn(7, 16, 32)
+    stacked = StackedDiscriminators(discs)(z)
+    single = torch.stack([d(z) for d in discs]).detach()
+    assert stacked.shape == (5, 7)
+    assert torch.allclose(stacked, single, atol=1e-6)
+
+
+def test_encoder_starts_as_the_identity():
+    enc = TokenEncoder(32, 64, n_tokens=16)
+    z = torch.randn(3, 16, 32)
+    assert torch.equal(enc(z), z)
+
+
+def test_selection_rules_pick_k_lowest_highest_random_or_all():
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.9], [0.4, 0.3, 0.2, 0.1]])
+    low = select_tokens(scores, 4, "lowest", 0.5, 2)
+    assert low.tolist() == [[True, False, True, False], [False, False, True, True]]
+    high = select_tokens(scores, 4, "highest", 0.25, 2)
+    assert high.tolist() == [[False, False, False, True], [True, False, False, False]]
+    rand = select_tokens(None, 4, "random", 0.5, 2, torch.Generator().manual_seed(0))
+    assert rand.sum(1).tolist() == [2, 2]
+    assert bool(select_tokens(None, 4, "all", 1.0, 2).all())
+    with pytest.raises(ValueError):
+        select_tokens(None, 4, "lowest", 0.5, 2)
+
+
+def test_encoder_only_rewrites_selected_tokens():
+    enc = TokenEncoder(8, 16)
+    torch.nn.init.normal_(enc.fc2.weight)
+    z = torch.randn(2, 4, 8)
+    mask = torch.tensor([[True, False, False, False], [False, False, False, True]])
+    out = apply_encoder(enc, z, mask)
+    assert torch.equal(out[~mask], z[~mask])
+    assert not torch.allclose(out[mask], z[mask])
+
+
+def test_config_round_trips_and_rejects_bad_values():
+    cfg = CagulConfig(token_rule="lowest", token_share=0.25, attention_layers=(0, 2))
+    assert CagulConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(InvalidInputError, match="token_rule"):
+        CagulConfig(token_rule="middle")
+    with pytest.raises(InvalidInputError, match="unknown CAGUL parameters"):
+        CagulConfig.from_dict({"stepz": 3})
+    with pytest.raises(InvalidInputError, match="token_share"):
+        CagulConfig(token_share=0)

@@ -1,0 +1,37 @@
+import dataclasses
+import json
+import time
+
+from unlearning.world import WORLD_PRESETS, World
+from unlearning.world.builder import build_world, training_examples
+
+
+def test_reference_model_memorised_the_facts(tiny_world: World):
+    report = json.loads((tiny_world.reference_model_dir / "build.json").read_text())
+    assert report["accuracy"]["direct"] >= 0.95
+    assert (tiny_world.reference_model_dir / "model.safetensors").is_file()
+
+
+def test_second_build_reuses_the_cache(tiny_world: World, data_dir):
+    started = time.perf_counter()
+    again = build_world(data_dir, WORLD_PRESETS["tiny"], with_retain_model=False)
+    assert again.root == tiny_world.root
+    assert time.perf_counter() - started < 10
+
+
+def test_retain_model_never_sees_forget_subjects(tmp_path):
+    config = dataclasses.replace(
+        WORLD_PRESETS["tiny"],
+        name="micro",
+        n_known=10,
+        n_unseen=2,
+        model=dataclasses.replace(WORLD_PRESETS["tiny"].model, steps=3, warmup_steps=1),
+    )
+    world = build_world(tmp_path, config)
+    forget = {p.id for p in world.split("forget10")}
+    report = json.loads((world.retain_model_dir / "build.json").read_text())
+    assert set(report["excluded"]) == forget
+    retain_people = [p for p in world.trained_people if p.id not in forget]
+    assert not forget & {pid for pid, _, _, _ in training_examples(world, retain_people)}
+    heldout = set(world.heldout_views())
+    assert not heldout & {v for _, v, _, _ in training_examples(world, world.trained_people)}
