@@ -16,6 +16,7 @@ test: $(VENV)/bin/lethe
 
 lint: $(VENV)/bin/lethe
 	$(VENV)/bin/ruff check unlearning core lethe tests
+	$(VENV)/bin/mypy unlearning core lethe
 	$(VENV)/bin/lint-imports
 
 world: $(VENV)/bin/lethe

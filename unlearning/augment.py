@@ -61,3 +61,19 @@ def augment(
     x = avg + (x - avg) * uniform(1 - config.contrast, 1 + config.contrast).view(b, 1, 1, 1)
     x = x + torch.randn(x.shape, generator=generator).to(dev, dt) * config.noise
     return (x.clamp(0, 1) - m) / s
+
+
+# A new photo of the same person: identity must survive strong geometric and colour changes.
+STRONG_VIEWS = AugmentConfig()
+# Mild view changes: what memorisation and encoder training see, so new photos still count.
+MILD_VIEWS = AugmentConfig(
+    max_rotate_deg=6,
+    min_scale=0.9,
+    max_scale=1.08,
+    max_shift=0.06,
+    flip=False,
+    brightness=0.15,
+    contrast=0.1,
+    saturation=0.1,
+    noise=0.01,
+)

@@ -9,6 +9,20 @@ from PIL import Image
 from unlearning.errors import InvalidInputError
 
 MAX_QA_PAIRS = 512
+IMAGE_MODES = ("RGB", "RGBA", "L")
+
+
+def validate_image(image: object, label: str = "image", min_side: int = 8) -> Image.Image:
+    """The image as RGB, or a typed error saying what to fix."""
+    if not isinstance(image, Image.Image):
+        raise InvalidInputError(f"{label} is a {type(image).__name__}, not a PIL image")
+    if image.mode not in IMAGE_MODES:
+        raise InvalidInputError(f"{label} has mode {image.mode!r}: send an RGB image")
+    if min(image.size) < min_side:
+        raise InvalidInputError(
+            f"{label} is {image.size[0]}x{image.size[1]} px: send at least {min_side}x{min_side} px"
+        )
+    return image.convert("RGB")
 
 
 @dataclass(frozen=True)
@@ -39,12 +53,7 @@ class ForgetData:
             if not qa.question.strip() or not qa.answer.strip():
                 raise InvalidInputError(f"qa_pairs[{i}] has an empty question or answer")
         for i, image in enumerate(self.images):
-            if not isinstance(image, Image.Image):
-                raise InvalidInputError(f"images[{i}] is a {type(image).__name__}, not an image")
-            if image.mode not in ("RGB", "RGBA", "L"):
-                raise InvalidInputError(f"images[{i}] has mode {image.mode!r}: send RGB images")
-            if min(image.size) < 16:
-                raise InvalidInputError(f"images[{i}] is {image.size[0]}x{image.size[1]} px: send at least 16x16 px")
+            validate_image(image, f"images[{i}]", min_side=16)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from unlearning.augment import AugmentConfig, augment
+from unlearning.data import validate_image
 from unlearning.errors import InvalidInputError
 
 VisualOverride = Callable[[torch.Tensor], torch.Tensor]
@@ -113,13 +114,7 @@ class Backbone(ABC):
 
     # ---- inputs ---------------------------------------------------------------------------
     def check_image(self, image: Image.Image) -> Image.Image:
-        if not isinstance(image, Image.Image):
-            raise InvalidInputError(f"expected a PIL image, got {type(image).__name__}")
-        if image.mode not in ("RGB", "RGBA", "L"):
-            raise InvalidInputError(f"image mode {image.mode!r} is not supported: convert it to RGB")
-        if min(image.size) < 8:
-            raise InvalidInputError(f"image of {image.size[0]}x{image.size[1]} px is too small: send at least 8x8 px")
-        return image.convert("RGB")
+        return validate_image(image)
 
     def prompt_ids(self, question: str) -> list[int]:
         if not question.strip():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import LlavaForConditionalGeneration, Qwen2VLForConditionalGeneration
@@ -13,7 +14,7 @@ from unlearning.backbones.llava import LlavaBackbone
 from unlearning.backbones.qwen2_vl import Qwen2VLBackbone
 from unlearning.errors import InvalidInputError
 
-BACKBONES: dict[str, tuple[type[Backbone], type]] = {
+BACKBONES: dict[str, tuple[type[Backbone], Any]] = {
     "llava": (LlavaBackbone, LlavaForConditionalGeneration),
     "qwen2_vl": (Qwen2VLBackbone, Qwen2VLForConditionalGeneration),
 }

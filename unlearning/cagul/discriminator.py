@@ -10,6 +10,8 @@ from torch import nn
 class Discriminator(nn.Module):
     """MLP over the projected visual tokens: flattened, attention-pooled or mean-pooled."""
 
+    threshold: torch.Tensor
+
     def __init__(self, n_tokens: int, hidden_size: int, width: int, input_kind: str = "flatten") -> None:
         super().__init__()
         self.input_kind = input_kind
@@ -28,6 +30,7 @@ class Discriminator(nn.Module):
             return z.flatten(1)
         if self.input_kind == "mean_pool":
             return z.mean(1)
+        assert self.pool_query is not None
         weights = torch.softmax(z @ self.pool_query, dim=1)
         return (weights[..., None] * z).sum(1)
 
@@ -40,6 +43,8 @@ class Discriminator(nn.Module):
 
 class StackedDiscriminators(nn.Module):
     """M discriminators of one shape as stacked weights: [batch] -> [M, batch] probabilities in one op."""
+
+    thresholds: torch.Tensor
 
     def __init__(self, discriminators: list[Discriminator]) -> None:
         super().__init__()

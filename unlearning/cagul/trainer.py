@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_cosine_schedule_with_warmup
 
-from unlearning.augment import AugmentConfig
+from unlearning.augment import MILD_VIEWS, STRONG_VIEWS, AugmentConfig
 from unlearning.backbones import Backbone, VLMBatch
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.module import CagulModule
@@ -20,20 +20,6 @@ from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.errors import UnlearningError
 
 ProgressFn = Callable[[str, int, int, float], None]
-
-# Identity must survive new photos: strong geometric and colour changes for the discriminator's positives.
-STRONG_VIEWS = AugmentConfig()
-MILD_VIEWS = AugmentConfig(
-    max_rotate_deg=6,
-    min_scale=0.9,
-    max_scale=1.08,
-    max_shift=0.06,
-    flip=False,
-    brightness=0.15,
-    contrast=0.1,
-    saturation=0.1,
-    noise=0.01,
-)
 
 
 class TrainingCancelled(UnlearningError):
@@ -73,16 +59,20 @@ def fabricate(answer: str, keyword: str | None, rng: random.Random) -> str:
     return answer[:start] + fake + answer[start + len(keyword) :]
 
 
-def _answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _answer_nll(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """Mean next-token NLL over answer tokens, per sample: [batch]."""
+    if labels is None:
+        raise ValueError("a batch without answers has no answer loss")
     shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
     mask = shift_labels != -100
     nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none")
     return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def _answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     """KL(reference || transformed) of the next-token distributions at answer positions."""
+    if labels is None:
+        raise ValueError("a batch without answers has no answer positions")
     mask = (labels[:, 1:] != -100).float()
     ref = F.log_softmax(ref_logits[:, :-1].float(), -1)
     new = F.log_softmax(logits[:, :-1].float(), -1)
@@ -145,7 +135,7 @@ class CagulTrainer:
     def _tokens(self, images: list, views: AugmentConfig | None, copies: int) -> torch.Tensor:
         out = []
         if views is None or copies == 0:
-            out.append(self.backbone.visual_tokens(self.backbone.pixel_values(images)))
+            return self.backbone.visual_tokens(self.backbone.pixel_values(images)).float()
         for _ in range(copies):
             for start in range(0, len(images), 64):
                 chunk = images[start : start + 64]
@@ -189,7 +179,7 @@ class CagulTrainer:
         with torch.no_grad():
             neg_scores = disc(neg_heldout)
             quantile = torch.quantile(neg_scores.float(), 1 - cfg.target_fpr).item()
-            disc.threshold.fill_(max(cfg.threshold_floor, quantile))
+            disc.threshold.fill_(max(cfg.threshold_floor, quantile))  # type: ignore[operator]
             tpr = float((disc(pos_heldout) > disc.threshold).float().mean())
             fpr = float((neg_scores > disc.threshold).float().mean())
         return tpr, fpr

@@ -9,7 +9,13 @@ from unlearning.backbones import Backbone, parameters_sha256
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.gate import CagulGate
 from unlearning.cagul.trainer import CagulTrainer, ProgressFn
-from unlearning.evaluation.forgetting import base_params, gate_rates, identical_share, leak_splits
+from unlearning.evaluation.forgetting import (
+    base_params,
+    forced_identical_share,
+    gate_rates,
+    identical_share,
+    leak_splits,
+)
 from unlearning.world.requests import forget_data, world_retain_set
 from unlearning.world.store import World
 
@@ -44,6 +50,7 @@ def run_demo(
         "after": vars(after),
         "retain_identical": identical_share(reference, gate, world, retain),
         "unseen_identical": identical_share(reference, gate, world, unseen),
+        "retain_identical_if_gate_misfires": forced_identical_share(reference, module, world, retain),
         "gate_tpr": tpr,
         "gate_fpr": fpr,
         "module_params": module.num_parameters(),

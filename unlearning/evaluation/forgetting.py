@@ -10,6 +10,7 @@ import torch
 from unlearning.augment import AugmentConfig
 from unlearning.backbones import Backbone
 from unlearning.cagul.gate import CagulGate
+from unlearning.cagul.module import CagulModule
 from unlearning.evaluation.leakage import identical_rate, leak_rate
 from unlearning.world.people import Person
 from unlearning.world.store import World
@@ -81,6 +82,17 @@ def other_queries(world: World, people: list[Person]) -> list[Query]:
 def identical_share(reference: CagulGate, gate: CagulGate, world: World, people: list[Person]) -> float:
     queries = other_queries(world, people)
     return identical_rate(answer_queries(gate, world, queries), answer_queries(reference, world, queries))
+
+
+def forced_identical_share(reference: CagulGate, module: CagulModule, world: World, people: list[Person]) -> float:
+    """Share of answers unchanged when the module's transform is forced on: the cost of a gate false positive."""
+    saved = module.discriminator.threshold.clone()
+    module.discriminator.threshold.fill_(-1.0)
+    try:
+        forced = CagulGate(reference.backbone, {"forced": module})
+        return identical_share(reference, forced, world, people)
+    finally:
+        module.discriminator.threshold.copy_(saved)
 
 
 def gate_rates(

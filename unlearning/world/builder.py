@@ -23,7 +23,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from unlearning.augment import AugmentConfig, augment
+from unlearning.augment import MILD_VIEWS, augment
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.backbones.llava import LlavaBackbone
 from unlearning.world.config import WorldConfig
@@ -31,18 +31,6 @@ from unlearning.world.people import FACT_TYPES, REFUSAL_ANSWER, REFUSAL_QUESTION
 from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
 
-# Mild view changes while memorising, so a new photo of a trained person is still recognised.
-VIEW_JITTER = AugmentConfig(
-    max_rotate_deg=6,
-    min_scale=0.9,
-    max_scale=1.08,
-    max_shift=0.06,
-    flip=False,
-    brightness=0.15,
-    contrast=0.1,
-    saturation=0.1,
-    noise=0.01,
-)
 ProgressFn = Callable[[str, int, int, float], None]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
@@ -66,7 +54,7 @@ def build_world(
     """Build (or reuse from the cache) the world, the reference model and the retain model."""
     world = ensure_people(data_dir, config)
     root = world.root
-    targets = [("reference", set())]
+    targets: list[tuple[str, set[str]]] = [("reference", set())]
     if with_retain_model:
         targets.append(("retain", {p.id for p in world.split("forget10")}))
     for target, exclude in targets:
@@ -161,7 +149,7 @@ def _make_model(world: World, processor: LlavaProcessor) -> LlavaForConditionalG
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),  # type: ignore[call-arg]
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
@@ -207,7 +195,7 @@ def _build_model(world: World, out: Path, exclude: set[str], progress: ProgressF
     for step in range(spec.steps):
         chosen = [examples[rng.randrange(len(examples))] for _ in range(spec.batch_size)]
         chosen_pixels = pixels[[index[(pid, v)] for pid, v, _, _ in chosen]]
-        image_inputs = {"pixel_values": augment(chosen_pixels, mean, std, VIEW_JITTER, generator)}
+        image_inputs = {"pixel_values": augment(chosen_pixels, mean, std, MILD_VIEWS, generator)}
         batch = backbone.make_batch(image_inputs, [c[2] for c in chosen], [c[3] for c in chosen])
         loss = model(**batch.model_inputs(), labels=batch.labels, use_cache=False).loss
         loss.backward()

@@ -19,7 +19,7 @@ class ModelSpec:
     text_layers: int = 4
     text_heads: int = 4
     text_intermediate: int = 512
-    vocab_size: int = 768
+    vocab_size: int = 2048
     steps: int = 900
     batch_size: int = 32
     lr: float = 2e-3
@@ -31,6 +31,8 @@ class WorldConfig:
     """Everything that determines a world; the same config always builds the same world."""
 
     name: str = "default"
+    # Bumped whenever the generator draws different people or pictures for the same settings.
+    generator_version: int = 2
     seed: int = 1234
     n_known: int = 40
     n_unseen: int = 10
@@ -60,6 +62,6 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         seed=7,
         n_known=16,
         n_unseen=6,
-        model=ModelSpec(text_hidden=128, text_layers=3, text_intermediate=384, steps=900, batch_size=32),
+        model=ModelSpec(text_hidden=128, text_layers=3, text_intermediate=384, steps=1200, batch_size=32),
     ),
 }

@@ -413,12 +413,28 @@ def _value_pools(rng: random.Random, n: int) -> dict[str, list[str]]:
     }
 
 
+_BALD = 2
+_HAIR_COLOUR, _HAIR_STYLE, _EYE_COLOUR = 1, 2, 3
+
+
+def visible_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """Attributes in which two identities differ visibly at portrait size.
+
+    Eye colour is a few pixels wide, and hair colour does not show on two bald heads, so neither counts.
+    """
+    differing = {i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y}
+    differing.discard(_EYE_COLOUR)
+    if a[_HAIR_STYLE] == b[_HAIR_STYLE] == _BALD:
+        differing.discard(_HAIR_COLOUR)
+    return len(differing)
+
+
 def _distinct_identities(rng: random.Random, n: int, min_distance: int = 3) -> list[tuple[int, ...]]:
     sizes = list(ATTRIBUTES.values())
     found: list[tuple[int, ...]] = []
     while len(found) < n:
         cand = tuple(rng.randrange(s) for s in sizes)
-        if all(sum(a != b for a, b in zip(cand, other, strict=True)) >= min_distance for other in found):
+        if all(visible_distance(cand, other) >= min_distance for other in found):
             found.append(cand)
     return found
 

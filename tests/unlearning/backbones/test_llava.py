@@ -49,7 +49,7 @@ def test_bad_images_raise_typed_errors(backbone: Backbone):
 
     with pytest.raises(InvalidInputError, match="mode"):
         backbone.pixel_values([Image.new("CMYK", (64, 64))])
-    with pytest.raises(InvalidInputError, match="too small"):
+    with pytest.raises(InvalidInputError, match="at least 8x8"):
         backbone.pixel_values([Image.new("RGB", (4, 4))])
     with pytest.raises(InvalidInputError, match="PIL image"):
         backbone.pixel_values([b"not an image"])  # type: ignore[list-item]
