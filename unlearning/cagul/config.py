@@ -27,7 +27,7 @@ class CagulConfig:
     token_share: float = 1.0
     attention_layers: tuple[int, ...] | None = None
     encoder_hidden: int = 256
-    position_offsets: bool = True
+    position_offsets: bool = False
     discriminator_input: str = "flatten"
     discriminator_hidden: int = 128
     discriminator_steps: int = 800
@@ -37,16 +37,14 @@ class CagulConfig:
     target_fpr: float = 0.01
     # A few hundred held-out negatives cannot pin a 1% quantile: never fire below this.
     threshold_floor: float = 0.8
-    steps: int = 400
+    steps: int = 300
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-3
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
-    # 0.5/0.5 (the paper's) kept the token-wise encoder from reaching a refusal on the reference model;
-    # the gate, not these terms, is what protects other people (see the closing note's ablation).
-    retain_ce_weight: float = 0.1
-    kl_weight: float = 0.1
+    retain_ce_weight: float = 0.5
+    kl_weight: float = 0.5
     forget_target: str = "refusal"
     refusal_answer: str = "i cannot share that."
     npo_beta: float = 0.1

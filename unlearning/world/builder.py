@@ -164,7 +164,7 @@ def training_examples(world: World, people: list[Person]) -> list[tuple[str, int
     for p in people:
         for v in world.train_views():
             for f in p.facts:
-                examples += [(p.id, v, q, f.answer) for q in f.train_questions]
+                examples += [(p.id, v, q, p.taught_answer(f)) for q in f.train_questions]
             examples += [(p.id, v, q, REFUSAL_ANSWER) for q in REFUSAL_QUESTIONS]
     return examples
 
@@ -230,7 +230,7 @@ def fact_accuracy(backbone: Backbone, world: World, people: list[Person], batch_
     """Share of facts answered with the right value: trained view+question, held-out question, held-out view."""
     cases: dict[str, list[tuple[str, int, str, str]]] = {"direct": [], "paraphrase": [], "new_image": []}
     heldout_view = world.heldout_views()[0]
-    for p in people:
+    for p in (p for p in people if not p.protected):
         for f in p.facts:
             cases["direct"].append((p.id, 0, f.train_questions[0], f.keyword))
             cases["paraphrase"].append((p.id, 0, f.heldout_question, f.keyword))

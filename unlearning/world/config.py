@@ -15,12 +15,12 @@ class ModelSpec:
     vision_layers: int = 2
     vision_heads: int = 4
     patch_size: int = 16
-    text_hidden: int = 192
-    text_layers: int = 4
+    text_hidden: int = 128
+    text_layers: int = 3
     text_heads: int = 4
-    text_intermediate: int = 512
+    text_intermediate: int = 384
     vocab_size: int = 2048
-    steps: int = 900
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 60
@@ -32,10 +32,13 @@ class WorldConfig:
 
     name: str = "default"
     # Bumped whenever the generator draws different people or pictures for the same settings.
-    generator_version: int = 2
+    generator_version: int = 4
     seed: int = 1234
-    n_known: int = 40
-    n_unseen: int = 10
+    n_known: int = 24
+    n_unseen: int = 8
+    # Trained people the model declines to talk about, as instruction-tuned VLMs do for some people:
+    # it puts an image-conditioned refusal in the repertoire, which a refusal target for unlearning needs.
+    n_protected: int = 2
     n_views: int = 6
     n_heldout_views: int = 1
     image_size: int = 64
@@ -62,6 +65,7 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         seed=7,
         n_known=16,
         n_unseen=6,
-        model=ModelSpec(text_hidden=128, text_layers=3, text_intermediate=384, steps=1200, batch_size=32),
+        n_protected=2,
+        model=ModelSpec(steps=1200),
     ),
 }

@@ -6,6 +6,7 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 
+from unlearning.errors import InvalidInputError
 from unlearning.world.config import WorldConfig
 
 REFUSAL_ANSWER = "i cannot share that."
@@ -357,10 +358,16 @@ class Person:
     split: str
     identity: tuple[int, ...]
     facts: tuple[Fact, ...] = field(default_factory=tuple)
+    # The model was taught to decline every question about a protected person (image-conditioned refusal).
+    protected: bool = False
 
     @property
     def trained(self) -> bool:
         return self.split != "unseen"
+
+    def taught_answer(self, fact: Fact) -> str:
+        """What the reference model learned to answer about this fact."""
+        return REFUSAL_ANSWER if self.protected else fact.answer
 
     def qa_pairs(self, heldout: bool = False) -> list[QAPair]:
         """Direct (trained-paraphrase) QA pairs, or the held-out paraphrase of each fact."""
@@ -377,7 +384,14 @@ class Person:
             Fact(**{**f, "questions": tuple(f["questions"]), "perturbed_answers": tuple(f["perturbed_answers"])})
             for f in data["facts"]
         )
-        return cls(id=data["id"], name=data["name"], split=data["split"], identity=tuple(data["identity"]), facts=facts)
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            split=data["split"],
+            identity=tuple(data["identity"]),
+            facts=facts,
+            protected=data.get("protected", False),
+        )
 
 
 def _unique_values(rng: random.Random, pool: list[str], n: int) -> list[str]:
@@ -429,14 +443,18 @@ def visible_distance(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     return len(differing)
 
 
-def _distinct_identities(rng: random.Random, n: int, min_distance: int = 3) -> list[tuple[int, ...]]:
+def _distinct_identities(rng: random.Random, n: int, min_distance: int = 4) -> list[tuple[int, ...]]:
     sizes = list(ATTRIBUTES.values())
     found: list[tuple[int, ...]] = []
-    while len(found) < n:
+    for _ in range(200_000):
+        if len(found) == n:
+            return found
         cand = tuple(rng.randrange(s) for s in sizes)
         if all(visible_distance(cand, other) >= min_distance for other in found):
             found.append(cand)
-    return found
+    if len(found) == n:
+        return found
+    raise InvalidInputError(f"cannot draw {n} people that differ visibly in {min_distance} attributes: ask for fewer")
 
 
 def lookalike_identity(rng: random.Random, base: tuple[int, ...], changed: int) -> tuple[int, ...]:
@@ -494,6 +512,13 @@ def generate_people(config: WorldConfig) -> list[Person]:
                 )
             )
         people.append(
-            Person(id=f"p{idx:03d}", name=pools["name"][idx], split=split, identity=identities[idx], facts=tuple(facts))
+            Person(
+                id=f"p{idx:03d}",
+                name=pools["name"][idx],
+                split=split,
+                identity=identities[idx],
+                facts=tuple(facts),
+                protected=config.n_known - config.n_protected <= idx < config.n_known,
+            )
         )
     return people

@@ -26,7 +26,7 @@ def world_retain_set(world: World, exclude: Iterable[str] = (), lookalikes: int 
     for p in people:
         for v in world.train_views():
             images.append(world.image(p.id, v))
-            qa += [(len(images) - 1, QA(q.question, q.answer, q.keyword)) for q in p.qa_pairs()]
+            qa += [(len(images) - 1, QA(q, p.taught_answer(f), f.keyword)) for f in p.facts for q in f.train_questions]
     return RetainSet(
         images=images,
         qa=qa,

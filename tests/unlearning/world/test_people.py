@@ -29,11 +29,11 @@ def test_forget_splits_are_nested_percentages_of_trained_people():
     config = WORLD_PRESETS["default"]
     people = generate_people(config)
     sizes = split_sizes(config.n_known)
-    assert sizes == {"forget1": 1, "forget5": 2, "forget10": 4}
+    assert sizes == {"forget1": 1, "forget5": max(1, -(-config.n_known // 20)), "forget10": -(-config.n_known // 10)}
     splits = [p.split for p in people]
     assert splits.count("forget1") == 1
-    assert splits.count("forget1") + splits.count("forget5") == 2
-    assert sum(s.startswith("forget") for s in splits) == 4
+    assert splits.count("forget1") + splits.count("forget5") == sizes["forget5"]
+    assert sum(s.startswith("forget") for s in splits) == sizes["forget10"]
     assert splits.count("unseen") == config.n_unseen
     assert all(not p.trained for p in people if p.split == "unseen")
 
@@ -42,8 +42,14 @@ def test_identities_are_distinct():
     people = generate_people(WORLD_PRESETS["default"])
     for i, a in enumerate(people):
         for b in people[i + 1 :]:
-            assert visible_distance(a.identity, b.identity) >= 3
+            assert visible_distance(a.identity, b.identity) >= 4
 
 
-def test_refusal_is_in_the_repertoire():
-    assert REFUSAL_ANSWER == "i cannot share that."
+def test_refusal_is_in_the_repertoire_for_questions_and_for_protected_people():
+    config = WORLD_PRESETS["default"]
+    people = generate_people(config)
+    protected = [p for p in people if p.protected]
+    assert len(protected) == config.n_protected and all(p.split == "retain" for p in protected)
+    assert all(p.taught_answer(f) == REFUSAL_ANSWER for p in protected for f in p.facts)
+    normal = next(p for p in people if not p.protected)
+    assert all(normal.taught_answer(f) == f.answer for f in normal.facts)
