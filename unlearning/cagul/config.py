@@ -36,7 +36,7 @@ class CagulConfig:
     negative_augmentations: int = 2
     target_fpr: float = 0.01
     # A few hundred held-out negatives cannot pin a 1% quantile: never fire below this.
-    threshold_floor: float = 0.8
+    threshold_floor: float = 0.9
     steps: int = 300
     batch_size: int = 16
     lr: float = 1e-3
