@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.conftest import BUILD_VARIANCE
 from unlearning.backbones import Backbone
 from unlearning.errors import InvalidInputError
 from unlearning.world import World
@@ -35,6 +36,7 @@ def test_override_with_the_same_tokens_changes_nothing_and_other_tokens_change_l
     assert not torch.allclose(plain, zeroed)
 
 
+@BUILD_VARIANCE
 def test_generate_answers_from_the_image(backbone: Backbone, tiny_world: World):
     person = tiny_world.people[0]
     fact = person.facts[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import BUILD_VARIANCE
 from unlearning.artifacts import load_module, save_module
 from unlearning.backbones import Backbone, parameters_sha256
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
@@ -21,10 +22,12 @@ def demo(backbone: Backbone, tiny_world: World) -> dict:
     return run_demo(backbone, tiny_world, ["p000"])
 
 
+@BUILD_VARIANCE
 def test_reference_model_leaks_before(demo):
     assert demo["before"]["leak_direct"] >= 0.9
 
 
+@BUILD_VARIANCE
 def test_subject_is_forgotten_after(demo):
     assert demo["after"]["leak_direct"] <= 0.05
     assert demo["after"]["leak_paraphrase"] <= 0.10
@@ -63,6 +66,7 @@ def three_modules(backbone: Backbone, tiny_world: World, tmp_path_factory) -> Ca
     return CagulGate(backbone, modules)
 
 
+@BUILD_VARIANCE
 def test_three_modules_active_together_each_forget_their_person(three_modules: CagulGate, tiny_world: World):
     for s in three_modules.module_ids:
         assert leak_splits(three_modules, tiny_world, [tiny_world.person(s)]).leak_direct <= 0.05

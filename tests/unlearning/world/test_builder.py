@@ -2,10 +2,12 @@ import dataclasses
 import json
 import time
 
+from tests.conftest import BUILD_VARIANCE
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import build_world, training_examples
 
 
+@BUILD_VARIANCE
 def test_reference_model_memorised_the_facts(tiny_world: World):
     report = json.loads((tiny_world.reference_model_dir / "build.json").read_text())
     assert report["accuracy"]["direct"] >= 0.95
