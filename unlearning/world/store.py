@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from functools import cached_property
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from PIL import Image
 
 from unlearning.errors import InvalidInputError, WorldNotBuiltError
 from unlearning.world.config import WorldConfig
-from unlearning.world.people import Person
+from unlearning.world.people import Person, lookalike_identity
+from unlearning.world.portraits import render_portrait
 
 SPLITS = ("forget1", "forget5", "forget10", "retain", "unseen")
 
@@ -80,11 +82,6 @@ class World:
 
     def lookalike_images(self, count: int, seed: int = 0) -> list[Image.Image]:
         """Fresh people who share most attributes with a world person: hard negatives, never trained on."""
-        import random
-
-        from unlearning.world.people import lookalike_identity
-        from unlearning.world.portraits import render_portrait
-
         rng = random.Random(self.config.seed * 7919 + seed)
         out = []
         for i in range(count):

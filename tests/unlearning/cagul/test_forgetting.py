@@ -58,8 +58,8 @@ def three_modules(backbone: Backbone, tiny_world: World, tmp_path_factory) -> Ca
     subjects = ["p000", "p002", "p003"]
     root = tmp_path_factory.mktemp("modules")
     modules: dict[str, CagulModule] = {}
+    retain = world_retain_set(tiny_world, exclude=subjects)
     for s in subjects:
-        retain = world_retain_set(tiny_world, exclude=subjects)
         module, _ = CagulTrainer(backbone).train(forget_data(tiny_world, [s]), retain)
         save_module(module, root / s, backbone.fingerprint())
         modules[s] = load_module(root / s, backbone.fingerprint())
