@@ -16,6 +16,8 @@ from core.settings import get_settings
 app = typer.Typer(help="Lethe: unlearning as a service for vision-language models.", no_args_is_help=True)
 world_app = typer.Typer(help="The reference world: fictitious people and models that memorised them.")
 app.add_typer(world_app, name="world")
+bench_app = typer.Typer(help="Benchmarks that print their figures beside the baselines'.")
+app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default: LETHE_DATA_DIR or .lethe).")]
@@ -43,6 +45,9 @@ class _Bars:
         self.progress.update(self.tasks[phase], completed=step, loss=loss)
 
     def __enter__(self) -> _Bars:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the CLI draws its own bars; transformers' would interleave
         self.progress.start()
         return self
 
@@ -204,6 +209,72 @@ def forget(
 ) -> None:
     """Train one CAGUL module that forgets the given people, and measure it."""
     _print_result(_run_demo([s.strip() for s in subjects.split(",") if s.strip()], data_dir, world, params), as_json)
+
+
+class _RowBars:
+    """One bar over the table's rows, one for the running row's current phase."""
+
+    def __init__(self, rows: list[str]) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), console=err
+        )
+        self.rows = rows
+        self.overall = self.progress.add_task("rows", total=len(rows))
+        self.phase = self.progress.add_task("", total=1)
+        self.current: tuple[str, str] | None = None
+
+    def __call__(self, row: str, phase: str, step: int, total: int) -> None:
+        if self.current != (row, phase):
+            self.current = (row, phase)
+            self.progress.reset(self.phase, total=total, description=f"{row}: {phase}")
+            self.progress.update(self.overall, completed=self.rows.index(row))
+        self.progress.update(self.phase, completed=step)
+
+
+@bench_app.command("quality")
+def bench_quality(
+    split: Annotated[str, typer.Option(help="Forget split: forget1, forget5 or forget10.")] = "forget5",
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods or ablation rows (default: every method).")
+    ] = None,
+    ablations: Annotated[bool, typer.Option("--ablations/--no-ablations", help="Add the CAGUL ablation rows.")] = True,
+    quick: Annotated[bool, typer.Option("--quick", help="Few training steps: a smoke run, not for reporting.")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+    markdown_path: Annotated[Path | None, typer.Option("--markdown", help="Write the table as Markdown here.")] = None,
+    data_dir: DataDir = None,
+    world: Preset = None,
+) -> None:
+    """Run every unlearning method on a forget split of the reference world and print the table."""
+    from rich.table import Table
+
+    from unlearning.errors import InvalidInputError
+    from unlearning.evaluation.bench import COLUMNS, format_value, markdown_table, plan_rows, run_quality_bench
+
+    try:
+        rows = plan_rows([m.strip() for m in methods.split(",") if m.strip()] if methods else None, ablations, quick)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--methods") from exc
+    built = _built_world(data_dir, world)
+    bars = _RowBars([r.name for r in rows])
+    bars.progress.start()
+    try:
+        result = run_quality_bench(built, split, rows, bars)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    finally:
+        bars.progress.stop()
+    table = Table(title=f"{result['split']} on {result['world']} ({result['machine']})")
+    for column in ("method", *COLUMNS):
+        table.add_column(column.replace("_", " "), justify="right")
+    for row in result["rows"]:
+        table.add_row(*(format_value(row.get(c)) for c in ("method", *COLUMNS)))
+    Console().print(table)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=1) + "\n")
+    if markdown_path is not None:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(markdown_table(result))
 
 
 if __name__ == "__main__":

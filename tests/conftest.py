@@ -11,13 +11,6 @@ from unlearning.backbones import Backbone, load_backbone
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import build_world
 
-# Two builds of the same tiny-world config gave different weights (training is not bit-reproducible yet):
-# measured facts right 83-100%, leak before 0.66-1.00. Acceptance that depends on how well one build memorised
-# is marked with this until the builder is deterministic (issue 2 stays open).
-BUILD_VARIANCE = pytest.mark.xfail(
-    strict=False, reason="reference build not reproducible: measured 83-100% facts right across builds"
-)
-
 DATA_DIR = Path(os.environ.get("LETHE_TEST_DATA_DIR", Path(__file__).resolve().parent.parent / ".lethe-test"))
 
 

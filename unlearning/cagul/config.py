@@ -30,13 +30,16 @@ class CagulConfig:
     position_offsets: bool = False
     discriminator_input: str = "flatten"
     discriminator_hidden: int = 128
-    discriminator_steps: int = 800
+    # 800 steps overfit the training views (held-out views of p000/p003 on the tiny world scored 0.84/0.32);
+    # 300 steps scored them 0.83/0.86 with every other person's views at most 0.53.
+    discriminator_steps: int = 300
     discriminator_lr: float = 1e-3
     positive_augmentations: int = 48
     negative_augmentations: int = 2
     target_fpr: float = 0.01
-    # A few hundred held-out negatives cannot pin a 1% quantile: never fire below this.
-    threshold_floor: float = 0.9
+    # A few hundred held-out negatives cannot pin a 1% quantile: never fire below this. Measured on the tiny world:
+    # new views of subjects score 0.83-1.00, other people's views at most 0.53 (0.9 missed new views).
+    threshold_floor: float = 0.75
     steps: int = 400
     batch_size: int = 16
     lr: float = 3e-3

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from PIL import Image
 
-from unlearning.backbones import Backbone
+from unlearning.backbones import Backbone, VisualOverride, VLMBatch
 from unlearning.cagul.discriminator import StackedDiscriminators
 from unlearning.cagul.module import CagulModule
 from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.errors import IncompatibleModuleError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,18 +71,31 @@ class CagulGate:
         self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 24
     ) -> list[GateAnswer]:
         bb = self.backbone
+        rows = self.dispatch(images, questions, None, lambda b, o: bb.generate(b, o, max_new_tokens=max_new_tokens))
+        return [GateAnswer(text, mid, score) for text, mid, score in rows]
+
+    @torch.no_grad()
+    def dispatch(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        answers: Sequence[str] | None,
+        call: Callable[[VLMBatch, VisualOverride | None], list[T]],
+    ) -> list[tuple[T, str | None, float]]:
+        """Run `call(batch, override)` once per group of images routed to the same module (or none).
+
+        Returns per input row: the call's result, the firing module's id and its score. When nothing
+        fires, `call` gets the exact batch and no override, as the reference model would.
+        """
+        bb = self.backbone
         inputs = bb.pixel_values(images)
-        batch = bb.make_batch(inputs, questions).to(bb.device)
+        batch = bb.make_batch(inputs, questions, answers).to(bb.device)
         if not self.modules:
-            return [GateAnswer(a, None, 0.0) for a in bb.generate(batch, max_new_tokens=max_new_tokens)]
+            return [(r, None, 0.0) for r in call(batch, None)]
         chosen, scores = self.route(bb.visual_tokens(inputs))
         if bool((chosen < 0).all()):
-            # Nothing fired: the exact reference call, so answers are bit-identical to the base model's.
-            return [
-                GateAnswer(a, None, float(s))
-                for a, s in zip(bb.generate(batch, max_new_tokens=max_new_tokens), scores, strict=True)
-            ]
-        answers: list[GateAnswer | None] = [None] * len(images)
+            return [(r, None, float(s)) for r, s in zip(call(batch, None), scores, strict=True)]
+        results: list[tuple[T, str | None, float] | None] = [None] * len(images)
         for module_index in chosen.unique().tolist():
             rows = (chosen == module_index).nonzero().flatten().tolist()
             sub_inputs = (
@@ -87,19 +103,17 @@ class CagulGate:
                 if "image_grid_thw" not in inputs
                 else bb.pixel_values([images[r] for r in rows])
             )
-            sub = bb.make_batch(sub_inputs, [questions[r] for r in rows]).to(bb.device)
+            sub_answers = None if answers is None else [answers[r] for r in rows]
+            sub = bb.make_batch(sub_inputs, [questions[r] for r in rows], sub_answers).to(bb.device)
             if module_index < 0:
-                texts = bb.generate(sub, max_new_tokens=max_new_tokens)
-                ids: list[str | None] = [None] * len(rows)
+                out, mid = call(sub, None), None
             else:
-                module = self.modules[module_index]
-                texts = bb.generate(sub, self._override(module, sub), max_new_tokens=max_new_tokens)
-                ids = [self.module_ids[module_index]] * len(rows)
-            for r, text, mid in zip(rows, texts, ids, strict=True):
-                answers[r] = GateAnswer(text, mid, float(scores[r]))
-        return [a for a in answers if a is not None]
+                out, mid = call(sub, self._override(self.modules[module_index], sub)), self.module_ids[module_index]
+            for r, value in zip(rows, out, strict=True):
+                results[r] = (value, mid, float(scores[r]))
+        return [r for r in results if r is not None]
 
-    def _override(self, module: CagulModule, batch):  # type: ignore[no-untyped-def]
+    def _override(self, module: CagulModule, batch: VLMBatch) -> VisualOverride:
         cfg = module.config
         scores = None
         if cfg.token_rule in ("lowest", "highest") and cfg.token_share < 1:

@@ -18,6 +18,7 @@ from unlearning.cagul.module import CagulModule
 from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.errors import UnlearningError
+from unlearning.losses import answer_kl, answer_nll, npo_loss
 
 ProgressFn = Callable[[str, int, int, float], None]
 
@@ -57,27 +58,6 @@ def fabricate(answer: str, keyword: str | None, rng: random.Random) -> str:
     )
     start = answer.lower().index(keyword.lower())
     return answer[:start] + fake + answer[start + len(keyword) :]
-
-
-def _answer_nll(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """Mean next-token NLL over answer tokens, per sample: [batch]."""
-    if labels is None:
-        raise ValueError("a batch without answers has no answer loss")
-    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-    mask = shift_labels != -100
-    nll = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels.clamp(min=0), reduction="none")
-    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
-def _answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """KL(reference || transformed) of the next-token distributions at answer positions."""
-    if labels is None:
-        raise ValueError("a batch without answers has no answer positions")
-    mask = (labels[:, 1:] != -100).float()
-    ref = F.log_softmax(ref_logits[:, :-1].float(), -1)
-    new = F.log_softmax(logits[:, :-1].float(), -1)
-    kl = (ref.exp() * (ref - new)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
 
 
 class CagulTrainer:
@@ -230,15 +210,15 @@ class CagulTrainer:
                 bb.device
             )
             f_logits = bb.logits(f_batch, self._transform(module, f_batch))
-            f_nll = _answer_nll(f_logits, f_batch.labels)
+            f_nll = answer_nll(f_logits, f_batch.labels)
             if cfg.forget_target in ("refusal", "fabricated"):
                 forget_loss = f_nll.mean()
             elif cfg.forget_target == "ga":
                 forget_loss = -f_nll.mean()
             else:
                 with torch.no_grad():
-                    ref_nll = _answer_nll(bb.logits(f_batch), f_batch.labels)
-                forget_loss = -2 / cfg.npo_beta * F.logsigmoid(cfg.npo_beta * (f_nll - ref_nll)).mean()
+                    ref_nll = answer_nll(bb.logits(f_batch), f_batch.labels)
+                forget_loss = npo_loss(f_nll, ref_nll, cfg.npo_beta)
 
             r_items = [retain.qa[self.rng.randrange(len(retain.qa))] for _ in range(half)]
             r_inputs = bb.pixel_values([retain.images[i] for i, _ in r_items])
@@ -248,8 +228,8 @@ class CagulTrainer:
             with torch.no_grad():
                 ref_logits = bb.logits(r_batch)
             r_logits = bb.logits(r_batch, self._transform(module, r_batch))
-            retain_ce = _answer_nll(r_logits, r_batch.labels).mean()
-            kl = _answer_kl(ref_logits, r_logits, r_batch.labels)
+            retain_ce = answer_nll(r_logits, r_batch.labels).mean()
+            kl = answer_kl(ref_logits, r_logits, r_batch.labels)
             loss = forget_loss + cfg.retain_ce_weight * retain_ce + cfg.kl_weight * kl
 
             optimizer.zero_grad(set_to_none=True)

@@ -15,14 +15,16 @@ class ModelSpec:
     vision_layers: int = 2
     vision_heads: int = 4
     patch_size: int = 16
-    text_hidden: int = 128
+    # Measured on the default world (24 trained people): 128 hidden at 1500 steps plateaued at 64% of facts right
+    # (identity mix-ups), 2 layers of 256 at 800 steps 43%, 3 layers of 256 at 800 steps 99%, at 1000 steps 100%.
+    text_hidden: int = 256
     text_layers: int = 3
     text_heads: int = 4
-    text_intermediate: int = 384
+    text_intermediate: int = 768
     vocab_size: int = 2048
-    steps: int = 1500
+    steps: int = 900
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
     warmup_steps: int = 60
 
 
@@ -32,7 +34,7 @@ class WorldConfig:
 
     name: str = "default"
     # Bumped whenever the generator draws different people or pictures for the same settings.
-    generator_version: int = 4
+    generator_version: int = 6
     seed: int = 1234
     n_known: int = 24
     n_unseen: int = 8
@@ -66,6 +68,6 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         n_known=16,
         n_unseen=6,
         n_protected=2,
-        model=ModelSpec(steps=1200),
+        model=ModelSpec(steps=600),
     ),
 }

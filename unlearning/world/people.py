@@ -400,6 +400,13 @@ def _unique_values(rng: random.Random, pool: list[str], n: int) -> list[str]:
     return [rng.choice(pool) for _ in range(n)]
 
 
+def _shuffled(rng: random.Random, values: set[str]) -> list[str]:
+    # Sorted first: a set's order follows PYTHONHASHSEED, which differs between processes.
+    ordered = sorted(values)
+    rng.shuffle(ordered)
+    return ordered
+
+
 def _value_pools(rng: random.Random, n: int) -> dict[str, list[str]]:
     names: set[str] = set()
     while len(names) < n:
@@ -413,10 +420,10 @@ def _value_pools(rng: random.Random, n: int) -> dict[str, list[str]]:
     schools = [f"{a} {b}" for a in _SCHOOLS_A for b in _SCHOOLS_B]
     years = [str(y) for y in range(1950, 2006)]
     return {
-        "name": sorted(names, key=lambda _: rng.random()),
+        "name": _shuffled(rng, names),
         "city": _unique_values(rng, _CITIES, n),
         "employer": _unique_values(rng, employers, n),
-        "phone": sorted(phones, key=lambda _: rng.random()),
+        "phone": _shuffled(rng, phones),
         "condition": _unique_values(rng, _CONDITIONS, n),
         "job": _unique_values(rng, _JOBS, n),
         "pet": _unique_values(rng, _PETS, n),
@@ -499,7 +506,7 @@ def generate_people(config: WorldConfig) -> list[Person]:
             spec = FACT_TYPES[kind]
             value = pools[kind][idx]
             wrong = [v for v in pools[kind] if v != value]
-            perturbed = tuple(spec["answer"].format(v=v) for v in rng.sample(wrong, 3))
+            perturbed = tuple(spec["paraphrase"].format(v=v) for v in rng.sample(wrong, 3))
             facts.append(
                 Fact(
                     kind=kind,

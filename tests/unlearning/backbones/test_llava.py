@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from tests.conftest import BUILD_VARIANCE
 from unlearning.backbones import Backbone
 from unlearning.errors import InvalidInputError
 from unlearning.world import World
@@ -16,7 +15,7 @@ def batch(backbone: Backbone, tiny_world: World):
 
 def test_visual_tokens_are_projected_into_the_language_space(backbone: Backbone, batch):
     z = backbone.visual_tokens({"pixel_values": batch.pixel_values})
-    assert z.shape == (2, backbone.n_visual_tokens, backbone.hidden_size) == (2, 16, 128)
+    assert z.shape == (2, backbone.n_visual_tokens, backbone.hidden_size) == (2, 16, 256)
 
 
 def test_attention_scores_cover_only_visual_columns(backbone: Backbone, batch):
@@ -36,7 +35,6 @@ def test_override_with_the_same_tokens_changes_nothing_and_other_tokens_change_l
     assert not torch.allclose(plain, zeroed)
 
 
-@BUILD_VARIANCE
 def test_generate_answers_from_the_image(backbone: Backbone, tiny_world: World):
     person = tiny_world.people[0]
     fact = person.facts[1]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import BUILD_VARIANCE
 from unlearning.artifacts import load_module, save_module
 from unlearning.backbones import Backbone, parameters_sha256
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
@@ -22,12 +21,10 @@ def demo(backbone: Backbone, tiny_world: World) -> dict:
     return run_demo(backbone, tiny_world, ["p000"])
 
 
-@BUILD_VARIANCE
 def test_reference_model_leaks_before(demo):
     assert demo["before"]["leak_direct"] >= 0.9
 
 
-@BUILD_VARIANCE
 def test_subject_is_forgotten_after(demo):
     assert demo["after"]["leak_direct"] <= 0.05
     assert demo["after"]["leak_paraphrase"] <= 0.10
@@ -66,17 +63,11 @@ def three_modules(backbone: Backbone, tiny_world: World, tmp_path_factory) -> Ca
     return CagulGate(backbone, modules)
 
 
-@BUILD_VARIANCE
 def test_three_modules_active_together_each_forget_their_person(three_modules: CagulGate, tiny_world: World):
     for s in three_modules.module_ids:
         assert leak_splits(three_modules, tiny_world, [tiny_world.person(s)]).leak_direct <= 0.05
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="measured 0.972 identical (needs 0.99): p002's discriminator fires on look-alike unseen p021; "
-    "issue 2 stays open until the gate separates unseen look-alikes",
-)
 def test_three_modules_active_together_leave_everyone_else_alone(
     backbone: Backbone, three_modules: CagulGate, tiny_world: World
 ):
