@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from unlearning.config import check_known_fields
 from unlearning.errors import InvalidInputError
 
 BASELINE_METHODS = ("ga", "gd", "kl", "idk", "npo")
@@ -47,8 +48,5 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BaselineConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidInputError(f"unknown baseline parameters {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, data, "baseline")
         return cls(**data)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from unlearning.config import check_known_fields
 from unlearning.errors import InvalidInputError
 
 TOKEN_RULES = ("all", "lowest", "random", "highest")
@@ -77,10 +78,7 @@ class CagulConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CagulConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InvalidInputError(f"unknown CAGUL parameters {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, data, "CAGUL")
         data = dict(data)
         for key in ("attention_layers", "probe_questions"):
             if data.get(key) is not None:
