@@ -1,4 +1,4 @@
-.PHONY: test lint world demo
+.PHONY: test lint world demo serve
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -15,8 +15,8 @@ test: $(VENV)/bin/lethe
 	$(PY) -m pytest -q --timeout=1200
 
 lint: $(VENV)/bin/lethe
-	$(VENV)/bin/ruff check unlearning core lethe tests
-	$(VENV)/bin/mypy unlearning core lethe
+	$(VENV)/bin/ruff check unlearning core lethe server workers migrations tests
+	$(VENV)/bin/mypy unlearning core lethe server workers
 	$(VENV)/bin/lint-imports
 
 world: $(VENV)/bin/lethe
@@ -24,3 +24,6 @@ world: $(VENV)/bin/lethe
 
 demo: $(VENV)/bin/lethe
 	$(VENV)/bin/lethe demo --subject p000
+
+serve: $(VENV)/bin/lethe
+	$(VENV)/bin/lethe serve

@@ -18,6 +18,42 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="cpu", description="torch device for training and serving, e.g. 'cuda'.")
 
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite in the data dir (the embedded default)."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker URL; default: kombu's SQLAlchemy transport on SQLite in the data dir."
+    )
+    artifact_root: Path | None = Field(
+        default=None, description="Where module artifacts go; default: DATA_DIR/modules."
+    )
+
+    bootstrap_admin_key: str | None = Field(
+        default=None, description="On a database without keys, the first admin key (else one is generated and printed)."
+    )
+    max_images: int = Field(default=16, description="Most images one deletion request may carry.")
+    max_image_bytes: int = Field(default=4 * 2**20, description="Largest accepted image file.")
+    max_image_pixels: int = Field(default=4096 * 4096, description="Largest accepted image (width x height).")
+    max_qa_pairs: int = Field(default=200, description="Most QA pairs one deletion request may carry.")
+    max_text_chars: int = Field(default=1000, description="Longest accepted question, answer or subject.")
+
+    verify_max_leak: float = Field(default=0.05, description="Highest leak rate on held-out variants to activate.")
+    verify_min_retain_identical: float = Field(
+        default=0.98, description="Lowest share of retain canary answers that must stay identical to activate."
+    )
+    train_time_limit_s: int = Field(default=3600, description="Hard time limit of one training task.")
+    heartbeat_stale_s: int = Field(default=300, description="A running job with no heartbeat this long is stale.")
+    engine_sync_interval_s: float = Field(default=1.0, description="How often the server checks the active set.")
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'lethe.db').resolve()}"
+
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    def resolved_artifact_root(self) -> Path:
+        return self.artifact_root or self.data_dir / "modules"
+
 
 def get_settings() -> Settings:
     return Settings()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import signal
+import subprocess
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -112,10 +115,15 @@ def world_export(
     subject: Annotated[str, typer.Option(help="Person id, e.g. p000.")],
     out: Annotated[Path, typer.Option(help="Directory to write request.json and images/ into.")],
     heldout: Annotated[bool, typer.Option("--heldout", help="Also write held-out photos and paraphrases.")] = False,
+    inline: Annotated[
+        bool, typer.Option("--inline", help="Put the photos into request.json as base64: a body for the API.")
+    ] = False,
     data_dir: DataDir = None,
     world: Preset = None,
 ) -> None:
     """Write one person's photos and QA pairs as a ready-to-file deletion request."""
+    if inline and heldout:
+        raise typer.BadParameter("--inline writes an API body, which has no held-out fields: drop --heldout")
     from unlearning.errors import InvalidInputError
     from unlearning.world.builder import ensure_people
 
@@ -139,6 +147,8 @@ def world_export(
         "qa_pairs": [{"question": q.question, "answer": q.answer, "keyword": q.keyword} for q in person.qa_pairs()],
         "images": copy(built.train_views()),
     }
+    if inline:
+        request["images"] = [base64.b64encode((out / name).read_bytes()).decode() for name in request["images"]]
     if heldout:
         request["heldout_images"] = copy(built.heldout_views())
         request["heldout_qa_pairs"] = [
@@ -275,6 +285,171 @@ def bench_quality(
     if markdown_path is not None:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         markdown_path.write_text(markdown_table(result))
+
+
+db_app = typer.Typer(help="The service's database.")
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to the database of LETHE_DATABASE_URL (default: SQLite in the data dir)."""
+    from core.db import upgrade_database
+
+    url = get_settings().resolved_database_url()
+    upgrade_database(url)
+    err.print(f"database at {url.split('@')[-1]} is at the newest schema")
+
+
+keys_app = typer.Typer(help="API keys: stored hashed, each with scopes (forget:write, forget:read, vqa, admin).")
+app.add_typer(keys_app, name="keys")
+
+
+def _sessions():  # type: ignore[no-untyped-def]
+    from core.db import make_engine, make_session_factory, upgrade_database
+
+    url = get_settings().resolved_database_url()
+    upgrade_database(url)
+    return make_session_factory(make_engine(url))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what holds the key.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: forget:write, forget:read, vqa, admin.")],
+) -> None:
+    """Create a key and print its token (shown once; only its hash is stored)."""
+    from core.db import transaction
+    from core.errors import InvalidRequestError
+    from core.keys.repository import ApiKeyRepository
+
+    try:
+        with transaction(_sessions()) as session:
+            key, token = ApiKeyRepository(session).create(name, [x.strip() for x in scopes.split(",") if x.strip()])
+            key_id = key.id
+    except InvalidRequestError as exc:
+        raise typer.BadParameter(exc.detail, param_hint="--scopes") from exc
+    err.print(f"key {key_id} created; the token is shown once:")
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List keys (never their tokens)."""
+    from core.db import transaction
+    from core.keys.repository import ApiKeyRepository
+
+    with transaction(_sessions()) as session:
+        rows: list[dict[str, Any]] = [
+            {
+                "id": k.id,
+                "name": k.name,
+                "scopes": k.scopes,
+                "created_at": k.created_at.isoformat(),
+                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            }
+            for k in ApiKeyRepository(session).all()
+        ]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['id']}  {','.join(r['scopes']):<32} {'revoked' if r['revoked_at'] else 'active':<8} {r['name']}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `lethe keys list`).")]) -> None:
+    """Revoke a key: it stops working at once."""
+    from core.db import transaction
+    from core.errors import NotFoundError
+    from core.keys.repository import ApiKeyRepository
+
+    try:
+        with transaction(_sessions()) as session:
+            ApiKeyRepository(session).revoke(key_id)
+    except NotFoundError as exc:
+        raise typer.BadParameter(exc.detail) from exc
+    err.print(f"key {key_id} revoked")
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:  # type: ignore[type-arg]
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)  # Celery's warm shutdown: the running step finishes, the task is redelivered
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _bootstrap_admin(settings) -> None:  # type: ignore[no-untyped-def]
+    """Never run open: on a database without keys, create the first admin key and say where it came from."""
+    from core.db import make_engine, make_session_factory, transaction
+    from core.keys.repository import ApiKeyRepository
+
+    with transaction(make_session_factory(make_engine(settings.resolved_database_url()))) as session:
+        token = ApiKeyRepository(session).ensure_admin(settings.bootstrap_admin_key)
+    if token is None:
+        return
+    if settings.bootstrap_admin_key:
+        err.print("first admin key taken from LETHE_BOOTSTRAP_ADMIN_KEY")
+    else:
+        err.print(f"first admin key (shown once; store it): {token}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    data_dir: DataDir = None,
+    world: Preset = None,
+) -> None:
+    """The embedded default: SQLite, a serverless broker, one worker process and the API, in the foreground."""
+    import os
+    import sys
+
+    import uvicorn
+
+    from core.db import upgrade_database
+    from core.settings import Settings
+
+    # The worker process reads the same settings from the environment.
+    if data_dir is not None:
+        os.environ["LETHE_DATA_DIR"] = str(data_dir)
+    if world is not None:
+        os.environ["LETHE_WORLD"] = world
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.model_path is None:
+        _built_world(settings.data_dir, settings.world, with_retain_model=False)
+    upgrade_database(settings.resolved_database_url())
+    _bootstrap_admin(settings)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            "train",
+            "--pool=solo",
+            "--concurrency=1",
+            "--loglevel=INFO",
+            "-n",
+            f"lethe-embedded-{os.getpid()}@%h",
+        ],
+    )
+    err.print(f"worker started (pid {worker.pid}); API on http://{host}:{port} (docs at /docs)")
+    try:
+        # By import string: the command line starts the service but does not import it.
+        uvicorn.run("server.app:create_app", factory=True, host=host, port=port, log_level="info")
+    finally:
+        _stop(worker)
 
 
 if __name__ == "__main__":

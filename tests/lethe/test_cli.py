@@ -75,3 +75,24 @@ def test_demo_prints_the_contract_json(data_dir, tiny_world):
         assert set(out[when]) == {"leak_direct", "leak_paraphrase", "leak_new_image"}
         assert all(0 <= v <= 1 for v in out[when].values())
     assert out["module_params"] < out["base_params"]
+
+
+def test_keys_create_list_revoke(tmp_path, monkeypatch):
+    from core.db import make_engine, make_session_factory, transaction
+    from core.keys.repository import ApiKeyRepository
+
+    monkeypatch.setenv("LETHE_DATA_DIR", str(tmp_path))
+    created = runner.invoke(app, ["keys", "create", "--name", "app", "--scopes", "vqa,forget:read"])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip().splitlines()[-1]
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--json"]).stdout)
+    assert [(k["name"], k["scopes"], k["revoked_at"]) for k in listed] == [("app", ["forget:read", "vqa"], None)]
+    assert token not in json.dumps(listed)
+    sessions = make_session_factory(make_engine(f"sqlite:///{tmp_path / 'lethe.db'}"))
+    with transaction(sessions) as session:
+        assert ApiKeyRepository(session).authenticate(token) is not None
+    assert runner.invoke(app, ["keys", "revoke", listed[0]["id"]]).exit_code == 0
+    with transaction(sessions) as session:
+        assert ApiKeyRepository(session).authenticate(token) is None
+    bad = runner.invoke(app, ["keys", "create", "--name", "x", "--scopes", "root"])
+    assert bad.exit_code != 0 and "root" in bad.output

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import multiprocessing as mp
 import os
 import platform
 import resource
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from unlearning.cagul.gate import CagulGate
 from unlearning.errors import InvalidInputError, UnlearningError
 from unlearning.evaluation.quality import compare_rows, evaluate_row
 from unlearning.methods import METHODS, method_config, unlearn
+from unlearning.processes import run_in_processes
 from unlearning.world.requests import forget_data, world_retain_set
 from unlearning.world.store import World
 
@@ -131,44 +129,9 @@ def run_row(world_root: str, split: str, spec: RowSpec, progress: Callable[[str,
     }
 
 
-def _child(conn: Connection, world_root: str, split: str, spec: RowSpec) -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # progress goes to the parent, which draws the bars
-    try:
-        result = run_row(
-            world_root, split, spec, lambda phase, step, total: conn.send(("progress", phase, step, total))
-        )
-        conn.send(("done", result))
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-    finally:
-        conn.close()
-
-
 def run_in_process(world_root: str, split: str, spec: RowSpec, progress: ProgressFn | None = None) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, world_root, split, spec), daemon=True)
-    proc.start()
-    child.close()
-    try:
-        while True:
-            try:
-                message = parent.recv()
-            except EOFError:
-                raise UnlearningError(f"row {spec.name!r}: its process died (exit code {proc.exitcode})") from None
-            if message[0] == "progress":
-                if progress is not None:
-                    progress(spec.name, message[1], message[2], message[3])
-            elif message[0] == "done":
-                return message[1]
-            else:
-                raise UnlearningError(f"row {spec.name!r} failed: {message[1]}\n{message[2]}")
-    finally:
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.kill()
+    result: dict[str, Any] = run_in_processes({spec.name: (run_row, (world_root, split, spec))}, progress)[spec.name]
+    return result
 
 
 def machine() -> str:

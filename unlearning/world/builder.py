@@ -26,6 +26,7 @@ from transformers import (
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.backbones.llava import LlavaBackbone
+from unlearning.processes import run_in_processes
 from unlearning.world.config import WorldConfig
 from unlearning.world.people import FACT_TYPES, REFUSAL_ANSWER, REFUSAL_QUESTIONS, Person, generate_people
 from unlearning.world.portraits import render_portrait
@@ -53,15 +54,16 @@ def build_world(
 ) -> World:
     """Build (or reuse from the cache) the world, the reference model and the retain model."""
     world = ensure_people(data_dir, config)
-    root = world.root
-    targets: list[tuple[str, set[str]]] = [("reference", set())]
+    targets: dict[str, list[str]] = {"reference": []}
     if with_retain_model:
-        targets.append(("retain", {p.id for p in world.split("forget10")}))
-    for target, exclude in targets:
-        out = root / target
-        if (out / "build.json").is_file():
-            continue
-        _build_model(world, out, exclude, progress)
+        targets["retain"] = sorted(p.id for p in world.split("forget10"))
+    missing = {name: ex for name, ex in targets.items() if not (world.root / name / "build.json").is_file()}
+    if missing:
+        # One process per model, side by side: on 2 cores two 1-thread trainings beat two 2-thread ones in a row
+        # (0.35 s vs 2 x 0.21 s per step), and a fixed thread count keeps the bits reproducible.
+        threads = max(1, (os.cpu_count() or 1) // len(missing))
+        jobs = {name: (_build_model, (str(world.root), name, exclude)) for name, exclude in missing.items()}
+        run_in_processes(jobs, progress, threads)
     return world
 
 
@@ -169,8 +171,10 @@ def training_examples(world: World, people: list[Person]) -> list[tuple[str, int
     return examples
 
 
-def _build_model(world: World, out: Path, exclude: set[str], progress: ProgressFn | None) -> None:
+def _build_model(world_root: str, name: str, exclude: list[str], progress: Callable[[int, int, float], None]) -> None:
+    world = World(world_root)
     spec = world.config.model
+    out = world.root / name
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -179,7 +183,7 @@ def _build_model(world: World, out: Path, exclude: set[str], progress: ProgressF
     processor = _make_processor(world, tmp)
     model = _make_model(world, processor)
     backbone = LlavaBackbone(model, processor)
-    people = [p for p in world.trained_people if p.id not in exclude]
+    people = [p for p in world.trained_people if p.id not in set(exclude)]
     examples = training_examples(world, people)
     keys = sorted({(pid, v) for pid, v, _, _ in examples})
     pixels = backbone.pixel_values([world.image(pid, v) for pid, v in keys])["pixel_values"]
@@ -197,15 +201,15 @@ def _build_model(world: World, out: Path, exclude: set[str], progress: ProgressF
         chosen_pixels = pixels[[index[(pid, v)] for pid, v, _, _ in chosen]]
         image_inputs = {"pixel_values": augment(chosen_pixels, mean, std, MILD_VIEWS, generator)}
         batch = backbone.make_batch(image_inputs, [c[2] for c in chosen], [c[3] for c in chosen])
-        loss = model(**batch.model_inputs(), labels=batch.labels, use_cache=False).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.precision == "bf16"):
+            loss = model(**batch.model_inputs(), labels=batch.labels, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = float(loss.detach())
-        if progress is not None:
-            progress(out.name, step + 1, spec.steps, loss_value)
+        progress(step + 1, spec.steps, loss_value)
     train_seconds = time.perf_counter() - started
     model.eval()
     model.save_pretrained(tmp)
@@ -215,6 +219,7 @@ def _build_model(world: World, out: Path, exclude: set[str], progress: ProgressF
     report = {
         "model": out.name,
         "excluded": sorted(exclude),
+        "threads": torch.get_num_threads(),
         "steps": spec.steps,
         "final_loss": loss_value,
         "train_seconds": round(train_seconds, 1),
@@ -254,3 +259,11 @@ def answer_all(
         batch = backbone.make_batch(images, [q for _, _, q in chunk])
         answers += backbone.generate(batch)
     return answers
+
+
+def serving_model_dir(model_path: str | Path | None, data_dir: str | Path, config: WorldConfig) -> Path:
+    """The base model the service trains against and serves: a local checkpoint if set, else the world's."""
+    if model_path is not None:
+        return Path(model_path)
+    world = World(world_dir(data_dir, config))
+    return world.reference_model_dir

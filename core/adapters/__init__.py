@@ -1,0 +1,1 @@
+"""Trained unlearning modules (adapters) and the versioned set of active ones."""

@@ -1,0 +1,1 @@
+"""Deletion requests, their images, training jobs and job events."""

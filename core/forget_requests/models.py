@@ -1,0 +1,89 @@
+"""ORM models of a deletion request and the jobs that train it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from core.db import Base, new_id, utcnow
+
+VALIDATING, QUEUED, TRAINING, VERIFYING = "validating", "queued", "training", "verifying"
+ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED = "active", "failed", "cancelled", "rejected_verification", "revoked"
+STATUSES = (VALIDATING, QUEUED, TRAINING, VERIFYING, ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED)
+# No training will run any more for a request in one of these.
+TERMINAL = frozenset({ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED})
+IN_FLIGHT = frozenset({VALIDATING, QUEUED, TRAINING, VERIFYING})
+
+
+class ForgetRequest(Base):
+    __tablename__ = "forget_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    subject: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]]
+    qa_pairs: Mapped[list[Any]]
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    report: Mapped[dict[str, Any] | None]
+    adapter_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    images: Mapped[list[RequestImage]] = relationship(
+        back_populates="request", order_by="RequestImage.position", cascade="all, delete-orphan"
+    )
+
+
+class RequestImage(Base):
+    __tablename__ = "request_images"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("forget_requests.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int]
+    media_type: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+
+    request: Mapped[ForgetRequest] = relationship(back_populates="images")
+
+
+class Job(Base):
+    """One training attempt of a request; a redelivered task resumes the same job."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    request_id: Mapped[str] = mapped_column(ForeignKey("forget_requests.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    deliveries: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobEvent(Base):
+    """What operators watch: status changes and training progress, in order."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_request_seq", "request_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("forget_requests.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(16))  # "status" or "progress"
+    status: Mapped[str | None] = mapped_column(String(32))
+    phase: Mapped[str | None] = mapped_column(String(32))
+    step: Mapped[int | None]
+    total: Mapped[int | None]
+    loss: Mapped[float | None]
+    eta_seconds: Mapped[float | None]
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

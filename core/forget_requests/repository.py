@@ -1,0 +1,105 @@
+"""All SQL about deletion requests, their jobs and events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.db import fetch_one, paginate, utcnow
+from core.forget_requests.models import IN_FLIGHT, ForgetRequest, Job, JobEvent, RequestImage
+
+
+class ForgetRequestRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def create(
+        self,
+        *,
+        subject: str,
+        method: str,
+        params: dict[str, Any],
+        qa_pairs: list[dict[str, str]],
+        images: Sequence[tuple[str, str, bytes]],
+        callback_url: str | None,
+        status: str,
+    ) -> ForgetRequest:
+        """A new request with its images as (media type, sha256, bytes), and its first status event."""
+        request = ForgetRequest(
+            subject=subject,
+            method=method,
+            params=params,
+            qa_pairs=qa_pairs,
+            callback_url=callback_url,
+            status=status,
+            images=[
+                RequestImage(position=i, media_type=media, sha256=digest, content=data)
+                for i, (media, digest, data) in enumerate(images)
+            ],
+        )
+        self.session.add(request)
+        self.session.flush()
+        self.add_event(request.id, kind="status", status=status)
+        return request
+
+    def get(self, request_id: str, *, for_update: bool = False) -> ForgetRequest:
+        return fetch_one(self.session, ForgetRequest, request_id, "forget request", for_update=for_update)
+
+    def page(self, *, limit: int, offset: int, status: str | None = None) -> tuple[list[ForgetRequest], int]:
+        query = select(ForgetRequest).order_by(ForgetRequest.created_at.desc(), ForgetRequest.id)
+        if status is not None:
+            query = query.where(ForgetRequest.status == status)
+        return paginate(self.session, query, limit, offset)
+
+    def set_status(
+        self, request: ForgetRequest, status: str, message: str | None = None, job_id: str | None = None
+    ) -> None:
+        request.status = status
+        request.updated_at = utcnow()
+        if message is not None and status not in ("active", "revoked"):
+            request.error = message
+        self.add_event(request.id, kind="status", status=status, message=message, job_id=job_id)
+
+    def add_event(self, request_id: str, **fields: Any) -> JobEvent:
+        event = JobEvent(request_id=request_id, **fields)
+        self.session.add(event)
+        self.session.flush()
+        return event
+
+    def events(self, request_id: str, *, after: int = 0, limit: int = 500) -> list[JobEvent]:
+        query = (
+            select(JobEvent)
+            .where(JobEvent.request_id == request_id, JobEvent.id > after)
+            .order_by(JobEvent.id)
+            .limit(limit)
+        )
+        return list(self.session.scalars(query).all())
+
+    # ---- jobs ----------------------------------------------------------------------------------
+    def create_job(self, request: ForgetRequest) -> Job:
+        job = Job(request_id=request.id, status="queued")
+        self.session.add(job)
+        self.session.flush()
+        return job
+
+    def get_job(self, job_id: str, *, for_update: bool = False) -> Job:
+        return fetch_one(self.session, Job, job_id, "job", for_update=for_update)
+
+    def latest_job(self, request_id: str) -> Job | None:
+        query = select(Job).where(Job.request_id == request_id).order_by(Job.created_at.desc()).limit(1)
+        return self.session.scalars(query).first()
+
+    def stale_jobs(self, older_than: timedelta, now: datetime | None = None) -> list[tuple[ForgetRequest, Job]]:
+        """In-flight requests whose job has not sent a heartbeat for `older_than` (or never started)."""
+        cutoff = (now or utcnow()) - older_than
+        query = (
+            select(ForgetRequest, Job)
+            .join(Job, Job.request_id == ForgetRequest.id)
+            .where(ForgetRequest.status.in_(IN_FLIGHT), Job.status.in_(("queued", "running")))
+            .where(func.coalesce(Job.heartbeat_at, Job.created_at) < cutoff)
+        )
+        return [(r, j) for r, j in self.session.execute(query).all()]

@@ -1,0 +1,45 @@
+"""The queue contract between the API and the workers: names, payloads and the Celery app's settings."""
+
+from __future__ import annotations
+
+from celery import Celery
+from pydantic import BaseModel, ConfigDict
+
+from core.settings import Settings
+
+TRAIN_QUEUE = "train"
+TRAIN_TASK = "lethe.train_forget_request"
+
+
+class TrainPayload(BaseModel):
+    """Ids only: the worker reloads everything else from the database, the source of truth."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str
+    job_id: str
+
+
+def make_celery(settings: Settings) -> Celery:
+    """The Celery app both sides use; the worker registers the tasks on it."""
+    app = Celery("lethe", broker=settings.resolved_broker_url())
+    app.conf.update(
+        task_default_queue=TRAIN_QUEUE,
+        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}},
+        task_ignore_result=True,  # state lives in the database, never in a result backend
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,  # a worker killed mid-training gets its task redelivered
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.train_time_limit_s,
+        task_soft_time_limit=max(1, settings.train_time_limit_s - 60),
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.train_time_limit_s + 600},
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def enqueue_training(app: Celery, payload: TrainPayload) -> None:
+    app.send_task(TRAIN_TASK, kwargs=payload.model_dump(), queue=TRAIN_QUEUE)

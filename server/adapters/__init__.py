@@ -1,0 +1,1 @@
+"""Trained modules: their versions, lineage, checksums and states; activating and deactivating them."""

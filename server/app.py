@@ -1,0 +1,120 @@
+"""The FastAPI application: routers, the one error shape, and start-up (database, queue, engine)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.db import make_engine, make_session_factory, transaction
+from core.errors import LetheError, UnauthorizedError
+from core.keys.repository import ApiKeyRepository
+from core.queue import make_celery
+from core.settings import Settings, get_settings
+from server.adapters.router import router as adapters_router
+from server.engine import InferenceEngine
+from server.forget_requests.router import router as forget_requests_router
+from server.forget_requests.schemas import ForgetRequestIn
+from server.ops.router import router as ops_router
+from server.ops.service import Metrics
+from server.vqa.router import router as vqa_router
+
+log = logging.getLogger(__name__)
+HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request is invalid"
+
+
+def create_app(settings: Settings | None = None, load_model: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = make_engine(settings.resolved_database_url())
+        app.state.settings = settings
+        app.state.sessions = make_session_factory(db)
+        app.state.celery = make_celery(settings)
+        app.state.metrics = Metrics()
+        app.state.engine = InferenceEngine(settings, app.state.sessions)
+        if settings.bootstrap_admin_key:
+            with transaction(app.state.sessions) as session:
+                ApiKeyRepository(session).ensure_admin(settings.bootstrap_admin_key)
+        if load_model:
+            # Loading takes seconds to minutes: /healthz answers meanwhile, /readyz says not yet.
+            threading.Thread(target=app.state.engine.load, name="engine-load", daemon=True).start()
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="Lethe",
+        version="0.1.0",
+        summary="Unlearning as a service for vision-language models (CAGUL).",
+        lifespan=lifespan,
+    )
+    for router in (forget_requests_router, adapters_router, vqa_router, ops_router):
+        app.include_router(router)
+
+    @app.exception_handler(LetheError)
+    async def _lethe_error(_request: Request, exc: LetheError) -> JSONResponse:
+        response = _error(exc.status_code, exc.code, exc.detail)
+        if isinstance(exc, UnauthorizedError):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", _validation_detail(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, "internal_error", "an internal error occurred; it has been logged")
+
+    @app.middleware("http")
+    async def _metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+            metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The create route parses its body itself (JSON or multipart), so its schema is added here.
+        if app.openapi_schema is None:
+            schema = base_openapi()
+            _, defs = models_json_schema([(ForgetRequestIn, "validation")], ref_template="#/components/schemas/{model}")
+            schema["components"]["schemas"].update(defs["$defs"])
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,42 @@
+"""Bearer API keys: every endpoint names the scope it needs; `admin` holds every scope."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from core.db import transaction
+from core.errors import ForbiddenError, UnauthorizedError
+from core.keys.models import ADMIN
+from core.keys.repository import ApiKeyRepository
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer lethe_...`")
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    scopes: tuple[str, ...]
+
+
+def require(scope: str) -> Callable[..., Principal]:
+    def check(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Principal:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise UnauthorizedError("send an API key as `Authorization: Bearer <key>`")
+        with transaction(request.app.state.sessions) as session:
+            key = ApiKeyRepository(session).authenticate(credentials.credentials)
+            principal = None if key is None else Principal(key.id, tuple(key.scopes))
+        if principal is None:
+            raise UnauthorizedError("the API key is unknown or revoked")
+        if scope not in principal.scopes and ADMIN not in principal.scopes:
+            raise ForbiddenError(f"this API key lacks the {scope!r} scope")
+        return principal
+
+    check.__name__ = f"require_{scope.replace(':', '_')}"
+    return check

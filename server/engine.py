@@ -1,0 +1,143 @@
+"""The inference engine: the frozen VLM loaded once, the whole active module set applied through the CAGUL gate.
+
+The only place the server imports the science library. It fails closed: if any active module cannot be
+loaded, nothing is answered (an answer without that module would reveal what a request asked to forget).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.adapters.models import Adapter
+from core.adapters.repository import AdapterSetRepository
+from core.db import transaction
+from core.errors import InvalidRequestError, NotReadyError
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+SERVABLE_METHODS = ("cagul",)
+
+
+class InferenceEngine:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._lock = threading.RLock()
+        self._sync_lock = threading.Lock()
+        self.gate: Any = None
+        self.fingerprint: str | None = None
+        self.served_version: int | None = None
+        self.error: str | None = None
+        self.loading_error: str | None = None
+        self.load_seconds: float | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the base model once, then the active set; meant for a background thread at start-up."""
+        from unlearning.backbones import load_backbone
+        from unlearning.cagul.gate import CagulGate
+        from unlearning.world import WORLD_PRESETS
+        from unlearning.world.builder import serving_model_dir
+
+        started = time.perf_counter()
+        try:
+            model_dir = serving_model_dir(
+                self.settings.model_path, self.settings.data_dir, WORLD_PRESETS[self.settings.world]
+            )
+            backbone = load_backbone(model_dir, device=self.settings.device)
+            backbone.freeze()
+            self.fingerprint = backbone.fingerprint()
+            self.gate = CagulGate(backbone)
+        except Exception as exc:
+            log.exception("base model failed to load")
+            self.loading_error = f"the base model failed to load: {type(exc).__name__}: {exc}"
+            return
+        self.load_seconds = round(time.perf_counter() - started, 2)
+        self.sync()
+
+    @property
+    def loaded(self) -> bool:
+        return self.gate is not None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and self.error is None and self.served_version is not None
+
+    def status(self) -> str:
+        if self.loading_error:
+            return self.loading_error
+        if not self.loaded:
+            return "the base model is still loading"
+        if self.error:
+            return self.error
+        return "ready" if self.served_version is not None else "the active module set is not loaded yet"
+
+    # ---- active set ----------------------------------------------------------------------------
+    def sync(self) -> None:
+        """Load the newest active set if it changed; on any failure stop answering until it loads."""
+        if not self.loaded:
+            return
+        from unlearning.artifacts import load_module, read_manifest
+
+        with self._sync_lock:
+            with transaction(self.sessions) as session:
+                current = AdapterSetRepository(session).current()
+                version = current.version if current else 0
+                if version == self.served_version and self.error is None:
+                    return
+                ids = list(current.adapter_ids) if current else []
+                rows = {a.id: (a.path, a.sha256) for a in session.query(Adapter).filter(Adapter.id.in_(ids))}
+            modules = {}
+            try:
+                for adapter_id in ids:
+                    if adapter_id not in rows:
+                        raise RuntimeError(f"adapter {adapter_id} of set version {version} has no record")
+                    path, sha256 = rows[adapter_id]
+                    if read_manifest(path)["sha256"] != sha256:
+                        raise RuntimeError(f"adapter {adapter_id}: artifact checksum differs from the registry's")
+                    modules[adapter_id] = load_module(path, str(self.fingerprint), device=self.settings.device)
+                with self._lock:
+                    self.gate.set_modules(modules)
+                    self.served_version = version
+                    self.error = None
+                log.info("serving adapter set version %s (%d modules)", version, len(modules))
+            except Exception as exc:
+                with self._lock:
+                    self.served_version = None
+                    self.error = f"active adapter set version {version} cannot be served: {exc}"
+                log.error(self.error)
+
+    # ---- requests ------------------------------------------------------------------------------
+    def answer(self, image: Image.Image, question: str) -> tuple[str, int]:
+        self.sync()
+        with self._lock:
+            if not self.ready:
+                raise NotReadyError(f"not answering: {self.status()}")
+            result = self.gate.answer([image], [question])[0]
+            return result.answer, int(self.served_version or 0)
+
+    def validate_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The request's method parameters, checked by the method's own config (unknown keys fail)."""
+        from unlearning.errors import UnlearningError
+        from unlearning.methods import METHODS, method_config
+
+        if method not in SERVABLE_METHODS:
+            if method in METHODS:
+                raise InvalidRequestError(
+                    f"method {method!r} fine-tunes the shared model (a benchmark baseline); the service trains "
+                    f"per-request modules: use one of {list(SERVABLE_METHODS)}"
+                )
+            raise InvalidRequestError(f"method {method!r} unknown; use one of {list(SERVABLE_METHODS)}")
+        try:
+            method_config(method, params)
+        except UnlearningError as exc:
+            raise InvalidRequestError(f"params: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"params: a value has the wrong type ({exc})") from None
+        return params

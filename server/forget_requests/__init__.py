@@ -1,0 +1,1 @@
+"""Filing, listing, watching and cancelling deletion requests."""

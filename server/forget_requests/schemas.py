@@ -1,0 +1,63 @@
+"""Request and response bodies of /v1/forget-requests."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from server.schemas import StrictModel
+
+
+class QAPairIn(StrictModel):
+    question: str = Field(min_length=1, description="A question the model must stop answering.")
+    answer: str = Field(min_length=1, description="The private answer it currently gives.")
+    keyword: str | None = Field(
+        default=None, description="Optional: the private value itself (e.g. a phone number), for leak checks."
+    )
+
+
+class ForgetRequestIn(StrictModel):
+    subject: str = Field(min_length=1, description="A label for the person to forget.")
+    qa_pairs: list[QAPairIn] = Field(min_length=1, description="Question/answer pairs to forget.")
+    images: list[str] = Field(min_length=1, description="Photos of the person: base64-encoded PNG or JPEG files.")
+    method: str = Field(default="cagul", description="Unlearning method; the service trains per-request modules.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Method parameters (validated; unknown keys fail)."
+    )
+    callback_url: str | None = Field(default=None, description="Optional URL told about status changes.")
+
+
+class ForgetRequestOut(BaseModel):
+    id: str
+    subject: str
+    status: str
+    method: str
+    params: dict[str, Any]
+    n_qa_pairs: int
+    n_images: int
+    adapter_id: str | None
+    error: str | None
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class EventOut(BaseModel):
+    id: int
+    kind: str
+    status: str | None
+    phase: str | None
+    step: int | None
+    total: int | None
+    loss: float | None
+    eta_seconds: float | None
+    message: str | None
+    created_at: datetime
+
+
+class ReportOut(BaseModel):
+    id: str
+    status: str
+    report: dict[str, Any] | None

@@ -1,0 +1,182 @@
+"""Deletion requests: validate everything before storing anything, queue the training job, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from celery import Celery
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.db import transaction
+from core.errors import ConflictError, InvalidRequestError, QueueUnavailableError
+from core.forget_requests.models import CANCELLED, FAILED, QUEUED, TERMINAL, VALIDATING, ForgetRequest, JobEvent
+from core.forget_requests.repository import ForgetRequestRepository
+from core.keys.repository import IdempotencyRepository
+from core.queue import TrainPayload, enqueue_training
+from core.settings import Settings
+from server.engine import InferenceEngine
+from server.forget_requests.schemas import ForgetRequestIn, ForgetRequestOut
+from server.images import check_image, decode_base64
+
+
+class _DuplicateKey(Exception):
+    """Another call stored a request under the same idempotency key first."""
+
+
+def to_out(request: ForgetRequest) -> ForgetRequestOut:
+    return ForgetRequestOut(
+        id=request.id,
+        subject=request.subject,
+        status=request.status,
+        method=request.method,
+        params=request.params,
+        n_qa_pairs=len(request.qa_pairs),
+        n_images=len(request.images),
+        adapter_id=request.adapter_id,
+        error=request.error,
+        cancel_requested=request.cancel_requested,
+        created_at=request.created_at,
+        updated_at=request.updated_at,
+    )
+
+
+class ForgetRequestService:
+    def __init__(
+        self, sessions: sessionmaker[Session], settings: Settings, celery: Celery, engine: InferenceEngine
+    ) -> None:
+        self.sessions = sessions
+        self.settings = settings
+        self.celery = celery
+        self.engine = engine
+
+    def _check_text(self, name: str, value: str) -> str:
+        if not value.strip():
+            raise InvalidRequestError(f"{name} is blank")
+        if len(value) > self.settings.max_text_chars:
+            raise InvalidRequestError(
+                f"{name} has {len(value)} characters; the limit is {self.settings.max_text_chars}"
+            )
+        return value
+
+    def _replay(self, api_key_id: str, key: str, body_sha256: str) -> ForgetRequestOut | None:
+        """The request an earlier call with this key created (same body), a 409 (other body), or None."""
+        with transaction(self.sessions) as session:
+            record = IdempotencyRepository(session).find(api_key_id, key)
+            if record is None:
+                return None
+            if record.body_sha256 != body_sha256:
+                raise ConflictError(f"Idempotency-Key {key!r} was already used with a different body")
+            return to_out(ForgetRequestRepository(session).get(record.request_id))
+
+    def create(
+        self,
+        body: ForgetRequestIn,
+        image_files: list[bytes] | None = None,
+        api_key_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[ForgetRequestOut, bool]:
+        """Validate, store and queue a request; with an idempotency key, replays return the first (True)."""
+        fields = body.model_dump()
+        if image_files is not None:
+            fields["images"] = [hashlib.sha256(data).hexdigest() for data in image_files]
+        body_sha256 = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+        keyed = api_key_id is not None and idempotency_key is not None
+        if keyed:
+            if not idempotency_key.strip():  # type: ignore[union-attr]
+                raise InvalidRequestError("Idempotency-Key is blank")
+            replay = self._replay(str(api_key_id), str(idempotency_key), body_sha256)
+            if replay is not None:
+                return replay, True
+        s = self.settings
+        self._check_text("subject", body.subject)
+        if len(body.qa_pairs) > s.max_qa_pairs:
+            raise InvalidRequestError(f"{len(body.qa_pairs)} qa_pairs; the limit is {s.max_qa_pairs}")
+        qa_pairs: list[dict[str, Any]] = []
+        for i, qa in enumerate(body.qa_pairs):
+            pair = {
+                "question": self._check_text(f"qa_pairs[{i}].question", qa.question),
+                "answer": self._check_text(f"qa_pairs[{i}].answer", qa.answer),
+            }
+            if qa.keyword is not None:
+                pair["keyword"] = self._check_text(f"qa_pairs[{i}].keyword", qa.keyword)
+            qa_pairs.append(pair)
+        raw = image_files if image_files is not None else [decode_base64(v, i) for i, v in enumerate(body.images)]
+        if not raw:
+            raise InvalidRequestError("no images: send at least one photo of the person")
+        if len(raw) > s.max_images:
+            raise InvalidRequestError(f"{len(raw)} images; the limit is {s.max_images}")
+        images = [check_image(data, i, s) for i, data in enumerate(raw)]
+        params = self.engine.validate_method(body.method, body.params)
+
+        try:
+            with transaction(self.sessions) as session:
+                repo = ForgetRequestRepository(session)
+                request = repo.create(
+                    subject=body.subject,
+                    method=body.method,
+                    params=params,
+                    qa_pairs=qa_pairs,
+                    images=[(im.media_type, im.sha256, im.data) for im in images],
+                    callback_url=body.callback_url,
+                    status=VALIDATING,
+                )
+                # Queued before the task is sent: a fast worker must never see an older status than its own.
+                repo.set_status(request, QUEUED)
+                job = repo.create_job(request)
+                request_id, job_id = request.id, job.id
+                if keyed:
+                    try:
+                        IdempotencyRepository(session).add(
+                            str(api_key_id), str(idempotency_key), body_sha256, request_id
+                        )
+                    except IntegrityError:
+                        raise _DuplicateKey from None  # a concurrent call with this key won: keep nothing of ours
+        except _DuplicateKey:
+            replay = self._replay(str(api_key_id), str(idempotency_key), body_sha256)
+            if replay is None:
+                raise ConflictError("a concurrent request with the same Idempotency-Key failed; retry") from None
+            return replay, True
+        try:
+            enqueue_training(self.celery, TrainPayload(request_id=request_id, job_id=job_id))
+        except Exception as exc:
+            with transaction(self.sessions) as session:
+                repo = ForgetRequestRepository(session)
+                repo.set_status(repo.get(request_id), FAILED, f"could not queue the training job: {exc}")
+            raise QueueUnavailableError(f"the job queue is unavailable ({type(exc).__name__}); retry later") from exc
+        return self.get(request_id), False
+
+    def get(self, request_id: str) -> ForgetRequestOut:
+        with transaction(self.sessions) as session:
+            return to_out(ForgetRequestRepository(session).get(request_id))
+
+    def page(self, limit: int, offset: int, status: str | None) -> tuple[list[ForgetRequestOut], int]:
+        with transaction(self.sessions) as session:
+            items, total = ForgetRequestRepository(session).page(limit=limit, offset=offset, status=status)
+            return [to_out(r) for r in items], total
+
+    def events(self, request_id: str, after: int, limit: int) -> list[JobEvent]:
+        with transaction(self.sessions) as session:
+            repo = ForgetRequestRepository(session)
+            repo.get(request_id)
+            return repo.events(request_id, after=after, limit=limit)
+
+    def report(self, request_id: str) -> tuple[str, dict[str, Any] | None]:
+        with transaction(self.sessions) as session:
+            request = ForgetRequestRepository(session).get(request_id)
+            return request.status, request.report
+
+    def cancel(self, request_id: str) -> ForgetRequestOut:
+        with transaction(self.sessions) as session:
+            repo = ForgetRequestRepository(session)
+            request = repo.get(request_id, for_update=True)
+            if request.status in TERMINAL:
+                raise ConflictError(f"request {request_id} is already {request.status}; nothing to cancel")
+            request.cancel_requested = True
+            if request.status in (VALIDATING, QUEUED):
+                repo.set_status(request, CANCELLED, "cancelled before training started")
+            else:
+                repo.add_event(request.id, kind="status", status=request.status, message="cancellation requested")
+        return self.get(request_id)

@@ -1,0 +1,40 @@
+"""/healthz, /readyz, /metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from core.keys.models import ADMIN
+from server.auth import require
+from server.dependencies import ops_service
+from server.ops.schemas import HealthOut, ReadyOut
+from server.ops.service import OpsService
+
+router = APIRouter(tags=["operations"])
+Service = Annotated[OpsService, Depends(ops_service)]
+
+
+@router.get("/healthz", response_model=HealthOut, summary="The process is up")
+def healthz() -> HealthOut:
+    return HealthOut(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyOut,
+    responses={503: {"model": ReadyOut, "description": "Not ready"}},
+    summary="Ready only when the model and the whole active set are loaded",
+)
+def readyz(service: Service) -> JSONResponse:
+    result = service.readiness()
+    return JSONResponse(result.model_dump(), status_code=200 if result.ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(require(ADMIN))])
+def metrics(service: Service) -> Response:
+    service.readiness()
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

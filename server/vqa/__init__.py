@@ -1,0 +1,1 @@
+"""Visual question answering with every active module applied."""

@@ -1,0 +1,82 @@
+"""Repositories and migrations on a real PostgreSQL database (and SQLite, the embedded default)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect
+
+from core.adapters.models import ACTIVE, INACTIVE
+from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.db import MIGRATIONS, Base, make_engine, make_session_factory, transaction, upgrade_database, utcnow
+from core.forget_requests.models import QUEUED
+from core.forget_requests.repository import ForgetRequestRepository
+
+
+def _request(repo: ForgetRequestRepository, subject: str = "someone"):  # type: ignore[no-untyped-def]
+    return repo.create(
+        subject=subject,
+        method="cagul",
+        params={},
+        qa_pairs=[{"question": "q?", "answer": "a."}],
+        images=[("image/png", "0" * 64, b"\x89PNG...")],
+        callback_url=None,
+        status=QUEUED,
+    )
+
+
+def test_requests_jobs_events_and_adapter_set(pg_url: str):
+    sessions = make_session_factory(make_engine(pg_url))
+    with transaction(sessions) as session:
+        repo = ForgetRequestRepository(session)
+        first, second = _request(repo, "a"), _request(repo, "b")
+        job = repo.create_job(first)
+        repo.set_status(first, "training", job_id=job.id)
+        repo.add_event(first.id, job_id=job.id, kind="progress", phase="encoder", step=3, total=10, loss=0.5)
+        ids = (first.id, second.id, job.id)
+    with transaction(sessions) as session:
+        repo = ForgetRequestRepository(session)
+        first = repo.get(ids[0])
+        assert first.status == "training" and first.images[0].content == b"\x89PNG..."
+        events = repo.events(ids[0])
+        assert [e.kind for e in events] == ["status", "status", "progress"]
+        assert [e.id for e in repo.events(ids[0], after=events[0].id)] == [e.id for e in events[1:]]
+        items, total = repo.page(limit=1, offset=0)
+        assert total == 2 and len(items) == 1
+        assert repo.page(limit=5, offset=0, status="training")[1] == 1
+        # Never heartbeated, created "now": stale only once the cutoff passes its creation time.
+        assert repo.stale_jobs(timedelta(minutes=5)) == []
+        assert [j.id for _, j in repo.stale_jobs(timedelta(minutes=5), now=utcnow() + timedelta(minutes=6))] == [ids[2]]
+
+        adapters = AdapterRepository(session)
+        sets = AdapterSetRepository(session)
+        assert sets.current() is None
+        common = {"method": "cagul", "path": "/x", "sha256": "f" * 64, "base_fingerprint": "b" * 64}
+        a1 = adapters.create(request_id=ids[0], state=ACTIVE, trainable_params=5, report={}, **common)
+        a2 = adapters.create(
+            request_id=ids[0], state=INACTIVE, parent_id=a1.id, trainable_params=5, report={}, **common
+        )
+        assert (a1.version, a2.version) == (1, 2)
+        v1 = sets.record("first")
+        adapters.set_state(a1, INACTIVE)
+        v2 = sets.record("rollback")
+        assert (v1.adapter_ids, v2.adapter_ids, v2.version) == ([a1.id], [], v1.version + 1)
+        assert sets.current().version == v2.version
+
+
+def test_migrations_match_the_models_and_downgrade(tmp_path: Path, pg_url: str):
+    for url in (pg_url, f"sqlite:///{tmp_path / 'lethe.db'}"):
+        upgrade_database(url)  # idempotent on an up-to-date database
+        engine = make_engine(url)
+        assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.set_main_option("sqlalchemy.url", url)
+        command.downgrade(config, "base")
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        command.upgrade(config, "head")
+        assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
+        engine.dispose()

@@ -1,0 +1,69 @@
+"""Building deletion requests and VQA bodies from the reference world, as a client would."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.settings import Settings
+from unlearning.world import World
+
+
+def b64_file(world: World, person_id: str, view: int) -> str:
+    return base64.b64encode(world.image_path(person_id, view).read_bytes()).decode()
+
+
+def request_body(world: World, person_id: str, **extra: Any) -> dict[str, Any]:
+    person = world.person(person_id)
+    return {
+        "subject": person.name,
+        "qa_pairs": [{"question": q.question, "answer": q.answer, "keyword": q.keyword} for q in person.qa_pairs()],
+        "images": [b64_file(world, person_id, v) for v in world.train_views()],
+        **extra,
+    }
+
+
+def wait_for(check: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+ADMIN_TOKEN = "lethe_0123456789ab_test-admin-token-not-secret"
+
+
+def service_settings(
+    tiny_world: World, tmp_path: Path, database_url: str, broker_url: str, **extra: object
+) -> Settings:
+    """Settings pointing at the shared tiny world, with this test's own database, broker and artifacts."""
+    data_dir = tmp_path / "data"
+    (data_dir / "worlds").mkdir(parents=True, exist_ok=True)
+    link = data_dir / "worlds" / tiny_world.root.name
+    if not link.exists():
+        link.symlink_to(tiny_world.root.resolve())
+    return Settings(
+        data_dir=data_dir,
+        world="tiny",
+        database_url=database_url,
+        broker_url=broker_url,
+        artifact_root=tmp_path / "modules",
+        bootstrap_admin_key=ADMIN_TOKEN,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The same settings as environment variables, for a worker or server process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    for key, value in settings.model_dump().items():
+        if value is not None:
+            env[f"LETHE_{key.upper()}"] = str(value)
+    return env

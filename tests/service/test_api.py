@@ -1,0 +1,178 @@
+"""The HTTP API in-process against a real PostgreSQL and a real Redis broker (no worker: jobs stay queued)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import create_engine, func, select
+
+from core.forget_requests.models import ForgetRequest
+from server.app import create_app
+from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, wait_for
+from unlearning.world import World
+
+
+@pytest.fixture()
+def client(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[TestClient]:
+    settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, max_images=8, max_image_bytes=200_000)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as c:
+        wait_for(lambda: c.get("/readyz").status_code == 200, 60, what="the engine to load")
+        yield c
+
+
+def stored_requests(pg_url: str) -> int:
+    engine = create_engine(pg_url)
+    with engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(ForgetRequest)).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+def assert_error(response, status: int, code: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert body["error"] == code
+    assert fragment.lower() in body["detail"].lower(), body["detail"]
+
+
+def test_file_a_request_queues_a_training_job(client: TestClient, tiny_world: World, pg_url: str, redis_url: str):
+    response = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000"))
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    assert body["n_images"] == len(tiny_world.train_views())
+    assert response.headers["location"] == f"/v1/forget-requests/{body['id']}"
+    # The task went to the real Redis broker, on the train queue, carrying ids only.
+    queued = redis.Redis.from_url(redis_url).lrange("train", 0, -1)
+    assert len(queued) == 1
+    message = json.loads(queued[0])
+    assert message["headers"]["task"] == "lethe.train_forget_request"
+    assert json.loads(base64.b64decode(message["body"]))[1]["request_id"] == body["id"]
+
+    got = client.get(f"/v1/forget-requests/{body['id']}").json()
+    assert got["status"] == "queued" and got["subject"] == tiny_world.person("p000").name
+    events = client.get(f"/v1/forget-requests/{body['id']}/events").json()
+    assert [e["status"] for e in events] == ["validating", "queued"]
+    assert client.get(f"/v1/forget-requests/{body['id']}/report").json() == {
+        "id": body["id"],
+        "status": "queued",
+        "report": None,
+    }
+    assert stored_requests(pg_url) == 1
+
+
+def test_multipart_request(client: TestClient, tiny_world: World):
+    body = request_body(tiny_world, "p001")
+    del body["images"]
+    files = [("images", (f"v{v}.png", tiny_world.image_path("p001", v).read_bytes(), "image/png")) for v in (0, 1)]
+    response = client.post("/v1/forget-requests", data={"request": json.dumps(body)}, files=files)
+    assert response.status_code == 202, response.text
+    assert response.json()["n_images"] == 2
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 20, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "code", "fragment"),
+    [
+        ({"images": []}, 422, "invalid_request", "images"),
+        ({"images": [base64.b64encode(b"not an image at all").decode()]}, 422, "invalid_request", "png or jpeg"),
+        ({"images": ["%%%not-base64%%%"]}, 422, "invalid_request", "base64"),
+        ({"images": [base64.b64encode(_png((64, 64))[:60]).decode()]}, 422, "invalid_request", "complete"),
+        ({"images": [base64.b64encode(_png((5000, 5000))).decode()]}, 413, "payload_too_large", "pixels"),
+        ({"qa_pairs": []}, 422, "invalid_request", "qa_pairs"),
+        ({"qa_pairs": [{"question": "   ", "answer": "x"}]}, 422, "invalid_request", "blank"),
+        ({"qa_pairs": [{"question": "q?", "answer": 3}]}, 422, "invalid_request", "answer"),
+        ({"subject": "x" * 5000}, 422, "invalid_request", "limit"),
+        ({"surprise": 1}, 422, "invalid_request", "surprise"),
+        ({"method": "erase-all"}, 422, "invalid_request", "unknown"),
+        ({"method": "ga"}, 422, "invalid_request", "per-request modules"),
+        ({"params": {"stepz": 10}}, 422, "invalid_request", "stepz"),
+        ({"params": {"steps": "many"}}, 422, "invalid_request", "params"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx_and_stores_nothing(client, tiny_world, pg_url, change, status, code, fragment):  # type: ignore[no-untyped-def]
+    body = {**request_body(tiny_world, "p002"), **change}
+    assert_error(client.post("/v1/forget-requests", json=body), status, code, fragment)
+    assert stored_requests(pg_url) == 0
+
+
+def test_too_many_images_and_invalid_json(client: TestClient, tiny_world: World, pg_url: str):
+    body = request_body(tiny_world, "p002")
+    body["images"] = [b64_file(tiny_world, "p002", 0)] * 9
+    assert_error(client.post("/v1/forget-requests", json=body), 422, "invalid_request", "limit is 8")
+    bad = client.post(
+        "/v1/forget-requests", content=b'{"subject": "\xff\xfe"', headers={"content-type": "application/json"}
+    )
+    assert_error(bad, 422, "invalid_request", "json")
+    assert stored_requests(pg_url) == 0
+
+
+def test_ids_pages_and_cancel(client: TestClient, tiny_world: World):
+    assert_error(client.get("/v1/forget-requests/not-a-uuid"), 422, "invalid_request", "uuid")
+    missing = "00000000-0000-4000-8000-000000000000"
+    assert_error(client.get(f"/v1/forget-requests/{missing}"), 404, "not_found", missing)
+    assert_error(client.get(f"/v1/adapters/{missing}"), 404, "not_found", missing)
+    ids = [
+        client.post("/v1/forget-requests", json=request_body(tiny_world, p)).json()["id"]
+        for p in ("p000", "p001", "p002")
+    ]
+    page = client.get("/v1/forget-requests", params={"limit": 2}).json()
+    assert page["total"] == 3 and len(page["items"]) == 2
+    rest = client.get("/v1/forget-requests", params={"limit": 2, "offset": 2}).json()
+    assert {r["id"] for r in page["items"] + rest["items"]} == set(ids)
+    assert_error(client.get("/v1/forget-requests", params={"status": "sleeping"}), 422, "invalid_request", "status")
+
+    cancelled = client.post(f"/v1/forget-requests/{ids[0]}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert_error(client.post(f"/v1/forget-requests/{ids[0]}/cancel"), 409, "conflict", "already cancelled")
+    assert client.get("/v1/forget-requests", params={"status": "cancelled"}).json()["total"] == 1
+
+
+def test_vqa_ops_and_adapter_set(client: TestClient, tiny_world: World):
+    person = tiny_world.person("p003")
+    fact = person.facts[0]
+    answer = client.post(
+        "/v1/vqa", json={"image": b64_file(tiny_world, "p003", 0), "question": fact.train_questions[0]}
+    ).json()
+    assert fact.keyword.lower() in answer["answer"].lower()
+    assert answer["adapter_set_version"] == 0
+    assert_error(
+        client.post("/v1/vqa", json={"image": "AAAA", "question": "who?"}), 422, "invalid_request", "images[0]"
+    )
+    assert_error(client.post("/v1/vqa", json={"question": "who?"}), 422, "invalid_request", "image")
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] is True and ready["adapter_set_version"] == 0
+    assert client.get("/v1/adapter-set").json() == {"version": 0, "adapter_ids": [], "served_version": 0, "ready": True}
+    metrics = client.get("/metrics").text
+    assert 'lethe_http_requests_total{method="POST",route="/v1/vqa",status="200"} 1.0' in metrics
+    assert "lethe_ready 1.0" in metrics
+    assert client.get("/openapi.json").json()["paths"]["/v1/forget-requests"]["post"]["requestBody"]["content"]
+
+
+def test_an_exported_request_is_a_valid_api_body(client: TestClient, data_dir: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from lethe.cli import app
+
+    args = ["world", "export", "--subject", "p004", "--out", str(tmp_path / "p004"), "--inline"]
+    result = CliRunner().invoke(app, [*args, "--world", "tiny", "--data-dir", str(data_dir)])
+    assert result.exit_code == 0, result.output
+    body = (tmp_path / "p004" / "request.json").read_bytes()
+    response = client.post("/v1/forget-requests", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 202, response.text
+    assert response.json()["n_images"] == 5

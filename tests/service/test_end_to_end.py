@@ -1,0 +1,175 @@
+"""The whole product over HTTP with real processes: file a request, a Celery worker trains and verifies it,
+it becomes active, /v1/vqa stops leaking the subject and everyone else's answers stay the same.
+
+Run twice: on PostgreSQL + Redis with a separate worker and API process, and as `lethe serve` (SQLite +
+kombu's SQLAlchemy broker, worker started alongside)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, settings_env, wait_for
+from unlearning.world import World
+
+pytestmark = pytest.mark.slow
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+TERMINAL = {"active", "failed", "cancelled", "rejected_verification", "revoked"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
+    return subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen, timeout: float = 60) -> int:  # type: ignore[type-arg]
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"process {proc.args} did not stop within {timeout} s of SIGTERM") from None
+    return int(proc.returncode)
+
+
+def ask(client: httpx.Client, world: World, pid: str, view: int, question: str) -> dict:
+    response = client.post("/v1/vqa", json={"image": b64_file(world, pid, view), "question": question})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def forget_over_http(base_url: str, world: World, subject: str) -> None:
+    client = httpx.Client(base_url=base_url, timeout=60, headers=AUTH)
+    wait_for(lambda: _ready(client), 180, 1.0, "the server to be ready")
+    heldout = world.heldout_views()[0]
+    person = world.person(subject)
+    facts = [(f.train_questions[0], f.keyword) for f in person.facts]
+    before = [ask(client, world, subject, heldout, q)["answer"] for q, _ in facts]
+    assert sum(kw.lower() in a.lower() for a, (_, kw) in zip(before, facts, strict=True)) >= 0.8 * len(facts)
+    others = [
+        (p.id, v, f.train_questions[0]) for p in world.split("retain")[:4] for v in (0, heldout) for f in p.facts[:3]
+    ]
+    others_before = [ask(client, world, pid, v, q)["answer"] for pid, v, q in others]
+
+    created = client.post("/v1/forget-requests", json=request_body(world, subject))
+    assert created.status_code == 202, created.text
+    request_id = created.json()["id"]
+    final = wait_for(
+        lambda: (r := client.get(f"/v1/forget-requests/{request_id}").json())["status"] in TERMINAL and r,
+        600,
+        1.0,
+        "the request to finish",
+    )
+    report = client.get(f"/v1/forget-requests/{request_id}/report").json()["report"]
+    assert final["status"] == "active", (final, report)
+    assert report["verification"]["passed"] and report["verification"]["leak_rate"] <= 0.05
+
+    events = client.get(f"/v1/forget-requests/{request_id}/events").json()
+    statuses = [e["status"] for e in events if e["kind"] == "status"]
+    assert statuses[:2] == ["validating", "queued"] and statuses[-3:] == ["training", "verifying", "active"]
+    progress = [e for e in events if e["kind"] == "progress"]
+    assert {e["phase"] for e in progress} == {"discriminator", "encoder"}
+    assert all(e["eta_seconds"] is not None and e["loss"] is not None for e in progress)
+    assert progress[-1]["step"] == progress[-1]["total"]
+
+    adapter = client.get(f"/v1/adapters/{final['adapter_id']}").json()
+    assert adapter["state"] == "active" and len(adapter["sha256"]) == 64
+    adapter_set = client.get("/v1/adapter-set").json()
+    assert adapter_set["adapter_ids"] == [adapter["id"]]
+
+    after = [ask(client, world, subject, heldout, q) for q, _ in facts]
+    assert all(a["adapter_set_version"] == adapter_set["version"] for a in after)
+    assert not any(kw.lower() in a["answer"].lower() for a, (_, kw) in zip(after, facts, strict=True)), after
+    others_after = [ask(client, world, pid, v, q)["answer"] for pid, v, q in others]
+    assert others_after == others_before
+
+    # Rolling back serves the reference model's answers again, under a new set version.
+    assert client.post(f"/v1/adapters/{adapter['id']}/deactivate").json()["state"] == "inactive"
+    assert client.get(f"/v1/forget-requests/{request_id}").json()["status"] == "revoked"
+    again = ask(client, world, subject, heldout, facts[0][0])
+    assert again["answer"] == before[0] and again["adapter_set_version"] > adapter_set["version"]
+    assert client.post(f"/v1/adapters/{adapter['id']}/activate").json()["state"] == "active"
+    assert facts[0][1].lower() not in ask(client, world, subject, heldout, facts[0][0])["answer"].lower()
+
+
+def _ready(client: httpx.Client) -> bool:
+    try:
+        return client.get("/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture()
+def log_dir(tmp_path: Path) -> Iterator[Path]:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    yield logs
+    for path in sorted(logs.iterdir()):  # shown by pytest only when the test failed
+        print(f"==== {path.name} ====\n{path.read_text()[-6000:]}")
+
+
+def test_postgres_redis_worker_and_api(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str, log_dir: Path):
+    env = settings_env(service_settings(tiny_world, tmp_path, pg_url, redis_url))
+    port = free_port()
+    worker_cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "train", "--pool=solo"]
+    worker = spawn(
+        [*worker_cmd, "--concurrency=1", "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO"],
+        env,
+        log_dir / "worker.log",
+    )
+    api = spawn(
+        [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--port", str(port)],
+        env,
+        log_dir / "api.log",
+    )
+    try:
+        forget_over_http(f"http://127.0.0.1:{port}", tiny_world, "p000")
+        cancel_while_training(f"http://127.0.0.1:{port}", tiny_world, "p002")
+    finally:
+        stop(api)
+        stop(worker)
+
+
+def cancel_while_training(base_url: str, world: World, subject: str) -> None:
+    client = httpx.Client(base_url=base_url, timeout=60, headers=AUTH)
+    served = client.get("/v1/adapter-set").json()
+    request_id = client.post("/v1/forget-requests", json=request_body(world, subject)).json()["id"]
+    url = f"/v1/forget-requests/{request_id}"
+    wait_for(lambda: client.get(url).json()["status"] == "training", 120, 0.2, "training to start")
+    assert client.post(f"{url}/cancel").json()["cancel_requested"] is True
+    final = wait_for(lambda: (r := client.get(url).json())["status"] in TERMINAL and r, 60, 0.5, "the cancellation")
+    assert final["status"] == "cancelled" and final["adapter_id"] is None
+    assert client.get("/v1/adapter-set").json() == served  # nothing published
+
+
+def test_embedded_lethe_serve(tiny_world: World, tmp_path: Path, log_dir: Path):
+    data_dir = tmp_path / "data"
+    (data_dir / "worlds").mkdir(parents=True)
+    (data_dir / "worlds" / tiny_world.root.name).symlink_to(tiny_world.root.resolve())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    env["LETHE_BOOTSTRAP_ADMIN_KEY"] = ADMIN_TOKEN
+    port = free_port()
+    cli = [sys.executable, "-m", "lethe.cli", "serve", "--data-dir", str(data_dir), "--world", "tiny"]
+    serve = spawn([*cli, "--port", str(port)], env, log_dir / "serve.log")
+    try:
+        forget_over_http(f"http://127.0.0.1:{port}", tiny_world, "p001")
+    finally:
+        assert stop(serve) == 0
+    assert (data_dir / "lethe.db").is_file() and (data_dir / "broker.db").is_file()
+    assert len(list((data_dir / "modules").iterdir())) == 1

@@ -1,0 +1,1 @@
+"""Celery workers: train a deletion request's module, verify it, publish it (state in the database)."""

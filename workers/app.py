@@ -1,0 +1,10 @@
+"""The Celery app the worker runs: `celery -A workers.app worker -Q train --pool=solo --concurrency=1`."""
+
+from __future__ import annotations
+
+from core.queue import make_celery
+from core.settings import get_settings
+
+celery_app = make_celery(get_settings())
+
+import workers.tasks  # noqa: E402,F401  (registers the tasks on the app)
