@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -36,6 +37,8 @@ class InferenceEngine:
         self.error: str | None = None
         self.loading_error: str | None = None
         self.load_seconds: float | None = None
+        self._served_artifacts: dict[str, tuple[str, str]] = {}  # adapter id -> (path, sha256)
+        self._artifacts_checked_at = float("-inf")
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def load(self) -> None:
@@ -106,6 +109,7 @@ class InferenceEngine:
                     self.gate.set_modules(modules)
                     self.served_version = version
                     self.error = None
+                    self._served_artifacts = {aid: rows[aid] for aid in ids}
                 log.info("serving adapter set version %s (%d modules)", version, len(modules))
             except Exception as exc:
                 with self._lock:
@@ -113,8 +117,31 @@ class InferenceEngine:
                     self.error = f"active adapter set version {version} cannot be served: {exc}"
                 log.error(self.error)
 
+    def check_artifacts(self) -> None:
+        """Fail closed when a served module's artifact went missing or changed on disk since it was loaded."""
+        from unlearning.artifacts import WEIGHTS, file_sha256
+
+        now = time.monotonic()
+        if now - self._artifacts_checked_at < self.settings.engine_sync_interval_s:
+            return
+        self._artifacts_checked_at = now
+        for adapter_id, (path, sha256) in list(self._served_artifacts.items()):
+            weights = Path(path) / WEIGHTS
+            problem = None
+            if not weights.is_file():
+                problem = f"adapter {adapter_id}: artifact missing at {weights}"
+            elif file_sha256(weights) != sha256:
+                problem = f"adapter {adapter_id}: artifact checksum mismatch at {weights}"
+            if problem is not None:
+                with self._lock:
+                    self.served_version = None
+                    self.error = f"an active module cannot be served: {problem}"
+                log.error(self.error)
+                return
+
     # ---- requests ------------------------------------------------------------------------------
     def answer(self, image: Image.Image, question: str) -> tuple[str, int]:
+        self.check_artifacts()
         self.sync()
         with self._lock:
             if not self.ready:

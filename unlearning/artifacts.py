@@ -116,7 +116,8 @@ def load_module(directory: str | Path, base_fingerprint: str, device: str = "cpu
     actual = file_sha256(weights)
     if actual != manifest["sha256"]:
         raise ArtifactIntegrityError(
-            f"module weights at {weights} have sha256 {actual[:12]}, manifest says {manifest['sha256'][:12]}"
+            f"checksum mismatch: module weights at {weights} have sha256 {actual[:12]}, "
+            f"manifest says {manifest['sha256'][:12]}"
         )
     module = CagulModule(CagulConfig.from_dict(manifest["config"]), manifest["n_tokens"], manifest["hidden_size"])
     module.load_state_dict(load_file(weights, device=device))

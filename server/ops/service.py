@@ -39,6 +39,7 @@ class OpsService:
                 session.execute(text("SELECT 1"))
         except Exception as exc:
             return ReadyOut(ready=False, detail=f"database unreachable: {type(exc).__name__}", adapter_set_version=None)
+        self.engine.check_artifacts()
         self.engine.sync()
         ready = self.engine.ready
         self.metrics.ready.set(1 if ready else 0)

@@ -85,6 +85,17 @@ def _png(size: tuple[int, int]) -> bytes:
     return out.getvalue()
 
 
+def _jpeg(size: tuple[int, int], noise: bool = False) -> bytes:
+    out = io.BytesIO()
+    image = Image.effect_noise(size, 80).convert("RGB") if noise else Image.new("RGB", size, (200, 20, 30))
+    image.save(out, format="JPEG", quality=95)
+    return out.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 @pytest.mark.parametrize(
     ("change", "status", "code", "fragment"),
     [
@@ -93,6 +104,10 @@ def _png(size: tuple[int, int]) -> bytes:
         ({"images": ["%%%not-base64%%%"]}, 422, "invalid_request", "base64"),
         ({"images": [base64.b64encode(_png((64, 64))[:60]).decode()]}, 422, "invalid_request", "complete"),
         ({"images": [base64.b64encode(_png((5000, 5000))).decode()]}, 413, "payload_too_large", "pixels"),
+        ({"images": [_b64(_jpeg((64, 64))[:300])]}, 422, "invalid_request", "complete"),
+        ({"images": [_b64(_jpeg((700, 700), noise=True))]}, 413, "payload_too_large", "bytes"),
+        ({"images": [_b64(b"GIF89a" + b"\0" * 64)]}, 422, "invalid_request", "png or jpeg"),
+        ({"qa_pairs": [{"question": f"q{i}?", "answer": "a."} for i in range(5000)]}, 422, "invalid_request", "limit"),
         ({"qa_pairs": []}, 422, "invalid_request", "qa_pairs"),
         ({"qa_pairs": [{"question": "   ", "answer": "x"}]}, 422, "invalid_request", "blank"),
         ({"qa_pairs": [{"question": "q?", "answer": 3}]}, 422, "invalid_request", "answer"),
@@ -107,6 +122,16 @@ def _png(size: tuple[int, int]) -> bytes:
 def test_bad_input_is_a_clear_4xx_and_stores_nothing(client, tiny_world, pg_url, change, status, code, fragment):  # type: ignore[no-untyped-def]
     body = {**request_body(tiny_world, "p002"), **change}
     assert_error(client.post("/v1/forget-requests", json=body), status, code, fragment)
+    assert stored_requests(pg_url) == 0
+
+
+def test_multipart_non_image_with_an_image_content_type(client: TestClient, tiny_world: World, pg_url: str):
+    body = request_body(tiny_world, "p001")
+    del body["images"]
+    files = [("images", ("a.png", b"<html>not a picture</html>", "image/png"))]
+    response = client.post("/v1/forget-requests", data={"request": json.dumps(body)}, files=files)
+    assert_error(response, 422, "invalid_request", "png or jpeg")
+    assert_error(client.post("/v1/forget-requests", data={"request": "{"}, files=files), 422, "invalid_request", "json")
     assert stored_requests(pg_url) == 0
 
 

@@ -1,0 +1,66 @@
+"""Fail closed: with an active module's artifact corrupted or missing, /readyz is false and /v1/vqa a 503,
+never an answer without that module; a restored artifact is served again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from core.adapters.models import ACTIVE
+from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.db import make_engine, make_session_factory, transaction
+from core.forget_requests.repository import ForgetRequestRepository
+from server.app import create_app
+from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, wait_for
+from unlearning.artifacts import WEIGHTS, save_module
+from unlearning.cagul import CagulConfig
+from unlearning.cagul.module import CagulModule
+from unlearning.world import World
+
+
+def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str):
+    settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, engine_sync_interval_s=0.0)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        backbone = engine.gate.backbone
+        module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size)
+        directory = tmp_path / "modules" / "m1"
+        manifest = save_module(module, directory, engine.fingerprint)
+        request_id = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000")).json()["id"]
+        with transaction(make_session_factory(make_engine(pg_url))) as session:
+            ForgetRequestRepository(session).get(request_id).status = "active"
+            AdapterRepository(session).create(
+                request_id=request_id,
+                method="cagul",
+                state=ACTIVE,
+                path=str(directory),
+                sha256=manifest["sha256"],
+                base_fingerprint=engine.fingerprint,
+                trainable_params=module.num_parameters(),
+                report={},
+            )
+            version = AdapterSetRepository(session).record("test").version
+
+        vqa = {"image": b64_file(tiny_world, "p003", 0), "question": "what is this person's name?"}
+        assert client.get("/readyz").json()["adapter_set_version"] == version
+        assert client.post("/v1/vqa", json=vqa).json()["adapter_set_version"] == version
+
+        good = (directory / WEIGHTS).read_bytes()
+        (directory / WEIGHTS).write_bytes(good[:-8] + b"tampered")
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "checksum" in ready.json()["detail"]
+        refused = client.post("/v1/vqa", json=vqa)
+        assert refused.status_code == 503 and refused.json()["error"] == "not_ready"
+        assert "checksum" in refused.json()["detail"]
+
+        (directory / WEIGHTS).write_bytes(good)
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/vqa", json=vqa).status_code == 200
+
+        shutil.move(directory / WEIGHTS, tmp_path / "elsewhere")
+        assert client.get("/readyz").status_code == 503
+        missing = client.post("/v1/vqa", json=vqa)
+        assert missing.status_code == 503 and "missing" in missing.json()["detail"]

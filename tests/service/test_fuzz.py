@@ -1,0 +1,41 @@
+"""Property-based run of schemathesis against the app's own OpenAPI schema: no 5xx, no schema violation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+
+from server.app import create_app
+from tests.service.helpers import ADMIN_TOKEN, service_settings, wait_for
+from unlearning.world import World
+
+CASES: list[int] = []
+EXAMPLES_PER_OPERATION = 45
+
+
+@pytest.fixture()
+def api_schema(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[object]:
+    app = create_app(service_settings(tiny_world, tmp_path, pg_url, redis_url))
+    with TestClient(app) as client:  # runs the lifespan: database, queue and engine on app.state
+        wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
+        yield schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck))
+def test_generated_requests_never_break_the_server(case) -> None:  # type: ignore[no-untyped-def]
+    CASES.append(1)
+    case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def test_enough_cases_were_generated() -> None:
+    print(f"schemathesis cases run: {len(CASES)}")
+    assert len(CASES) >= 500
