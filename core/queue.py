@@ -22,7 +22,8 @@ class TrainPayload(BaseModel):
 
 def make_celery(settings: Settings) -> Celery:
     """The Celery app both sides use; the worker registers the tasks on it."""
-    app = Celery("lethe", broker=settings.resolved_broker_url())
+    broker = settings.resolved_broker_url()
+    app = Celery("lethe", broker=broker)
     app.conf.update(
         task_default_queue=TRAIN_QUEUE,
         task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}},
@@ -33,11 +34,14 @@ def make_celery(settings: Settings) -> Celery:
         task_time_limit=settings.train_time_limit_s,
         task_soft_time_limit=max(1, settings.train_time_limit_s - 60),
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.train_time_limit_s + 600},
         task_serializer="json",
         accept_content=["json"],
         worker_hijack_root_logger=False,
     )
+    if broker.startswith(("redis", "rediss", "sqs")):
+        # Longer than any job, or a running task is redelivered to a second worker mid-training.
+        # (Kombu's SQLAlchemy transport hands transport options to create_engine, which rejects this one.)
+        app.conf.broker_transport_options = {"visibility_timeout": settings.train_time_limit_s + 600}
     return app
 
 

@@ -445,11 +445,17 @@ def serve(
         ],
     )
     err.print(f"worker started (pid {worker.pid}); API on http://{host}:{port} (docs at /docs)")
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: these handlers turn that into a
+    # normal exit, so the worker is stopped below instead of being orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         # By import string: the command line starts the service but does not import it.
         uvicorn.run("server.app:create_app", factory=True, host=host, port=port, log_level="info")
+    except KeyboardInterrupt:
+        pass
     finally:
         _stop(worker)
+        err.print("API and worker stopped")
 
 
 if __name__ == "__main__":

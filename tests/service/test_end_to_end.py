@@ -171,5 +171,6 @@ def test_embedded_lethe_serve(tiny_world: World, tmp_path: Path, log_dir: Path):
         forget_over_http(f"http://127.0.0.1:{port}", tiny_world, "p001")
     finally:
         assert stop(serve) == 0
+    assert "API and worker stopped" in (log_dir / "serve.log").read_text()
     assert (data_dir / "lethe.db").is_file() and (data_dir / "broker.db").is_file()
     assert len(list((data_dir / "modules").iterdir())) == 1
