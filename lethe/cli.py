@@ -374,6 +374,16 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `
     err.print(f"key {key_id} revoked")
 
 
+def _die_with_parent() -> None:
+    """In the worker child: Linux sends it SIGTERM if `lethe serve` dies without stopping it (e.g. SIGKILL)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:  # type: ignore[type-arg]
     if proc.poll() is not None:
         return
@@ -443,6 +453,7 @@ def serve(
             "-n",
             f"lethe-embedded-{os.getpid()}@%h",
         ],
+        preexec_fn=_die_with_parent,
     )
     err.print(f"worker started (pid {worker.pid}); API on http://{host}:{port} (docs at /docs)")
     # uvicorn shuts down gracefully, then re-raises the signal it caught: these handlers turn that into a

@@ -9,14 +9,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core.db import make_engine, make_session_factory, transaction
-from core.errors import LetheError, UnauthorizedError
+from core.errors import InvalidRequestError, LetheError, UnauthorizedError
 from core.keys.repository import ApiKeyRepository
 from core.queue import make_celery
 from core.settings import Settings, get_settings
@@ -44,6 +45,27 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is invalid"
 
 
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def reject_unknown_query(request: Request) -> None:
+    """Unknown query parameters are an error, as unknown body fields are: a typo must not pass silently."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown query parameter(s) {', '.join(unknown)}; this endpoint takes {', '.join(sorted(known)) or 'none'}"
+        )
+
+
 def create_app(settings: Settings | None = None, load_model: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
@@ -69,6 +91,7 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         version="0.1.0",
         summary="Unlearning as a service for vision-language models (CAGUL).",
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     for router in (forget_requests_router, adapters_router, vqa_router, ops_router):
         app.include_router(router)
@@ -85,8 +108,16 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         return _error(422, "invalid_request", _validation_detail(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        response = _error(exc.status_code, HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; a path served by several routes has them all.
+            allowed = sorted(
+                {m for r in app.routes if r.matches(request.scope)[0] != Match.NONE for m in getattr(r, "methods", ())}
+            )
+            response.headers["Allow"] = ", ".join(allowed)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

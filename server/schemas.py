@@ -43,6 +43,7 @@ class Page(BaseModel, Generic[T]):
 ERROR_RESPONSES: dict[int | str, dict] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
+        400: "The body could not be parsed (not JSON)",
         401: "No API key, or an unknown or revoked one",
         403: "The API key lacks the scope",
         404: "Not found",

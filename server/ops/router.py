@@ -13,6 +13,7 @@ from server.auth import require
 from server.dependencies import ops_service
 from server.ops.schemas import HealthOut, ReadyOut
 from server.ops.service import OpsService
+from server.schemas import ERROR_RESPONSES
 
 router = APIRouter(tags=["operations"])
 Service = Annotated[OpsService, Depends(ops_service)]
@@ -34,7 +35,13 @@ def readyz(service: Service) -> JSONResponse:
     return JSONResponse(result.model_dump(), status_code=200 if result.ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response, dependencies=[Depends(require(ADMIN))])
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    dependencies=[Depends(require(ADMIN))],
+    responses={code: ERROR_RESPONSES[code] for code in (401, 403)},
+)
 def metrics(service: Service) -> Response:
     service.readiness()
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
 
 from server.app import create_app
 from tests.service.helpers import ADMIN_TOKEN, service_settings, wait_for
@@ -29,11 +30,24 @@ def api_schema(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str) -
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+@schema.auth()
+class AdminKey:
+    """Every case carries the admin key, so each case tests its own input, not a missing key."""
+
+    def get(self, case, ctx):  # type: ignore[no-untyped-def]
+        return ADMIN_TOKEN
+
+    def set(self, case, data, ctx):  # type: ignore[no-untyped-def]
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck))
 def test_generated_requests_never_break_the_server(case) -> None:  # type: ignore[no-untyped-def]
     CASES.append(1)
-    case.call_and_validate(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    # Every default check but one: a schema cannot say "a decodable PNG" or "an id that exists", so a
+    # schema-valid body may rightly get a 4xx (positive_data_acceptance would call that a failure).
+    case.call_and_validate(excluded_checks=[positive_data_acceptance])
 
 
 def test_enough_cases_were_generated() -> None:
