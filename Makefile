@@ -15,7 +15,7 @@ test: $(VENV)/bin/lethe
 	$(PY) -m pytest -q --timeout=1200
 
 lint: $(VENV)/bin/lethe
-	$(VENV)/bin/ruff check unlearning core lethe server workers migrations tests
+	$(VENV)/bin/ruff check unlearning core lethe server workers migrations tests bench
 	$(VENV)/bin/mypy unlearning core lethe server workers
 	$(VENV)/bin/lint-imports
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,7 +56,8 @@ def ask(client: httpx.Client, world: World, pid: str, view: int, question: str) 
     return response.json()
 
 
-def forget_over_http(base_url: str, world: World, subject: str) -> None:
+def forget_over_http(base_url: str, world: World, subject: str) -> dict:
+    """The whole flow; returns its timings (printed by the tests, shown with -s)."""
     client = httpx.Client(base_url=base_url, timeout=60, headers=AUTH)
     wait_for(lambda: _ready(client), 180, 1.0, "the server to be ready")
     heldout = world.heldout_views()[0]
@@ -67,6 +70,7 @@ def forget_over_http(base_url: str, world: World, subject: str) -> None:
     ]
     others_before = [ask(client, world, pid, v, q)["answer"] for pid, v, q in others]
 
+    posted_at = time.perf_counter()
     created = client.post("/v1/forget-requests", json=request_body(world, subject))
     assert created.status_code == 202, created.text
     request_id = created.json()["id"]
@@ -76,6 +80,7 @@ def forget_over_http(base_url: str, world: World, subject: str) -> None:
         1.0,
         "the request to finish",
     )
+    to_active = time.perf_counter() - posted_at
     report = client.get(f"/v1/forget-requests/{request_id}/report").json()["report"]
     assert final["status"] == "active", (final, report)
     assert report["verification"]["passed"] and report["verification"]["leak_rate"] <= 0.05
@@ -96,7 +101,11 @@ def forget_over_http(base_url: str, world: World, subject: str) -> None:
     after = [ask(client, world, subject, heldout, q) for q, _ in facts]
     assert all(a["adapter_set_version"] == adapter_set["version"] for a in after)
     assert not any(kw.lower() in a["answer"].lower() for a, (_, kw) in zip(after, facts, strict=True)), after
-    others_after = [ask(client, world, pid, v, q)["answer"] for pid, v, q in others]
+    latencies, others_after = [], []
+    for pid, v, q in others:
+        started = time.perf_counter()
+        others_after.append(ask(client, world, pid, v, q)["answer"])
+        latencies.append(time.perf_counter() - started)
     assert others_after == others_before
 
     # Rolling back serves the reference model's answers again, under a new set version.
@@ -106,6 +115,12 @@ def forget_over_http(base_url: str, world: World, subject: str) -> None:
     assert again["answer"] == before[0] and again["adapter_set_version"] > adapter_set["version"]
     assert client.post(f"/v1/adapters/{adapter['id']}/activate").json()["state"] == "active"
     assert facts[0][1].lower() not in ask(client, world, subject, heldout, facts[0][0])["answer"].lower()
+    timings = {
+        "post_to_active_s": round(to_active, 1),
+        "vqa_p50_ms": round(1000 * statistics.median(latencies), 1),
+    }
+    print("flow timings:", timings)
+    return timings
 
 
 def _ready(client: httpx.Client) -> bool:
@@ -133,17 +148,35 @@ def test_postgres_redis_worker_and_api(tiny_world: World, tmp_path: Path, pg_url
         env,
         log_dir / "worker.log",
     )
-    api = spawn(
-        [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--port", str(port)],
-        env,
-        log_dir / "api.log",
-    )
+    api_cmd = [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--port", str(port)]
+    api = spawn(api_cmd, env, log_dir / "api.log")
     try:
         forget_over_http(f"http://127.0.0.1:{port}", tiny_world, "p000")
         cancel_while_training(f"http://127.0.0.1:{port}", tiny_world, "p002")
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=AUTH)
+        served = client.get("/v1/adapter-set").json()
+        assert stop(api) == 0
+        # A restarted API is ready only once the whole active set is loaded again.
+        api = spawn(api_cmd, env, log_dir / "api-restarted.log")
+        ready = wait_for(lambda: _ready_body(client), 180, 0.2, "the restarted server")
+        assert ready["adapter_set_version"] == served["version"]
+        question, keyword = (
+            tiny_world.person("p000").facts[0].train_questions[0],
+            tiny_world.person("p000").facts[0].keyword,
+        )
+        answer = ask(client, tiny_world, "p000", tiny_world.heldout_views()[0], question)
+        assert keyword.lower() not in answer["answer"].lower() and answer["adapter_set_version"] == served["version"]
     finally:
         stop(api)
         stop(worker)
+
+
+def _ready_body(client: httpx.Client) -> dict | None:
+    try:
+        response = client.get("/readyz")
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 200 else None
 
 
 def cancel_while_training(base_url: str, world: World, subject: str) -> None:
