@@ -28,6 +28,12 @@ class Settings(BaseSettings):
         default=None, description="Where module artifacts go; default: DATA_DIR/modules."
     )
 
+    data_key: str | None = Field(
+        default=None, description="Fernet key encrypting uploads at rest; default: DATA_DIR/secrets/data.key."
+    )
+    signing_key: str | None = Field(
+        default=None, description="Ed25519 private key (base64, raw 32 bytes) signing erasure certificates."
+    )
     bootstrap_admin_key: str | None = Field(
         default=None, description="On a database without keys, the first admin key (else one is generated and printed)."
     )
@@ -42,7 +48,12 @@ class Settings(BaseSettings):
         default=0.98, description="Lowest share of retain canary answers that must stay identical to activate."
     )
     train_time_limit_s: int = Field(default=3600, description="Hard time limit of one training task.")
-    heartbeat_stale_s: int = Field(default=300, description="A running job with no heartbeat this long is stale.")
+    heartbeat_stale_s: float = Field(
+        default=120, description="An in-flight job silent this long (no heartbeat, not re-sent) is sent again."
+    )
+    reconcile_interval_s: float = Field(default=15, description="How often the API looks for silent jobs.")
+    vqa_max_batch: int = Field(default=16, description="Most /v1/vqa requests answered in one forward pass (1: none).")
+    vqa_batch_wait_s: float = Field(default=0.005, description="How long a request waits for others to batch with.")
     engine_sync_interval_s: float = Field(default=1.0, description="How often the server checks the active set.")
 
     def resolved_database_url(self) -> str:

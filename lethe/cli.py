@@ -319,6 +319,7 @@ def keys_create(
     scopes: Annotated[str, typer.Option(help="Comma-separated: forget:write, forget:read, vqa, admin.")],
 ) -> None:
     """Create a key and print its token (shown once; only its hash is stored)."""
+    from core.audit.repository import AuditRepository
     from core.db import transaction
     from core.errors import InvalidRequestError
     from core.keys.repository import ApiKeyRepository
@@ -327,6 +328,7 @@ def keys_create(
         with transaction(_sessions()) as session:
             key, token = ApiKeyRepository(session).create(name, [x.strip() for x in scopes.split(",") if x.strip()])
             key_id = key.id
+            AuditRepository(session).record("cli", "api_key.create", key_id, scopes=key.scopes)
     except InvalidRequestError as exc:
         raise typer.BadParameter(exc.detail, param_hint="--scopes") from exc
     err.print(f"key {key_id} created; the token is shown once:")
@@ -362,6 +364,7 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON."
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `lethe keys list`).")]) -> None:
     """Revoke a key: it stops working at once."""
+    from core.audit.repository import AuditRepository
     from core.db import transaction
     from core.errors import NotFoundError
     from core.keys.repository import ApiKeyRepository
@@ -369,9 +372,41 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `
     try:
         with transaction(_sessions()) as session:
             ApiKeyRepository(session).revoke(key_id)
+            AuditRepository(session).record("cli", "api_key.revoke", key_id)
     except NotFoundError as exc:
         raise typer.BadParameter(exc.detail) from exc
     err.print(f"key {key_id} revoked")
+
+
+@app.command("verify-certificate")
+def verify_certificate_command(
+    path: Annotated[Path, typer.Argument(help="A certificate as returned by GET .../certificate (JSON).")],
+    public_key: Annotated[str | None, typer.Option(help="The base64 Ed25519 public key.")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Fetch the key from SERVER/.well-known/lethe-signing-key instead.")
+    ] = None,
+) -> None:
+    """Check an erasure certificate's signature; exit code 0 when valid, 1 when not."""
+    import httpx
+
+    from core.crypto import verify_certificate
+
+    if (public_key is None) == (server is None):
+        raise typer.BadParameter("give exactly one of --public-key and --server")
+    try:
+        signed = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
+    if server is not None:
+        published = httpx.get(server.rstrip("/") + "/.well-known/lethe-signing-key", timeout=30).json()
+        public_key = published["public_key"]
+    if not isinstance(signed, dict) or not verify_certificate(signed, str(public_key)):
+        err.print("INVALID: the signature does not match this certificate and key")
+        raise typer.Exit(1)
+    doc = signed["certificate"]
+    typer.echo(
+        f"valid: erasure of request {doc.get('request_id')} by adapter {doc.get('adapter_id')}, key {signed['key_id']}"
+    )
 
 
 def _die_with_parent() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from core.db import Base
+from core.models import Base
 from core.settings import Settings
 
 config = context.config

@@ -16,17 +16,20 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from core.crypto import data_cipher, signing_key
 from core.db import make_engine, make_session_factory, transaction
 from core.errors import InvalidRequestError, LetheError, UnauthorizedError
 from core.keys.repository import ApiKeyRepository
 from core.queue import make_celery
 from core.settings import Settings, get_settings
 from server.adapters.router import router as adapters_router
+from server.audit.router import router as audit_router
 from server.engine import InferenceEngine
 from server.forget_requests.router import router as forget_requests_router
 from server.forget_requests.schemas import ForgetRequestIn
 from server.ops.router import router as ops_router
 from server.ops.service import Metrics
+from server.reconciler import Reconciler
 from server.vqa.router import router as vqa_router
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,8 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         app.state.settings = settings
         app.state.sessions = make_session_factory(db)
         app.state.celery = make_celery(settings)
+        app.state.cipher = data_cipher(settings)
+        app.state.signer = signing_key(settings)
         app.state.metrics = Metrics()
         app.state.engine = InferenceEngine(settings, app.state.sessions)
         if settings.bootstrap_admin_key:
@@ -83,7 +88,10 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         if load_model:
             # Loading takes seconds to minutes: /healthz answers meanwhile, /readyz says not yet.
             threading.Thread(target=app.state.engine.load, name="engine-load", daemon=True).start()
+        reconciler = Reconciler(app.state.sessions, app.state.celery, settings)
+        reconciler.start()
         yield
+        reconciler.stop()
         db.dispose()
 
     app = FastAPI(
@@ -93,7 +101,7 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         lifespan=lifespan,
         dependencies=[Depends(reject_unknown_query)],
     )
-    for router in (forget_requests_router, adapters_router, vqa_router, ops_router):
+    for router in (forget_requests_router, adapters_router, vqa_router, audit_router, ops_router):
         app.include_router(router)
 
     @app.exception_handler(LetheError)

@@ -22,6 +22,10 @@ class Principal:
     key_id: str
     scopes: tuple[str, ...]
 
+    @property
+    def actor(self) -> str:
+        return f"key:{self.key_id}"
+
 
 def require(scope: str) -> Callable[..., Principal]:
     def check(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from server.adapters.service import AdapterService
+from server.audit.service import AuditService
 from server.forget_requests.service import ForgetRequestService
 from server.ops.service import OpsService
 from server.vqa.service import VQAService
@@ -12,7 +13,7 @@ from server.vqa.service import VQAService
 
 def forget_request_service(request: Request) -> ForgetRequestService:
     state = request.app.state
-    return ForgetRequestService(state.sessions, state.settings, state.celery, state.engine)
+    return ForgetRequestService(state.sessions, state.settings, state.celery, state.engine, state.cipher, state.signer)
 
 
 def adapter_service(request: Request) -> AdapterService:
@@ -25,4 +26,8 @@ def vqa_service(request: Request) -> VQAService:
 
 def ops_service(request: Request) -> OpsService:
     state = request.app.state
-    return OpsService(state.sessions, state.engine, state.metrics)
+    return OpsService(state.sessions, state.engine, state.metrics, state.signer)
+
+
+def audit_service(request: Request) -> AuditService:
+    return AuditService(request.app.state.sessions)

@@ -7,8 +7,12 @@ loaded, nothing is answered (an answer without that module would reveal what a r
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,13 @@ log = logging.getLogger(__name__)
 SERVABLE_METHODS = ("cagul",)
 
 
+@dataclass
+class _Pending:
+    image: Image.Image
+    question: str
+    future: Future[tuple[str, int]]
+
+
 class InferenceEngine:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
         self.settings = settings
@@ -39,6 +50,10 @@ class InferenceEngine:
         self.load_seconds: float | None = None
         self._served_artifacts: dict[str, tuple[str, str]] = {}  # adapter id -> (path, sha256)
         self._artifacts_checked_at = float("-inf")
+        self._pending: queue.Queue[_Pending] = queue.Queue()
+        self._batcher: threading.Thread | None = None
+        self._batcher_lock = threading.Lock()
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def load(self) -> None:
@@ -141,13 +156,54 @@ class InferenceEngine:
 
     # ---- requests ------------------------------------------------------------------------------
     def answer(self, image: Image.Image, question: str) -> tuple[str, int]:
+        """One answer, batched with whatever other requests arrive within the batching window."""
         self.check_artifacts()
         self.sync()
+        if not self.ready:
+            raise NotReadyError(f"not answering: {self.status()}")
+        if self.settings.vqa_max_batch <= 1:
+            return self._answer_batch([image], [question])[0]
+        pending = _Pending(image, question, Future())
+        self._ensure_batcher()
+        self._pending.put(pending)
+        return pending.future.result(timeout=120)
+
+    def _answer_batch(self, images: list[Image.Image], questions: list[str]) -> list[tuple[str, int]]:
         with self._lock:
-            if not self.ready:
+            if not self.ready:  # the set may have failed to load while these requests waited
                 raise NotReadyError(f"not answering: {self.status()}")
-            result = self.gate.answer([image], [question])[0]
-            return result.answer, int(self.served_version or 0)
+            results = self.gate.answer(images, questions)
+            version = int(self.served_version or 0)
+        return [(r.answer, version) for r in results]
+
+    def _ensure_batcher(self) -> None:
+        with self._batcher_lock:
+            if self._batcher is None or not self._batcher.is_alive():
+                self._batcher = threading.Thread(target=self._batch_loop, name="vqa-batcher", daemon=True)
+                self._batcher.start()
+
+    def _batch_loop(self) -> None:
+        """Collect requests for up to `vqa_batch_wait_s` (or `vqa_max_batch` of them), answer in one pass."""
+        while True:
+            batch = [self._pending.get()]
+            deadline = time.monotonic() + self.settings.vqa_batch_wait_s
+            while len(batch) < self.settings.vqa_max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(self._pending.get(timeout=remaining))
+                except queue.Empty:
+                    break
+            self.batch_sizes.append(len(batch))
+            try:
+                answers = self._answer_batch([p.image for p in batch], [p.question for p in batch])
+            except Exception as exc:
+                for p in batch:
+                    p.future.set_exception(exc)
+                continue
+            for p, answer in zip(batch, answers, strict=True):
+                p.future.set_result(answer)
 
     def validate_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """The request's method parameters, checked by the method's own config (unknown keys fail)."""

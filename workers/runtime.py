@@ -10,6 +10,7 @@ from functools import cache
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.crypto import DataCipher, data_cipher
 from core.db import make_engine, make_session_factory
 from core.settings import Settings, get_settings
 from unlearning.backbones import Backbone, load_backbone
@@ -32,6 +33,7 @@ class Runtime:
     backbone: Backbone
     fingerprint: str
     world: World
+    cipher: DataCipher
     _retain: dict[tuple[str, ...], RetainSet] = field(default_factory=dict)
 
     def retain_set(self, request_images: list[Image.Image]) -> RetainSet:
@@ -62,4 +64,5 @@ def runtime() -> Runtime:
         backbone=backbone,
         fingerprint=backbone.fingerprint(),
         world=World(world_dir(settings.data_dir, config)),
+        cipher=data_cipher(settings),
     )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from PIL import Image
 from core.adapters.models import ACTIVE as ADAPTER_ACTIVE
 from core.adapters.models import REJECTED as ADAPTER_REJECTED
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.audit.repository import AuditRepository
 from core.db import new_id, transaction, utcnow
 from core.errors import NotFoundError
 from core.forget_requests.models import ACTIVE, CANCELLED, FAILED, REJECTED, TERMINAL, TRAINING, VERIFYING
@@ -32,7 +35,7 @@ PROGRESS_INTERVAL_S = 1.0
 
 
 class JobReporter:
-    """Progress events, heartbeats and cancellation checks, written at most once a second."""
+    """Progress events and cancellation checks (at most once a second), and a heartbeat while the job runs."""
 
     def __init__(self, rt: Runtime, request_id: str, job_id: str) -> None:
         self.rt = rt
@@ -41,6 +44,26 @@ class JobReporter:
         self.last_write = 0.0
         self.phase_started: dict[str, float] = {}
         self.cancelled = False
+        self._done = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> JobReporter:
+        self._heartbeat.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._heartbeat.join(timeout=10)
+
+    def _beat(self) -> None:
+        # Beats through every phase (retain set, training, verification): silence means the worker is gone.
+        interval = max(0.5, self.rt.settings.heartbeat_stale_s / 4)
+        while not self._done.wait(interval):
+            try:
+                with transaction(self.rt.sessions) as session:
+                    ForgetRequestRepository(session).get_job(self.job_id).heartbeat_at = utcnow()
+            except Exception:
+                log.exception("heartbeat of job %s failed", self.job_id)
 
     def progress(self, phase: str, step: int, total: int, loss: float) -> None:
         now = time.monotonic()
@@ -62,7 +85,6 @@ class JobReporter:
                 loss=round(loss, 5),
                 eta_seconds=None if eta is None else round(eta, 1),
             )
-            repo.get_job(self.job_id).heartbeat_at = utcnow()
             self.cancelled = repo.get(self.request_id).cancel_requested
 
     def should_stop(self) -> bool:
@@ -92,6 +114,9 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             return "unknown"
         if request.status in TERMINAL:
             return request.status  # a redelivery after the job finished: nothing to do
+        alive_for = (utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
+        if job.status == "running" and alive_for is not None and alive_for < rt.settings.heartbeat_stale_s:
+            return "duplicate"  # a re-sent copy while another worker is alive and on it
         if request.cancel_requested:
             repo.set_status(request, CANCELLED, "cancelled before training started", job_id=job.id)
             job.status = "finished"
@@ -103,13 +128,31 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
         if job.deliveries > 1:
             repo.add_event(request.id, job_id=job.id, kind="status", status=TRAINING, message="redelivered; restarting")
         repo.set_status(request, TRAINING, job_id=job.id)
-        images = [Image.open(io.BytesIO(im.content)).convert("RGB") for im in request.images]
-        qa_pairs = [QA(q["question"], q["answer"], q.get("keyword")) for q in request.qa_pairs]
+        sealed = [im.ciphertext for im in request.images]
+        if request.qa_ciphertext is None or None in sealed:
+            repo.set_status(request, FAILED, "the request's uploaded data was purged before training", job_id=job.id)
+            return FAILED
+        images = [Image.open(io.BytesIO(rt.cipher.decrypt(c))).convert("RGB") for c in sealed if c is not None]
+        qa_pairs = [
+            QA(q["question"], q["answer"], q.get("keyword"))
+            for q in json.loads(rt.cipher.decrypt(request.qa_ciphertext))
+        ]
         forget = ForgetData(subject=request.subject, images=images, qa_pairs=qa_pairs)
         config = CagulConfig.from_dict(dict(request.params))
         active = [(a.id, a.path) for a in AdapterRepository(session).active()]
 
-    reporter = JobReporter(rt, payload.request_id, payload.job_id)
+    with JobReporter(rt, payload.request_id, payload.job_id) as reporter:
+        return _train_verify_publish(rt, payload, reporter, forget, config, active)
+
+
+def _train_verify_publish(
+    rt: Runtime,
+    payload: TrainPayload,
+    reporter: JobReporter,
+    forget: ForgetData,
+    config: CagulConfig,
+    active: list[tuple[str, str]],
+) -> str:
     try:
         retain = rt.retain_set(forget.images)
         module, train_report = CagulTrainer(rt.backbone, config, reporter.progress, reporter.should_stop).train(
@@ -163,6 +206,15 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
         request.adapter_id = adapter_id
         job = repo.get_job(payload.job_id)
         job.status, job.finished_at = "finished", utcnow()
+        AuditRepository(session).record(
+            f"worker:{job.worker}",
+            "adapter.verified" if verification.passed else "adapter.rejected",
+            adapter_id,
+            request_id=request.id,
+            sha256=manifest["sha256"],
+            leak_rate=verification.leak_rate,
+            retain_identical=verification.retain_identical,
+        )
         if verification.passed:
             AdapterSetRepository(session).record(f"adapter {adapter_id} activated for request {request.id}")
             repo.set_status(request, ACTIVE, job_id=job.id)

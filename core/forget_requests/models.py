@@ -13,7 +13,7 @@ from core.db import Base, new_id, utcnow
 VALIDATING, QUEUED, TRAINING, VERIFYING = "validating", "queued", "training", "verifying"
 ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED = "active", "failed", "cancelled", "rejected_verification", "revoked"
 STATUSES = (VALIDATING, QUEUED, TRAINING, VERIFYING, ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED)
-# No training will run any more for a request in one of these.
+# No training will run any more for a request in one of these: its uploaded data is purged on entry.
 TERMINAL = frozenset({ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED})
 IN_FLIGHT = frozenset({VALIDATING, QUEUED, TRAINING, VERIFYING})
 
@@ -26,7 +26,11 @@ class ForgetRequest(Base):
     status: Mapped[str] = mapped_column(String(32), index=True)
     method: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]]
-    qa_pairs: Mapped[list[Any]]
+    # Uploaded data is kept encrypted, and only until the request is terminal; then only hashes remain.
+    qa_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    qa_sha256: Mapped[list[Any]]
+    n_qa_pairs: Mapped[int]
+    purged_at: Mapped[datetime | None]
     callback_url: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text)
@@ -48,7 +52,7 @@ class RequestImage(Base):
     position: Mapped[int]
     media_type: Mapped[str] = mapped_column(String(32))
     sha256: Mapped[str] = mapped_column(String(64))
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     request: Mapped[ForgetRequest] = relationship(back_populates="images")
 
@@ -64,6 +68,8 @@ class Job(Base):
     deliveries: Mapped[int] = mapped_column(default=0)
     worker: Mapped[str | None] = mapped_column(Text)
     heartbeat_at: Mapped[datetime | None]
+    # When the task was last sent: the reconciler re-sends a job that is silent past this for too long.
+    enqueued_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

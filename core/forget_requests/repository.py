@@ -9,8 +9,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.audit.repository import AuditRepository
 from core.db import fetch_one, paginate, utcnow
-from core.forget_requests.models import IN_FLIGHT, ForgetRequest, Job, JobEvent, RequestImage
+from core.forget_requests.models import IN_FLIGHT, TERMINAL, ForgetRequest, Job, JobEvent, RequestImage
 
 
 class ForgetRequestRepository:
@@ -23,21 +24,24 @@ class ForgetRequestRepository:
         subject: str,
         method: str,
         params: dict[str, Any],
-        qa_pairs: list[dict[str, str]],
+        qa_ciphertext: bytes,
+        qa_sha256: list[str],
         images: Sequence[tuple[str, str, bytes]],
         callback_url: str | None,
         status: str,
     ) -> ForgetRequest:
-        """A new request with its images as (media type, sha256, bytes), and its first status event."""
+        """A new request with its encrypted QA pairs and images as (media type, plaintext sha256, ciphertext)."""
         request = ForgetRequest(
             subject=subject,
             method=method,
             params=params,
-            qa_pairs=qa_pairs,
+            qa_ciphertext=qa_ciphertext,
+            qa_sha256=qa_sha256,
+            n_qa_pairs=len(qa_sha256),
             callback_url=callback_url,
             status=status,
             images=[
-                RequestImage(position=i, media_type=media, sha256=digest, content=data)
+                RequestImage(position=i, media_type=media, sha256=digest, ciphertext=data)
                 for i, (media, digest, data) in enumerate(images)
             ],
         )
@@ -63,6 +67,17 @@ class ForgetRequestRepository:
         if message is not None and status not in ("active", "revoked"):
             request.error = message
         self.add_event(request.id, kind="status", status=status, message=message, job_id=job_id)
+        if status in TERMINAL and request.purged_at is None:
+            self.purge(request)
+
+    def purge(self, request: ForgetRequest) -> None:
+        """Delete the uploaded photos and QA pairs; their hashes stay."""
+        request.qa_ciphertext = None
+        for image in request.images:
+            image.ciphertext = None
+        request.purged_at = utcnow()
+        self.add_event(request.id, kind="status", status=request.status, message="uploaded data purged")
+        AuditRepository(self.session).record("system", "forget_request.purge", request.id, status=request.status)
 
     def add_event(self, request_id: str, **fields: Any) -> JobEvent:
         event = JobEvent(request_id=request_id, **fields)
@@ -81,7 +96,7 @@ class ForgetRequestRepository:
 
     # ---- jobs ----------------------------------------------------------------------------------
     def create_job(self, request: ForgetRequest) -> Job:
-        job = Job(request_id=request.id, status="queued")
+        job = Job(request_id=request.id, status="queued", enqueued_at=utcnow())
         self.session.add(job)
         self.session.flush()
         return job
@@ -94,12 +109,14 @@ class ForgetRequestRepository:
         return self.session.scalars(query).first()
 
     def stale_jobs(self, older_than: timedelta, now: datetime | None = None) -> list[tuple[ForgetRequest, Job]]:
-        """In-flight requests whose job has not sent a heartbeat for `older_than` (or never started)."""
+        """In-flight jobs silent for `older_than`: no heartbeat since then, and not (re)sent since then."""
         cutoff = (now or utcnow()) - older_than
         query = (
             select(ForgetRequest, Job)
             .join(Job, Job.request_id == ForgetRequest.id)
             .where(ForgetRequest.status.in_(IN_FLIGHT), Job.status.in_(("queued", "running")))
             .where(func.coalesce(Job.heartbeat_at, Job.created_at) < cutoff)
+            .where(func.coalesce(Job.enqueued_at, Job.created_at) < cutoff)
+            .with_for_update(of=Job, skip_locked=True)
         )
         return [(r, j) for r, j in self.session.execute(query).all()]

@@ -38,13 +38,13 @@ def get_adapter(adapter_id: UUIDPath, service: Service, _: Reader) -> AdapterOut
 
 
 @router.post("/adapters/{adapter_id}/activate", response_model=AdapterOut, summary="Serve this module again")
-def activate_adapter(adapter_id: UUIDPath, service: Service, _: Admin) -> AdapterOut:
-    return service.set_active(str(adapter_id), True)
+def activate_adapter(adapter_id: UUIDPath, service: Service, principal: Admin) -> AdapterOut:
+    return service.set_active(str(adapter_id), True, principal.actor)
 
 
 @router.post("/adapters/{adapter_id}/deactivate", response_model=AdapterOut, summary="Stop serving (roll back)")
-def deactivate_adapter(adapter_id: UUIDPath, service: Service, _: Admin) -> AdapterOut:
-    return service.set_active(str(adapter_id), False)
+def deactivate_adapter(adapter_id: UUIDPath, service: Service, principal: Admin) -> AdapterOut:
+    return service.set_active(str(adapter_id), False, principal.actor)
 
 
 @router.get("/adapter-set", response_model=AdapterSetOut, summary="The active set and the version this server serves")

@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.adapters.models import ACTIVE, INACTIVE, Adapter
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.audit.repository import AuditRepository
 from core.db import transaction
 from core.errors import ConflictError
 from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
@@ -33,7 +34,7 @@ class AdapterService:
         with transaction(self.sessions) as session:
             return to_out(AdapterRepository(session).get(adapter_id))
 
-    def set_active(self, adapter_id: str, active: bool) -> AdapterOut:
+    def set_active(self, adapter_id: str, active: bool, actor: str) -> AdapterOut:
         with transaction(self.sessions) as session:
             adapters = AdapterRepository(session)
             requests = ForgetRequestRepository(session)
@@ -50,7 +51,12 @@ class AdapterService:
             requests.set_status(request, REQUEST_ACTIVE if active else REVOKED, f"adapter {adapter_id} {wanted}")
             if active:
                 request.adapter_id = adapter.id
-            AdapterSetRepository(session).record(f"adapter {adapter_id} {'activated' if active else 'deactivated'}")
+            version = AdapterSetRepository(session).record(
+                f"adapter {adapter_id} {'activated' if active else 'deactivated'}"
+            )
+            AuditRepository(session).record(
+                actor, f"adapter.{'activate' if active else 'deactivate'}", adapter_id, set_version=version.version
+            )
             out = to_out(adapter)
         self.engine.sync()
         return out

@@ -15,7 +15,7 @@ from core.forget_requests.models import STATUSES
 from core.keys.models import FORGET_READ, FORGET_WRITE
 from server.auth import Principal, require
 from server.dependencies import forget_request_service
-from server.forget_requests.schemas import EventOut, ForgetRequestIn, ForgetRequestOut, ReportOut
+from server.forget_requests.schemas import CertificateOut, EventOut, ForgetRequestIn, ForgetRequestOut, ReportOut
 from server.forget_requests.service import ForgetRequestService
 from server.schemas import ERROR_RESPONSES, Limit, Offset, Page, UUIDPath, check_choice
 
@@ -135,11 +135,20 @@ def list_events(
 
 
 @router.post("/{request_id}/cancel", response_model=ForgetRequestOut, summary="Cancel (honoured between steps)")
-def cancel_forget_request(request_id: UUIDPath, service: Service, _: Writer) -> ForgetRequestOut:
-    return service.cancel(str(request_id))
+def cancel_forget_request(request_id: UUIDPath, service: Service, principal: Writer) -> ForgetRequestOut:
+    return service.cancel(str(request_id), principal.actor)
 
 
 @router.get("/{request_id}/report", response_model=ReportOut, summary="Training and verification report")
 def get_report(request_id: UUIDPath, service: Service, _: Reader) -> ReportOut:
     status, report = service.report(str(request_id))
     return ReportOut(id=str(request_id), status=status, report=report)
+
+
+@router.get(
+    "/{request_id}/certificate",
+    response_model=CertificateOut,
+    summary="Signed record of erasure (Ed25519; public key at /.well-known/lethe-signing-key)",
+)
+def get_certificate(request_id: UUIDPath, service: Service, _: Reader) -> CertificateOut:
+    return CertificateOut(**service.certificate(str(request_id)))

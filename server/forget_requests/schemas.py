@@ -61,3 +61,10 @@ class ReportOut(BaseModel):
     id: str
     status: str
     report: dict[str, Any] | None
+
+
+class CertificateOut(BaseModel):
+    certificate: dict[str, Any]
+    algorithm: str
+    key_id: str
+    signature: str

@@ -10,9 +10,12 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import transaction
+from core.adapters.repository import AdapterRepository
+from core.audit.repository import AuditRepository
+from core.crypto import CertificateSigner, DataCipher
+from core.db import transaction, utcnow
 from core.errors import ConflictError, InvalidRequestError, QueueUnavailableError
-from core.forget_requests.models import CANCELLED, FAILED, QUEUED, TERMINAL, VALIDATING, ForgetRequest, JobEvent
+from core.forget_requests.models import ACTIVE, CANCELLED, FAILED, QUEUED, TERMINAL, VALIDATING, ForgetRequest, JobEvent
 from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import IdempotencyRepository
 from core.queue import TrainPayload, enqueue_training
@@ -33,7 +36,7 @@ def to_out(request: ForgetRequest) -> ForgetRequestOut:
         status=request.status,
         method=request.method,
         params=request.params,
-        n_qa_pairs=len(request.qa_pairs),
+        n_qa_pairs=request.n_qa_pairs,
         n_images=len(request.images),
         adapter_id=request.adapter_id,
         error=request.error,
@@ -45,12 +48,20 @@ def to_out(request: ForgetRequest) -> ForgetRequestOut:
 
 class ForgetRequestService:
     def __init__(
-        self, sessions: sessionmaker[Session], settings: Settings, celery: Celery, engine: InferenceEngine
+        self,
+        sessions: sessionmaker[Session],
+        settings: Settings,
+        celery: Celery,
+        engine: InferenceEngine,
+        cipher: DataCipher,
+        signer: CertificateSigner,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.celery = celery
         self.engine = engine
+        self.cipher = cipher
+        self.signer = signer
 
     def _check_text(self, name: str, value: str) -> str:
         if not value.strip():
@@ -118,8 +129,9 @@ class ForgetRequestService:
                     subject=body.subject,
                     method=body.method,
                     params=params,
-                    qa_pairs=qa_pairs,
-                    images=[(im.media_type, im.sha256, im.data) for im in images],
+                    qa_ciphertext=self.cipher.encrypt(json.dumps(qa_pairs).encode()),
+                    qa_sha256=[hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest() for p in qa_pairs],
+                    images=[(im.media_type, im.sha256, self.cipher.encrypt(im.data)) for im in images],
                     callback_url=body.callback_url,
                     status=VALIDATING,
                 )
@@ -127,6 +139,14 @@ class ForgetRequestService:
                 repo.set_status(request, QUEUED)
                 job = repo.create_job(request)
                 request_id, job_id = request.id, job.id
+                AuditRepository(session).record(
+                    f"key:{api_key_id}" if api_key_id else "anonymous",
+                    "forget_request.create",
+                    request_id,
+                    n_images=len(images),
+                    n_qa_pairs=len(qa_pairs),
+                    image_sha256=[im.sha256 for im in images],
+                )
                 if keyed:
                     try:
                         IdempotencyRepository(session).add(
@@ -168,15 +188,41 @@ class ForgetRequestService:
             request = ForgetRequestRepository(session).get(request_id)
             return request.status, request.report
 
-    def cancel(self, request_id: str) -> ForgetRequestOut:
+    def cancel(self, request_id: str, actor: str) -> ForgetRequestOut:
         with transaction(self.sessions) as session:
             repo = ForgetRequestRepository(session)
             request = repo.get(request_id, for_update=True)
             if request.status in TERMINAL:
                 raise ConflictError(f"request {request_id} is already {request.status}; nothing to cancel")
             request.cancel_requested = True
+            AuditRepository(session).record(actor, "forget_request.cancel", request_id, status=request.status)
             if request.status in (VALIDATING, QUEUED):
                 repo.set_status(request, CANCELLED, "cancelled before training started")
             else:
                 repo.add_event(request.id, kind="status", status=request.status, message="cancellation requested")
         return self.get(request_id)
+
+    def certificate(self, request_id: str) -> dict[str, Any]:
+        """A signed record of erasure: what was forgotten (hashes only), by which module, verified how."""
+        with transaction(self.sessions) as session:
+            request = ForgetRequestRepository(session).get(request_id)
+            if request.status != ACTIVE or request.adapter_id is None:
+                raise ConflictError(f"request {request_id} is {request.status}: only an active erasure is certified")
+            adapter = AdapterRepository(session).get(request.adapter_id)
+            document = {
+                "type": "lethe.erasure-certificate/v1",
+                "request_id": request.id,
+                "subject_sha256": hashlib.sha256(request.subject.encode()).hexdigest(),
+                "image_sha256": [im.sha256 for im in request.images],
+                "qa_sha256": list(request.qa_sha256),
+                "method": request.method,
+                "adapter_id": adapter.id,
+                "adapter_sha256": adapter.sha256,
+                "base_model_fingerprint": adapter.base_fingerprint,
+                "verification": (request.report or {}).get("verification"),
+                "filed_at": request.created_at.isoformat(),
+                "activated_at": adapter.activated_at.isoformat() if adapter.activated_at else None,
+                "uploads_purged_at": request.purged_at.isoformat() if request.purged_at else None,
+                "issued_at": utcnow().isoformat(),
+            }
+        return self.signer.sign(document)

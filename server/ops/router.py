@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.keys.models import ADMIN
 from server.auth import require
 from server.dependencies import ops_service
-from server.ops.schemas import HealthOut, ReadyOut
+from server.ops.schemas import HealthOut, ReadyOut, SigningKeyOut
 from server.ops.service import OpsService
 from server.schemas import ERROR_RESPONSES
 
@@ -45,3 +45,12 @@ def readyz(service: Service) -> JSONResponse:
 def metrics(service: Service) -> Response:
     service.readiness()
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/.well-known/lethe-signing-key",
+    response_model=SigningKeyOut,
+    summary="Public key that verifies erasure certificates (base64 raw Ed25519)",
+)
+def signing_key(service: Service) -> SigningKeyOut:
+    return SigningKeyOut(algorithm="Ed25519", key_id=service.signer.key_id, public_key=service.signer.public_key)

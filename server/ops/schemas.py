@@ -13,3 +13,9 @@ class ReadyOut(BaseModel):
     ready: bool
     detail: str
     adapter_set_version: int | None
+
+
+class SigningKeyOut(BaseModel):
+    algorithm: str
+    key_id: str
+    public_key: str

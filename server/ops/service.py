@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.crypto import CertificateSigner
 from server.engine import InferenceEngine
 from server.ops.schemas import ReadyOut
 
@@ -28,10 +29,13 @@ class Metrics:
 
 
 class OpsService:
-    def __init__(self, sessions: sessionmaker[Session], engine: InferenceEngine, metrics: Metrics) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], engine: InferenceEngine, metrics: Metrics, signer: CertificateSigner
+    ) -> None:
         self.sessions = sessions
         self.engine = engine
         self.metrics = metrics
+        self.signer = signer
 
     def readiness(self) -> ReadyOut:
         try:

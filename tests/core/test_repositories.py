@@ -11,9 +11,10 @@ from sqlalchemy import inspect
 
 from core.adapters.models import ACTIVE, INACTIVE
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
-from core.db import MIGRATIONS, Base, make_engine, make_session_factory, transaction, upgrade_database, utcnow
+from core.db import MIGRATIONS, make_engine, make_session_factory, transaction, upgrade_database, utcnow
 from core.forget_requests.models import QUEUED
 from core.forget_requests.repository import ForgetRequestRepository
+from core.models import Base
 
 
 def _request(repo: ForgetRequestRepository, subject: str = "someone"):  # type: ignore[no-untyped-def]
@@ -21,7 +22,8 @@ def _request(repo: ForgetRequestRepository, subject: str = "someone"):  # type: 
         subject=subject,
         method="cagul",
         params={},
-        qa_pairs=[{"question": "q?", "answer": "a."}],
+        qa_ciphertext=b"sealed",
+        qa_sha256=["0" * 64],
         images=[("image/png", "0" * 64, b"\x89PNG...")],
         callback_url=None,
         status=QUEUED,
@@ -40,7 +42,7 @@ def test_requests_jobs_events_and_adapter_set(pg_url: str):
     with transaction(sessions) as session:
         repo = ForgetRequestRepository(session)
         first = repo.get(ids[0])
-        assert first.status == "training" and first.images[0].content == b"\x89PNG..."
+        assert first.status == "training" and first.images[0].ciphertext == b"\x89PNG..."
         events = repo.events(ids[0])
         assert [e.kind for e in events] == ["status", "status", "progress"]
         assert [e.id for e in repo.events(ids[0], after=events[0].id)] == [e.id for e in events[1:]]
@@ -80,3 +82,32 @@ def test_migrations_match_the_models_and_downgrade(tmp_path: Path, pg_url: str):
         command.upgrade(config, "head")
         assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
         engine.dispose()
+
+
+def test_migrations_leave_nothing_for_autogenerate(pg_url: str):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine = make_engine(pg_url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    engine.dispose()
+
+
+def test_data_key_and_signing_key_are_created_once(tmp_path: Path):
+    import pytest
+    from cryptography.fernet import Fernet
+
+    from core.crypto import DataCipher, DataKeyError, data_cipher, signing_key, verify_certificate
+    from core.settings import Settings
+
+    settings = Settings(data_dir=tmp_path)
+    sealed = data_cipher(settings).encrypt(b"private")
+    assert data_cipher(Settings(data_dir=tmp_path)).decrypt(sealed) == b"private"
+    assert oct((tmp_path / "secrets" / "data.key").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(DataKeyError, match="cannot be decrypted"):
+        DataCipher(Fernet.generate_key()).decrypt(sealed)
+    signed = signing_key(settings).sign({"a": 1})
+    assert signing_key(Settings(data_dir=tmp_path)).key_id == signed["key_id"]
+    assert verify_certificate(signed, signing_key(settings).public_key)
+    assert not verify_certificate({**signed, "certificate": {"a": 2}}, signing_key(settings).public_key)

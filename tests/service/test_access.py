@@ -36,6 +36,7 @@ ENDPOINTS = [
     ("GET", "/v1/adapter-set", "forget:read"),
     ("POST", "/v1/vqa", "vqa"),
     ("GET", "/metrics", "admin"),
+    ("GET", "/v1/audit", "admin"),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
 ]
@@ -81,7 +82,7 @@ def test_every_endpoint_checks_its_scope(app_and_db: tuple[TestClient, str]):
                 assert response.status_code == 403, (method, path, scope, response.text)
                 assert response.json() == {"error": "forbidden", "detail": f"this API key lacks the {needed!r} scope"}
             checked += 1
-    assert checked == 13 * len(SCOPES)
+    assert checked == 14 * len(SCOPES)
 
 
 def _count(pg_url: str) -> int:

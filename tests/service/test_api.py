@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -201,3 +202,67 @@ def test_an_exported_request_is_a_valid_api_body(client: TestClient, data_dir: P
     response = client.post("/v1/forget-requests", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 202, response.text
     assert response.json()["n_images"] == 5
+
+
+def test_uploads_are_encrypted_purged_when_terminal_and_audited(client: TestClient, tiny_world: World, pg_url: str):
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from core.audit.models import AuditEvent
+    from core.db import make_session_factory
+
+    body = request_body(tiny_world, "p003")
+    request_id = client.post("/v1/forget-requests", json=body).json()["id"]
+    raw_image = base64.b64decode(body["images"][0])
+    answer = body["qa_pairs"][0]["answer"].encode()
+    engine = create_engine(pg_url)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        request = session.get(ForgetRequest, request_id)
+        assert request is not None and request.qa_ciphertext is not None
+        assert answer not in request.qa_ciphertext and request.n_qa_pairs == len(body["qa_pairs"])
+        stored = request.images[0].ciphertext
+        assert stored is not None and raw_image not in stored and raw_image[:64] not in stored
+        assert request.images[0].sha256 == hashlib.sha256(raw_image).hexdigest()
+
+    client.post(f"/v1/forget-requests/{request_id}/cancel")
+    with sessions() as session:
+        request = session.get(ForgetRequest, request_id)
+        assert request is not None and request.purged_at is not None
+        assert request.qa_ciphertext is None and all(im.ciphertext is None for im in request.images)
+        assert len(request.qa_sha256) == len(body["qa_pairs"]) and all(len(h) == 64 for h in request.qa_sha256)
+
+    audit = client.get("/v1/audit", params={"target": request_id}).json()
+    assert [e["action"] for e in audit["items"]] == [
+        "forget_request.purge",
+        "forget_request.cancel",
+        "forget_request.create",
+    ]
+    assert audit["items"][2]["actor"].startswith("key:") and audit["items"][0]["actor"] == "system"
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET actor = 'someone else'"))
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_events"))
+    with sessions() as session:
+        assert session.query(AuditEvent).count() == 3
+    engine.dispose()
+
+
+def test_concurrent_vqa_requests_are_batched_with_the_same_answers(client: TestClient, tiny_world: World):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.service.helpers import b64_file as b64
+
+    queries = [
+        {"image": b64(tiny_world, p.id, v), "question": f.train_questions[0]}
+        for p in tiny_world.split("retain")[:4]
+        for v in (0, 1)
+        for f in p.facts[:2]
+    ]
+    alone = [client.post("/v1/vqa", json=q).json()["answer"] for q in queries]
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine.batch_sizes.clear()
+    with ThreadPoolExecutor(len(queries)) as pool:
+        together = list(pool.map(lambda q: client.post("/v1/vqa", json=q).json()["answer"], queries))
+    assert together == alone
+    assert max(engine.batch_sizes) > 1 and sum(engine.batch_sizes) == len(queries)

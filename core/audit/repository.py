@@ -1,0 +1,26 @@
+"""All SQL about the audit log: append and read, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.audit.models import AuditEvent
+from core.db import paginate
+
+
+class AuditRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def record(self, actor: str, action: str, target: str | None = None, **detail: Any) -> None:
+        self.session.add(AuditEvent(actor=actor, action=action, target=target, detail=detail))
+        self.session.flush()
+
+    def page(self, *, limit: int, offset: int, target: str | None = None) -> tuple[list[AuditEvent], int]:
+        query = select(AuditEvent).order_by(AuditEvent.id.desc())
+        if target is not None:
+            query = query.where(AuditEvent.target == target)
+        return paginate(self.session, query, limit, offset)

@@ -1,0 +1,1 @@
+"""Reading the append-only audit log."""
