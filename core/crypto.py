@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Callable
@@ -115,3 +116,31 @@ def verify_certificate(signed: dict[str, Any], public_key: str) -> bool:
     except (InvalidSignature, KeyError, ValueError, TypeError):
         return False
     return True
+
+
+class CallbackSigner:
+    """`Lethe-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, as webhook receivers expect."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def header(self, body: bytes, timestamp: int) -> str:
+        digest = hmac.new(self._secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+        return f"t={timestamp},v1={digest}"
+
+    def verify(self, header: str, body: bytes, now: int, tolerance_s: int = 300) -> bool:
+        try:
+            fields = dict(part.split("=", 1) for part in header.split(","))
+            timestamp = int(fields["t"])
+        except (ValueError, KeyError):
+            return False
+        expected = self.header(body, timestamp).split("v1=", 1)[1]
+        return abs(now - timestamp) <= tolerance_s and hmac.compare_digest(expected, fields.get("v1", ""))
+
+
+def callback_signer(settings: Settings) -> CallbackSigner:
+    """The signer of LETHE_CALLBACK_SECRET, else of DATA_DIR/secrets/callback.key."""
+    if settings.callback_secret:
+        return CallbackSigner(settings.callback_secret.encode())
+    path = Path(settings.data_dir) / "secrets" / "callback.key"
+    return CallbackSigner(_secret_file(path, lambda: base64.b64encode(os.urandom(32))))

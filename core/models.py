@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core.adapters.models import Adapter, AdapterSetVersion
 from core.audit.models import AuditEvent
+from core.callbacks.models import CallbackDelivery
 from core.db import Base
 from core.forget_requests.models import ForgetRequest, Job, JobEvent, RequestImage
 from core.keys.models import ApiKey, IdempotencyRecord
@@ -14,6 +15,7 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "CallbackDelivery",
     "ForgetRequest",
     "IdempotencyRecord",
     "Job",

@@ -34,6 +34,14 @@ class Settings(BaseSettings):
     signing_key: str | None = Field(
         default=None, description="Ed25519 private key (base64, raw 32 bytes) signing erasure certificates."
     )
+    callback_secret: str | None = Field(
+        default=None, description="HMAC-SHA256 key signing callbacks; default: DATA_DIR/secrets/callback.key."
+    )
+    callback_max_attempts: int = Field(default=8, description="Deliveries of one callback before giving up.")
+    callback_backoff_s: float = Field(default=2.0, description="First retry delay; doubles on each failure.")
+    callback_allow_private: bool = Field(
+        default=False, description="Allow callback URLs on loopback/private addresses (tests, single-host setups)."
+    )
     bootstrap_admin_key: str | None = Field(
         default=None, description="On a database without keys, the first admin key (else one is generated and printed)."
     )

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -16,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from core.crypto import data_cipher, signing_key
+from core.crypto import callback_signer, data_cipher, signing_key
 from core.db import make_engine, make_session_factory, transaction
 from core.errors import InvalidRequestError, LetheError, UnauthorizedError
 from core.keys.repository import ApiKeyRepository
@@ -24,12 +25,14 @@ from core.queue import make_celery
 from core.settings import Settings, get_settings
 from server.adapters.router import router as adapters_router
 from server.audit.router import router as audit_router
+from server.background import PeriodicTask
+from server.callbacks import deliver_due_callbacks
 from server.engine import InferenceEngine
 from server.forget_requests.router import router as forget_requests_router
 from server.forget_requests.schemas import ForgetRequestIn
 from server.ops.router import router as ops_router
 from server.ops.service import Metrics
-from server.reconciler import Reconciler
+from server.reconciler import resend_silent_jobs
 from server.vqa.router import router as vqa_router
 
 log = logging.getLogger(__name__)
@@ -88,10 +91,26 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         if load_model:
             # Loading takes seconds to minutes: /healthz answers meanwhile, /readyz says not yet.
             threading.Thread(target=app.state.engine.load, name="engine-load", daemon=True).start()
-        reconciler = Reconciler(app.state.sessions, app.state.celery, settings)
-        reconciler.start()
+        http = httpx.Client(timeout=10, follow_redirects=False)
+        signer = callback_signer(settings)
+        background = [
+            PeriodicTask(
+                "reconciler",
+                settings.reconcile_interval_s,
+                lambda: resend_silent_jobs(app.state.sessions, app.state.celery, settings),
+            ),
+            PeriodicTask(
+                "callbacks",
+                min(1.0, settings.callback_backoff_s),
+                lambda: deliver_due_callbacks(app.state.sessions, signer, settings, http),
+            ),
+        ]
+        for task in background:
+            task.start()
         yield
-        reconciler.stop()
+        for task in background:
+            task.stop()
+        http.close()
         db.dispose()
 
     app = FastAPI(

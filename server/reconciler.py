@@ -6,7 +6,6 @@ Duplicates are harmless: a worker skips a job that is finished or that another l
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 from celery import Celery
@@ -38,26 +37,3 @@ def resend_silent_jobs(sessions: sessionmaker[Session], celery: Celery, settings
             AuditRepository(session).record("system", "job.resend", job.id, request_id=request.id)
             sent += 1
     return sent
-
-
-class Reconciler:
-    """A daemon thread running `resend_silent_jobs` every `reconcile_interval_s`."""
-
-    def __init__(self, sessions: sessionmaker[Session], celery: Celery, settings: Settings) -> None:
-        self.sessions, self.celery, self.settings = sessions, celery, settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.reconcile_interval_s):
-            try:
-                resend_silent_jobs(self.sessions, self.celery, self.settings)
-            except Exception:
-                log.exception("reconciler pass failed")

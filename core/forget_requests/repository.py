@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.audit.repository import AuditRepository
+from core.callbacks.repository import CallbackRepository
 from core.db import fetch_one, paginate, utcnow
 from core.forget_requests.models import IN_FLIGHT, TERMINAL, ForgetRequest, Job, JobEvent, RequestImage
 
@@ -80,9 +81,21 @@ class ForgetRequestRepository:
         AuditRepository(self.session).record("system", "forget_request.purge", request.id, status=request.status)
 
     def add_event(self, request_id: str, **fields: Any) -> JobEvent:
+        """An event; a status event is also queued for the request's callback URL, in this transaction."""
         event = JobEvent(request_id=request_id, **fields)
         self.session.add(event)
         self.session.flush()
+        request = self.session.get(ForgetRequest, request_id)
+        if event.kind == "status" and request is not None and request.callback_url:
+            payload = {
+                "event": "forget_request.status",
+                "request_id": request_id,
+                "status": event.status,
+                "message": event.message,
+                "event_id": event.id,
+                "at": event.created_at.isoformat(),
+            }
+            CallbackRepository(self.session).enqueue(request_id, request.callback_url, payload)
         return event
 
     def events(self, request_id: str, *, after: int = 0, limit: int = 500) -> list[JobEvent]:

@@ -1,4 +1,4 @@
-"""encrypted uploads, purge, audit log, job re-send time
+"""encrypted uploads, purge, audit log, job re-send time, callback outbox
 
 Revision ID: 0003
 Revises: 0002
@@ -60,8 +60,31 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=True))
 
+    op.create_table(
+        "callback_deliveries",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("request_id", sa.String(length=36), nullable=False),
+        sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("gave_up_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(["request_id"], ["forget_requests.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("callback_deliveries", schema=None) as batch_op:
+        batch_op.create_index("ix_callback_deliveries_due", ["delivered_at", "next_attempt_at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_callback_deliveries_request_id"), ["request_id"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("callback_deliveries", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_callback_deliveries_request_id"))
+        batch_op.drop_index("ix_callback_deliveries_due")
+    op.drop_table("callback_deliveries")
+
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_column("enqueued_at")
 

@@ -20,6 +20,7 @@ from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import IdempotencyRepository
 from core.queue import TrainPayload, enqueue_training
 from core.settings import Settings
+from server.callbacks import check_callback_url
 from server.engine import InferenceEngine
 from server.forget_requests.schemas import ForgetRequestIn, ForgetRequestOut
 from server.images import check_image, decode_base64
@@ -121,6 +122,8 @@ class ForgetRequestService:
             raise InvalidRequestError(f"{len(raw)} images; the limit is {s.max_images}")
         images = [check_image(data, i, s) for i, data in enumerate(raw)]
         params = self.engine.validate_method(body.method, body.params)
+        if body.callback_url is not None:
+            check_callback_url(body.callback_url, s.callback_allow_private)
 
         try:
             with transaction(self.sessions) as session:

@@ -1,0 +1,1 @@
+"""Status-change callbacks: a transactional outbox, HMAC-signed deliveries, retries with backoff."""
