@@ -12,7 +12,7 @@ $(VENV)/bin/lethe: pyproject.toml
 	touch $@
 
 test: $(VENV)/bin/lethe
-	$(PY) -m pytest -q --timeout=1200
+	$(PY) -m pytest -q --timeout=1200 --durations=20
 
 lint: $(VENV)/bin/lethe
 	$(VENV)/bin/ruff check unlearning core lethe server workers migrations tests bench
