@@ -77,7 +77,11 @@ class InferenceEngine:
             self.loading_error = f"the base model failed to load: {type(exc).__name__}: {exc}"
             return
         self.load_seconds = round(time.perf_counter() - started, 2)
-        self.sync()
+        try:
+            self.sync()
+        except Exception:
+            # Not ready until a later sync (on /readyz or a request) reaches the database.
+            log.exception("loading the active set failed; will retry")
 
     @property
     def loaded(self) -> bool:
