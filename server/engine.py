@@ -19,8 +19,7 @@ from typing import Any
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.adapters.models import Adapter
-from core.adapters.repository import AdapterSetRepository
+from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import transaction
 from core.errors import InvalidRequestError, NotReadyError
 from core.settings import Settings
@@ -114,7 +113,7 @@ class InferenceEngine:
                 if version == self.served_version and self.error is None:
                     return
                 ids = list(current.adapter_ids) if current else []
-                rows = {a.id: (a.path, a.sha256) for a in session.query(Adapter).filter(Adapter.id.in_(ids))}
+                rows = {a.id: (a.path, a.sha256) for a in AdapterRepository(session).by_ids(ids)}
             modules = {}
             try:
                 for adapter_id in ids:

@@ -38,6 +38,9 @@ class AdapterRepository:
     def for_request(self, request_id: str) -> list[Adapter]:
         return list(self.session.scalars(select(Adapter).where(Adapter.request_id == request_id)).all())
 
+    def by_ids(self, ids: list[str]) -> list[Adapter]:
+        return list(self.session.scalars(select(Adapter).where(Adapter.id.in_(ids))).all())
+
     def active(self) -> list[Adapter]:
         return list(self.session.scalars(select(Adapter).where(Adapter.state == ACTIVE).order_by(Adapter.id)).all())
 
