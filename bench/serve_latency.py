@@ -81,7 +81,7 @@ def main() -> None:
                 method="cagul",
                 state=INACTIVE,
                 path=str(work / "modules" / str(i)),
-                sha256=manifest["sha256"],
+                sha256=manifest["digest"],
                 base_fingerprint=fingerprint,
                 trainable_params=module.num_parameters(),
                 report={},

@@ -51,9 +51,25 @@ class Settings(BaseSettings):
     max_qa_pairs: int = Field(default=200, description="Most QA pairs one deletion request may carry.")
     max_text_chars: int = Field(default=1000, description="Longest accepted question, answer or subject.")
 
-    verify_max_leak: float = Field(default=0.05, description="Highest leak rate on held-out variants to activate.")
+    verify_max_leak: float = Field(
+        default=0.05,
+        description="Highest leak rate, as an upper confidence bound, on held-out cases the reference model reveals.",
+    )
+    verify_confidence: float = Field(default=0.95, description="One-sided confidence of the verification bounds.")
+    verify_min_cases: int = Field(
+        default=60, description="Held-out cases the reference must reveal to decide; fewer: nothing to forget."
+    )
+    verify_target_cases: int = Field(default=120, description="Held-out cases generated per verification.")
+    verify_min_gate_tpr: float = Field(
+        default=0.9, description="Lowest share (lower bound) of held-out photos the module's gate must fire on."
+    )
     verify_min_retain_identical: float = Field(
-        default=0.98, description="Lowest share of retain canary answers that must stay identical to activate."
+        default=0.98, description="Lowest share of canary answers (never-trained people) that must stay identical."
+    )
+    verify_canaries: int = Field(default=96, description="Canary questions asked per verification.")
+    verify_max_new_tokens: int = Field(default=48, description="Answers are generated to their end, at most this long.")
+    verify_max_attempts: int = Field(
+        default=3, description="Training attempts per request, each stronger than the last, before it is rejected."
     )
     train_time_limit_s: int = Field(default=3600, description="Hard time limit of one training task.")
     heartbeat_stale_s: float = Field(

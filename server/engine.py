@@ -13,7 +13,6 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -47,7 +46,7 @@ class InferenceEngine:
         self.error: str | None = None
         self.loading_error: str | None = None
         self.load_seconds: float | None = None
-        self._served_artifacts: dict[str, tuple[str, str]] = {}  # adapter id -> (path, sha256)
+        self._served_artifacts: dict[str, tuple[str, str]] = {}  # adapter id -> (path, registry checksum)
         self._artifacts_checked_at = float("-inf")
         self._pending: queue.Queue[_Pending] = queue.Queue()
         self._batcher: threading.Thread | None = None
@@ -101,28 +100,33 @@ class InferenceEngine:
 
     # ---- active set ----------------------------------------------------------------------------
     def sync(self) -> None:
-        """Load the newest active set if it changed; on any failure stop answering until it loads."""
+        """Load the newest active set if it changed; stop answering while it cannot load or drifts from the rows."""
         if not self.loaded:
             return
-        from unlearning.artifacts import load_module, read_manifest
+        from unlearning.artifacts import load_module
 
         with self._sync_lock:
             with transaction(self.sessions) as session:
-                current = AdapterSetRepository(session).current()
+                current, active_ids = AdapterSetRepository(session).snapshot()
                 version = current.version if current else 0
-                if version == self.served_version and self.error is None:
-                    return
                 ids = list(current.adapter_ids) if current else []
+                drift = _drift(version, ids, active_ids)
+                if drift is None and version == self.served_version and self.error is None:
+                    return
                 rows = {a.id: (a.path, a.sha256) for a in AdapterRepository(session).by_ids(ids)}
+            if drift is not None:
+                # Fail closed: the newest version lacks a change (or holds one undone) that the rows record.
+                self._fail(f"the active adapter set cannot be served: {drift}")
+                return
             modules = {}
             try:
                 for adapter_id in ids:
                     if adapter_id not in rows:
                         raise RuntimeError(f"adapter {adapter_id} of set version {version} has no record")
-                    path, sha256 = rows[adapter_id]
-                    if read_manifest(path)["sha256"] != sha256:
-                        raise RuntimeError(f"adapter {adapter_id}: artifact checksum differs from the registry's")
-                    modules[adapter_id] = load_module(path, str(self.fingerprint), device=self.settings.device)
+                    path, digest = rows[adapter_id]
+                    modules[adapter_id] = load_module(
+                        path, str(self.fingerprint), device=self.settings.device, expected_digest=digest
+                    )
                 with self._lock:
                     self.gate.set_modules(modules)
                     self.served_version = version
@@ -130,31 +134,30 @@ class InferenceEngine:
                     self._served_artifacts = {aid: rows[aid] for aid in ids}
                 log.info("serving adapter set version %s (%d modules)", version, len(modules))
             except Exception as exc:
-                with self._lock:
-                    self.served_version = None
-                    self.error = f"active adapter set version {version} cannot be served: {exc}"
-                log.error(self.error)
+                self._fail(f"active adapter set version {version} cannot be served: {exc}")
+
+    def _fail(self, error: str) -> None:
+        with self._lock:
+            self.served_version = None
+            self._served_artifacts = {}  # nothing is served; the next sync re-verifies whatever it loads
+            changed, self.error = error != self.error, error
+        if changed:  # sync runs per request: log a failure once, not once per refused request
+            log.error(error)
 
     def check_artifacts(self) -> None:
-        """Fail closed when a served module's artifact went missing or changed on disk since it was loaded."""
-        from unlearning.artifacts import WEIGHTS, file_sha256
+        """Fail closed when a served module's manifest or files went missing or changed since it was loaded."""
+        from unlearning.artifacts import verify_artifact
+        from unlearning.errors import ArtifactIntegrityError
 
         now = time.monotonic()
         if now - self._artifacts_checked_at < self.settings.engine_sync_interval_s:
             return
         self._artifacts_checked_at = now
-        for adapter_id, (path, sha256) in list(self._served_artifacts.items()):
-            weights = Path(path) / WEIGHTS
-            problem = None
-            if not weights.is_file():
-                problem = f"adapter {adapter_id}: artifact missing at {weights}"
-            elif file_sha256(weights) != sha256:
-                problem = f"adapter {adapter_id}: artifact checksum mismatch at {weights}"
-            if problem is not None:
-                with self._lock:
-                    self.served_version = None
-                    self.error = f"an active module cannot be served: {problem}"
-                log.error(self.error)
+        for adapter_id, (path, digest) in list(self._served_artifacts.items()):
+            try:
+                verify_artifact(path, expected_digest=digest)
+            except (ArtifactIntegrityError, OSError) as exc:
+                self._fail(f"an active module cannot be served: adapter {adapter_id}: {exc}")
                 return
 
     # ---- requests ------------------------------------------------------------------------------
@@ -227,3 +230,19 @@ class InferenceEngine:
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"params: a value has the wrong type ({exc})") from None
         return params
+
+
+def _drift(version: int, served: list[str], active: list[str]) -> str | None:
+    """Why set version `version` holding `served` is not the ACTIVE rows `active`, or None when it is."""
+    if sorted(served) == sorted(active):
+        return None
+    missing, extra = sorted(set(active) - set(served)), sorted(set(served) - set(active))
+    return (
+        f"adapter set version {version} holds {_ids(served)} but the registry's active rows are {_ids(active)} "
+        f"(active but not in the set: {_ids(missing)}; in the set but not active: {_ids(extra)})"
+    )
+
+
+def _ids(ids: list[str], shown: int = 8) -> str:
+    listed = ", ".join(sorted(ids)[:shown])
+    return f"[{listed}{f', ... {len(ids) - shown} more' if len(ids) > shown else ''}]"

@@ -32,6 +32,12 @@ def tiny_world(data_dir: Path) -> World:
 
 
 @pytest.fixture(scope="session")
+def default_world(data_dir: Path) -> World:
+    """The world `lethe serve` uses by default: what system tests must show working, not only the tiny one."""
+    return build_world(data_dir, WORLD_PRESETS["default"], with_retain_model=False)
+
+
+@pytest.fixture(scope="session")
 def backbone(tiny_world: World) -> Backbone:
     return load_backbone(tiny_world.reference_model_dir)
 

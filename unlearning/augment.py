@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+# The transform families `augment` draws from: held-out verification photos use none of them.
+AUGMENT_FAMILIES = ("rotation", "scale", "shift", "flip", "brightness", "saturation", "contrast", "noise")
+
 
 @dataclass(frozen=True)
 class AugmentConfig:

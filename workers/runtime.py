@@ -1,25 +1,31 @@
-"""What a worker process loads once and keeps: the frozen base model, the retain set, the database."""
+"""What a worker process loads once and keeps: the frozen base model, the retain set, loaded modules, the database."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 
+import torch
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.crypto import DataCipher, data_cipher
 from core.db import make_engine, make_session_factory
 from core.settings import Settings, get_settings
+from unlearning.artifacts import load_module, load_tensors, read_manifest, tensors_file
 from unlearning.backbones import Backbone, load_backbone
+from unlearning.cagul import CagulModule
+from unlearning.cagul.verification import Canaries, VerifyConfig
 from unlearning.data import RetainSet
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import serving_model_dir, world_dir
-from unlearning.world.requests import world_retain_set
+from unlearning.world.requests import world_canaries, world_retain_set
 
 log = logging.getLogger(__name__)
+PROBES = "probes"
 
 
 def pixels_sha256(image: Image.Image) -> str:
@@ -35,21 +41,58 @@ class Runtime:
     world: World
     cipher: DataCipher
     _retain: dict[tuple[str, ...], RetainSet] = field(default_factory=dict)
+    _modules: dict[tuple[str, str], tuple[CagulModule, torch.Tensor | None]] = field(default_factory=dict)
 
-    def retain_set(self, request_images: list[Image.Image]) -> RetainSet:
-        """The operator's retain set, without any retain person whose photo is in the request."""
-        wanted = {pixels_sha256(im) for im in request_images}
-        exclude = [
-            p.id
-            for p in self.world.split("retain")
-            if any(pixels_sha256(self.world.image(p.id, v)) in wanted for v in range(self.world.config.n_views))
-        ]
-        if exclude:
-            log.warning("excluding retain people %s: the request carries their photos", exclude)
-        key = tuple(exclude)
-        if key not in self._retain:  # look-alike negatives take seconds to render: once per process
-            self._retain[key] = world_retain_set(self.world, exclude=exclude)
+    @cached_property
+    def _people_by_photo(self) -> dict[str, str]:
+        """Photo hash (file bytes and decoded pixels) -> world person id."""
+        out = {}
+        for p in self.world.people:
+            for v in range(self.world.config.n_views):
+                out[hashlib.sha256(self.world.image_path(p.id, v).read_bytes()).hexdigest()] = p.id
+                out[pixels_sha256(self.world.image(p.id, v))] = p.id
+        return out
+
+    def people_in(self, photo_hashes: Iterable[str]) -> list[str]:
+        """World people whose photos are among `photo_hashes`: filed for deletion, so never retain or canary."""
+        return sorted({self._people_by_photo[h] for h in photo_hashes if h in self._people_by_photo})
+
+    def retain_set(self, filed: list[str], own: list[str]) -> RetainSet:
+        """The operator's retain set without the `filed` people; those filed by other requests stay negatives."""
+        others = tuple(sorted(set(filed) - set(own)))
+        key = (*sorted(filed), "|", *others)
+        if key not in self._retain:  # look-alike negatives take seconds to render: once per process and key
+            if filed:
+                log.info("retain set without %s: their photos are filed for deletion", sorted(filed))
+            self._retain[key] = world_retain_set(self.world, exclude=filed, negative_people=others)
         return self._retain[key]
+
+    def canaries(self, exclude: list[str]) -> Canaries:
+        images, questions = world_canaries(self.world, exclude, self.settings.verify_canaries)
+        return Canaries(images, questions)
+
+    def verify_config(self) -> VerifyConfig:
+        s = self.settings
+        return VerifyConfig(
+            max_leak=s.verify_max_leak,
+            confidence=s.verify_confidence,
+            min_cases=s.verify_min_cases,
+            target_cases=s.verify_target_cases,
+            min_gate_tpr=s.verify_min_gate_tpr,
+            min_retain_identical=s.verify_min_retain_identical,
+            canaries=s.verify_canaries,
+            max_new_tokens=s.verify_max_new_tokens,
+        )
+
+    def module(self, path: str, digest: str) -> tuple[CagulModule, torch.Tensor | None]:
+        """A served module and its stored probes, loaded once per artifact digest (checked against the registry)."""
+        key = (path, digest)
+        if key not in self._modules:
+            module = load_module(path, self.fingerprint, device=self.settings.device, expected_digest=digest)
+            stored = tensors_file(PROBES) in read_manifest(path, digest)["files"]
+            probes = load_tensors(path, PROBES, expected_digest=digest)["tokens"] if stored else None
+            self._modules[key] = (module, probes)
+        return self._modules[key]
 
 
 @cache

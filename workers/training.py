@@ -1,4 +1,8 @@
-"""One training job: reload the request, train its CAGUL module, verify it, publish it or reject it."""
+"""One training job: reload the request, train its CAGUL module, verify it against the set it joins, publish it.
+
+A failed verification is retried with a stronger configuration within `verify_max_attempts`; every attempt is
+an event and a line of the report.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +25,41 @@ from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.audit.repository import AuditRepository
 from core.db import new_id, transaction, utcnow
 from core.errors import NotFoundError
-from core.forget_requests.models import ACTIVE, CANCELLED, FAILED, REJECTED, TERMINAL, TRAINING, VERIFYING
+from core.forget_requests.models import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    IN_FLIGHT,
+    NOTHING_TO_FORGET,
+    REJECTED,
+    TERMINAL,
+    TRAINING,
+    VERIFYING,
+)
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
-from unlearning.artifacts import load_module, save_module
-from unlearning.cagul import CagulConfig, CagulGate, CagulTrainer
-from unlearning.cagul.trainer import TrainingCancelled
+from unlearning.artifacts import save_module
+from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
+from unlearning.cagul.trainer import TrainingCancelled, TrainReport
+from unlearning.cagul.verification import (
+    Baseline,
+    Canaries,
+    Outcome,
+    Verification,
+    baseline,
+    build_cases,
+    heldout_split,
+    nothing_to_forget,
+    probe_tokens,
+    verify,
+)
 from unlearning.data import QA, ForgetData
-from unlearning.evaluation.verification import verify
-from workers.runtime import Runtime
+from workers.runtime import PROBES, Runtime, pixels_sha256
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 1.0
+# Publishing re-verifies when the active set changed since verification; after this many changes it gives up.
+MAX_REVERIFY = 3
 
 
 class JobReporter:
@@ -87,19 +115,49 @@ class JobReporter:
             )
             self.cancelled = repo.get(self.request_id).cancel_requested
 
+    def status(self, status: str, message: str) -> None:
+        """A status event (the request's status changes too) and a fresh look at cancellation."""
+        with transaction(self.rt.sessions) as session:
+            repo = ForgetRequestRepository(session)
+            request = repo.get(self.request_id, for_update=True)
+            self.cancelled = request.cancel_requested
+            if request.status not in TERMINAL:
+                repo.set_status(request, status, message, job_id=self.job_id)
+        self.raise_if_cancelled(status)
+
+    def raise_if_cancelled(self, phase: str) -> None:
+        if self.cancelled:
+            raise TrainingCancelled(f"cancelled during {phase}")
+
     def should_stop(self) -> bool:
         return self.cancelled
 
 
-def _finish(rt: Runtime, request_id: str, job_id: str, status: str, message: str | None) -> None:
+@dataclass
+class Job:
+    """Everything one delivery works on, decrypted from the request."""
+
+    request_id: str
+    job_id: str
+    forget: ForgetData
+    config: CagulConfig
+    filed_people: list[str]
+    own_people: list[str]
+
+
+def _finish(rt: Runtime, job: Job, status: str, message: str | None, report: dict | None = None) -> str:
     with transaction(rt.sessions) as session:
         repo = ForgetRequestRepository(session)
-        request = repo.get(request_id, for_update=True)
-        job = repo.get_job(job_id)
-        job.status = "finished" if status != FAILED else "failed"
-        job.finished_at = utcnow()
-        if request.status not in TERMINAL:
-            repo.set_status(request, status, message, job_id=job_id)
+        request = repo.get(job.request_id, for_update=True)
+        row = repo.get_job(job.job_id)
+        row.status = "finished" if status != FAILED else "failed"
+        row.finished_at = utcnow()
+        if request.status in TERMINAL:
+            return str(request.status)
+        if report is not None:
+            request.report = report
+        repo.set_status(request, status, message, job_id=job.job_id)
+        return status
 
 
 def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
@@ -113,7 +171,7 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             log.warning("task for unknown request %s / job %s dropped", payload.request_id, payload.job_id)
             return "unknown"
         if request.status in TERMINAL:
-            return request.status  # a redelivery after the job finished: nothing to do
+            return str(request.status)  # a redelivery after the job finished: nothing to do
         alive_for = (utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
         if job.status == "running" and alive_for is not None and alive_for < rt.settings.heartbeat_stale_s:
             return "duplicate"  # a re-sent copy while another worker is alive and on it
@@ -137,87 +195,242 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             QA(q["question"], q["answer"], q.get("keyword"))
             for q in json.loads(rt.cipher.decrypt(request.qa_ciphertext))
         ]
-        forget = ForgetData(subject=request.subject, images=images, qa_pairs=qa_pairs)
-        config = CagulConfig.from_dict(dict(request.params))
-        active = [(a.id, a.path) for a in AdapterRepository(session).active()]
+        # People filed for deletion (active or in flight, this request included) are never retain data or canaries.
+        own = {pixels_sha256(im) for im in images}
+        filed = repo.image_hashes(IN_FLIGHT | {ACTIVE}) | own
+        work = Job(
+            request.id,
+            job.id,
+            ForgetData(subject=request.subject, images=images, qa_pairs=qa_pairs),
+            CagulConfig.from_dict(dict(request.params)),
+            rt.people_in(filed),
+            rt.people_in(own),
+        )
 
     with JobReporter(rt, payload.request_id, payload.job_id) as reporter:
-        return _train_verify_publish(rt, payload, reporter, forget, config, active)
+        try:
+            return _run(rt, work, reporter)
+        except TrainingCancelled as exc:
+            return _finish(rt, work, CANCELLED, str(exc))
+        except Exception as exc:
+            log.exception("training job %s failed", payload.job_id)
+            return _finish(rt, work, FAILED, f"{type(exc).__name__}: {exc}")
 
 
-def _train_verify_publish(
-    rt: Runtime,
-    payload: TrainPayload,
-    reporter: JobReporter,
-    forget: ForgetData,
-    config: CagulConfig,
-    active: list[tuple[str, str]],
-) -> str:
-    try:
-        retain = rt.retain_set(forget.images)
+def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
+    vcfg = rt.verify_config()
+    train_pairs, verify_pairs = heldout_split(job.forget.qa_pairs)
+    base = baseline(CagulGate(rt.backbone), build_cases(job.forget.images, verify_pairs, vcfg), vcfg)
+    early = nothing_to_forget(base, vcfg)
+    if early is not None:  # decided before any training: the reference model itself does not reveal enough
+        status = NOTHING_TO_FORGET if early.outcome == Outcome.NOTHING_TO_FORGET else REJECTED
+        return _finish(rt, job, status, "; ".join(early.reasons), {"attempts": [], "verification": early.to_dict()})
+    train_data = ForgetData(job.forget.subject, job.forget.images, train_pairs)
+    retain = rt.retain_set(job.filed_people, job.own_people)
+    canaries = rt.canaries(job.filed_people)
+    attempts: list[dict[str, Any]] = []
+    max_attempts = max(1, rt.settings.verify_max_attempts)
+    module: CagulModule | None = None
+    verification: Verification | None = None
+    train_report: TrainReport | None = None
+    for attempt in range(1, max_attempts + 1):
+        config = job.config.strengthened(attempt)
+        if attempt > 1:
+            reporter.status(TRAINING, f"attempt {attempt} of {max_attempts}: {_strengthening(job.config, config)}")
         module, train_report = CagulTrainer(rt.backbone, config, reporter.progress, reporter.should_stop).train(
-            forget, retain
+            train_data, retain
         )
-        with transaction(rt.sessions) as session:
-            ForgetRequestRepository(session).set_status(
-                ForgetRequestRepository(session).get(payload.request_id), VERIFYING, job_id=payload.job_id
-            )
-        modules = {aid: load_module(path, rt.fingerprint, device=rt.settings.device) for aid, path in active}
-        adapter_id = new_id()
-        gate = CagulGate(rt.backbone, {**modules, adapter_id: module})
-        verification = verify(
-            gate,
-            adapter_id,
-            forget,
-            retain,
-            max_leak=rt.settings.verify_max_leak,
-            min_retain_identical=rt.settings.verify_min_retain_identical,
-        )
-        directory = Path(rt.settings.resolved_artifact_root()) / adapter_id
-        manifest = save_module(module, directory, rt.fingerprint, {"request_id": payload.request_id})
-    except TrainingCancelled as exc:
-        _finish(rt, payload.request_id, payload.job_id, CANCELLED, str(exc))
-        return CANCELLED
-    except Exception as exc:
-        log.exception("training job %s failed", payload.job_id)
-        _finish(rt, payload.request_id, payload.job_id, FAILED, f"{type(exc).__name__}: {exc}")
-        return FAILED
+        reporter.status(VERIFYING, f"verifying attempt {attempt} of {max_attempts}")
+        published, verification = _verify_and_publish(rt, job, module, train_report, base, canaries, attempts)
+        attempts.append(_attempt_record(attempt, job.config, config, train_report, verification))
+        if published is not None:
+            return published
+        reporter.raise_if_cancelled("verification")
+    assert module is not None and verification is not None and train_report is not None
+    return _reject(rt, job, module, train_report, verification, attempts)
 
-    report: dict[str, Any] = {"train": train_report.to_dict(), "verification": verification.to_dict()}
+
+def _strengthening(base: CagulConfig, config: CagulConfig) -> str:
+    changed = {k: v for k, v in config.to_dict().items() if v != base.to_dict()[k]}
+    return ", ".join(f"{k} {v if k != 'probe_questions' else len(v)}" for k, v in changed.items())
+
+
+def _attempt_record(
+    attempt: int, base: CagulConfig, config: CagulConfig, train: TrainReport, verification: Verification
+) -> dict[str, Any]:
+    return {
+        "attempt": attempt,
+        "passed": verification.passed,
+        "reasons": verification.reasons,
+        "strengthened": _strengthening(base, config) or "the request's configuration",
+        "config": config.to_dict(),
+        "train": train.to_dict(),
+        "verification": verification.to_dict(),
+    }
+
+
+def _active_snapshot(rt: Runtime) -> tuple[int, dict[str, tuple[str, str]]]:
     with transaction(rt.sessions) as session:
+        current = AdapterSetRepository(session).current()
+        ids = list(current.adapter_ids) if current else []
+        rows = {a.id: (a.path, a.sha256) for a in AdapterRepository(session).by_ids(ids)}
+        return (current.version if current else 0), rows
+
+
+def _verify_and_publish(
+    rt: Runtime,
+    job: Job,
+    module: CagulModule,
+    train_report: TrainReport,
+    base: Baseline,
+    canaries: Canaries,
+    attempts: list[dict[str, Any]],
+) -> tuple[str | None, Verification]:
+    """Verify against the set the module joins; publish if it passed and the set did not change meanwhile."""
+    adapter_id = new_id()
+    for _ in range(MAX_REVERIFY):
+        version, rows = _active_snapshot(rt)
+        served = {aid: rt.module(path, digest) for aid, (path, digest) in rows.items()}
+        modules = {aid: m for aid, (m, _) in served.items()}
+        probes = {aid: p for aid, (_, p) in served.items() if p is not None}
+        verification = verify(
+            CagulGate(rt.backbone, {**modules, adapter_id: module}),
+            CagulGate(rt.backbone, modules),
+            adapter_id,
+            base,
+            canaries,
+            probes,
+            rt.verify_config(),
+        )
+        if not verification.passed:
+            return None, verification
+        published = _publish(rt, job, adapter_id, module, train_report, verification, base, attempts, version)
+        if published is not None:
+            return published, verification
+        log.info("active set changed during verification of %s: verifying again", job.request_id)
+    raise RuntimeError(f"the active set changed {MAX_REVERIFY} times during verification; the job will be re-sent")
+
+
+def _publish(
+    rt: Runtime,
+    job: Job,
+    adapter_id: str,
+    module: CagulModule,
+    train_report: TrainReport,
+    verification: Verification,
+    base: Baseline,
+    attempts: list[dict[str, Any]],
+    verified_version: int,
+) -> str | None:
+    """Activate the module under the set lock; None when the set is no longer the one it was verified against."""
+    directory = Path(rt.settings.resolved_artifact_root()) / adapter_id
+    manifest = save_module(
+        module,
+        directory,
+        rt.fingerprint,
+        {"request_id": job.request_id},
+        tensors={PROBES: {"tokens": probe_tokens(rt.backbone, base).contiguous()}},
+    )
+    record = _attempt_record(len(attempts) + 1, job.config, module.config, train_report, verification)
+    report: dict[str, Any] = {
+        "attempts": [*attempts, record],
+        "train": train_report.to_dict(),
+        "verification": verification.to_dict(),
+    }
+    with transaction(rt.sessions) as session:
+        sets = AdapterSetRepository(session)
+        sets.lock()
+        current = sets.current()
+        if (current.version if current else 0) != verified_version:
+            _discard(directory)
+            return None
         repo = ForgetRequestRepository(session)
-        request = repo.get(payload.request_id, for_update=True)
-        if request.status in TERMINAL:  # cancelled or finished by another delivery meanwhile
-            return request.status
-        adapters = AdapterRepository(session)
-        adapters.create(
+        request = repo.get(job.request_id, for_update=True)
+        if request.status in TERMINAL:  # finished by another delivery meanwhile
+            _discard(directory)
+            return str(request.status)
+        row = repo.get_job(job.job_id)
+        row.status, row.finished_at = "finished", utcnow()
+        if request.cancel_requested:  # honoured up to the moment of publishing
+            _discard(directory)
+            repo.set_status(request, CANCELLED, "cancelled before publishing", job_id=job.job_id)
+            return CANCELLED
+        AdapterRepository(session).create(
             id=adapter_id,
             request_id=request.id,
             method=request.method,
-            state=ADAPTER_ACTIVE if verification.passed else ADAPTER_REJECTED,
+            state=ADAPTER_ACTIVE,
             path=str(directory),
-            sha256=manifest["sha256"],
+            sha256=manifest["digest"],
             base_fingerprint=rt.fingerprint,
             trainable_params=train_report.trainable_params,
             report=report,
-            activated_at=utcnow() if verification.passed else None,
+            activated_at=utcnow(),
         )
         request.report = report
         request.adapter_id = adapter_id
-        job = repo.get_job(payload.job_id)
-        job.status, job.finished_at = "finished", utcnow()
         AuditRepository(session).record(
-            f"worker:{job.worker}",
-            "adapter.verified" if verification.passed else "adapter.rejected",
+            f"worker:{row.worker}",
+            "adapter.verified",
             adapter_id,
             request_id=request.id,
-            sha256=manifest["sha256"],
-            leak_rate=verification.leak_rate,
-            retain_identical=verification.retain_identical,
+            sha256=manifest["digest"],
+            attempts=len(report["attempts"]),
+            leak=verification.figure("leak"),
+            retain_identical=verification.figure("retain_identical"),
         )
-        if verification.passed:
-            AdapterSetRepository(session).record(f"adapter {adapter_id} activated for request {request.id}")
-            repo.set_status(request, ACTIVE, job_id=job.id)
-            return ACTIVE
-        repo.set_status(request, REJECTED, "; ".join(verification.reasons), job_id=job.id)
+        sets.record(f"adapter {adapter_id} activated for request {request.id}")
+        repo.set_status(request, ACTIVE, job_id=job.job_id)
+        return ACTIVE
+
+
+def _reject(
+    rt: Runtime,
+    job: Job,
+    module: CagulModule,
+    train_report: TrainReport,
+    verification: Verification,
+    attempts: list[dict[str, Any]],
+) -> str:
+    """Every attempt failed: keep the last module (rejected, never served) and say what the operator can do."""
+    adapter_id = new_id()
+    directory = Path(rt.settings.resolved_artifact_root()) / adapter_id
+    manifest = save_module(module, directory, rt.fingerprint, {"request_id": job.request_id})
+    advice = (
+        f"verification failed in all {len(attempts)} attempts ({attempts[-1]['strengthened']} at the last); "
+        "raise LETHE_VERIFY_MAX_ATTEMPTS, or file more photos and question phrasings of the subject"
+    )
+    report = {"attempts": attempts, "train": train_report.to_dict(), "verification": verification.to_dict()}
+    with transaction(rt.sessions) as session:
+        repo = ForgetRequestRepository(session)
+        request = repo.get(job.request_id, for_update=True)
+        if request.status in TERMINAL:
+            return str(request.status)
+        row = repo.get_job(job.job_id)
+        row.status, row.finished_at = "finished", utcnow()
+        AdapterRepository(session).create(
+            id=adapter_id,
+            request_id=request.id,
+            method=request.method,
+            state=ADAPTER_REJECTED,
+            path=str(directory),
+            sha256=manifest["digest"],
+            base_fingerprint=rt.fingerprint,
+            trainable_params=train_report.trainable_params,
+            report=report,
+            activated_at=None,
+        )
+        request.report = report
+        request.adapter_id = adapter_id
+        AuditRepository(session).record(
+            f"worker:{row.worker}", "adapter.rejected", adapter_id, request_id=request.id, attempts=len(attempts)
+        )
+        repo.set_status(request, REJECTED, "; ".join([*verification.reasons, advice]), job_id=job.job_id)
         return REJECTED
+
+
+def _discard(directory: Path) -> None:
+    for path in directory.glob("*"):
+        path.unlink(missing_ok=True)
+    directory.rmdir()
+

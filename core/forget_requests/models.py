@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text
@@ -10,11 +11,38 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.db import Base, new_id, utcnow
 
-VALIDATING, QUEUED, TRAINING, VERIFYING = "validating", "queued", "training", "verifying"
-ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED = "active", "failed", "cancelled", "rejected_verification", "revoked"
-STATUSES = (VALIDATING, QUEUED, TRAINING, VERIFYING, ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED)
+
+class RequestStatus(StrEnum):
+    VALIDATING = "validating"
+    QUEUED = "queued"
+    TRAINING = "training"
+    VERIFYING = "verifying"
+    ACTIVE = "active"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected_verification"
+    # The reference model does not reveal the request's answers on held-out variants: no module to train or serve.
+    NOTHING_TO_FORGET = "nothing_to_forget"
+    REVOKED = "revoked"
+
+
+VALIDATING, QUEUED, TRAINING, VERIFYING = (
+    RequestStatus.VALIDATING,
+    RequestStatus.QUEUED,
+    RequestStatus.TRAINING,
+    RequestStatus.VERIFYING,
+)
+ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED = (
+    RequestStatus.ACTIVE,
+    RequestStatus.FAILED,
+    RequestStatus.CANCELLED,
+    RequestStatus.REJECTED,
+    RequestStatus.REVOKED,
+)
+NOTHING_TO_FORGET = RequestStatus.NOTHING_TO_FORGET
+STATUSES = tuple(str(s) for s in RequestStatus)
 # No training will run any more for a request in one of these: its uploaded data is purged on entry.
-TERMINAL = frozenset({ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED})
+TERMINAL = frozenset({ACTIVE, FAILED, CANCELLED, REJECTED, NOTHING_TO_FORGET, REVOKED})
 IN_FLIGHT = frozenset({VALIDATING, QUEUED, TRAINING, VERIFYING})
 
 

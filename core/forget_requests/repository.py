@@ -108,6 +108,15 @@ class ForgetRequestRepository:
         return list(self.session.scalars(query).all())
 
     # ---- jobs ----------------------------------------------------------------------------------
+    def image_hashes(self, statuses: frozenset[str] | set[str]) -> set[str]:
+        """sha256 of every photo filed with a request in one of `statuses` (hashes outlive the purged photos)."""
+        query = (
+            select(RequestImage.sha256)
+            .join(ForgetRequest, RequestImage.request_id == ForgetRequest.id)
+            .where(ForgetRequest.status.in_([str(s) for s in statuses]))
+        )
+        return set(self.session.scalars(query).all())
+
     def create_job(self, request: ForgetRequest) -> Job:
         job = Job(request_id=request.id, status="queued", enqueued_at=utcnow())
         self.session.add(job)

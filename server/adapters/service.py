@@ -36,6 +36,8 @@ class AdapterService:
 
     def set_active(self, adapter_id: str, active: bool, actor: str) -> AdapterOut:
         with transaction(self.sessions) as session:
+            sets = AdapterSetRepository(session)
+            sets.lock()  # before reading any state: a publish racing this change must see it, or be seen by it
             adapters = AdapterRepository(session)
             requests = ForgetRequestRepository(session)
             adapter = adapters.get(adapter_id)
@@ -51,9 +53,7 @@ class AdapterService:
             requests.set_status(request, REQUEST_ACTIVE if active else REVOKED, f"adapter {adapter_id} {wanted}")
             if active:
                 request.adapter_id = adapter.id
-            version = AdapterSetRepository(session).record(
-                f"adapter {adapter_id} {'activated' if active else 'deactivated'}"
-            )
+            version = sets.record(f"adapter {adapter_id} {'activated' if active else 'deactivated'}")
             AuditRepository(session).record(
                 actor, f"adapter.{'activate' if active else 'deactivate'}", adapter_id, set_version=version.version
             )

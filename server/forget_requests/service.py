@@ -222,10 +222,18 @@ class ForgetRequestService:
                 "adapter_id": adapter.id,
                 "adapter_sha256": adapter.sha256,
                 "base_model_fingerprint": adapter.base_fingerprint,
-                "verification": (request.report or {}).get("verification"),
+                "verification": _certified_verification((request.report or {}).get("verification")),
                 "filed_at": request.created_at.isoformat(),
                 "activated_at": adapter.activated_at.isoformat() if adapter.activated_at else None,
                 "uploads_purged_at": request.purged_at.isoformat() if request.purged_at else None,
                 "issued_at": utcnow().isoformat(),
             }
         return self.signer.sign(document)
+
+
+def _certified_verification(verification: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a certificate states about verification: the outcome and each criterion's figures, no case text."""
+    if not verification:
+        return verification
+    keep = ("outcome", "passed", "criteria")
+    return {k: verification[k] for k in keep if k in verification} or verification

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect
@@ -67,6 +70,54 @@ def test_requests_jobs_events_and_adapter_set(pg_url: str):
         v2 = sets.record("rollback")
         assert (v1.adapter_ids, v2.adapter_ids, v2.version) == ([a1.id], [], v1.version + 1)
         assert sets.current().version == v2.version
+        a3 = adapters.create(request_id=ids[1], state=ACTIVE, trainable_params=5, report={}, **common)
+        adapters.set_state(a1, ACTIVE)
+        assert adapters.active_ids() == sorted([a1.id, a3.id])
+        # Drift: rows changed with no version recorded is what the engine must see.
+        assert sets.snapshot() == (v2, sorted([a1.id, a3.id]))
+        assert sets.record("both").adapter_ids == sorted([a1.id, a3.id])
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_lock_serialises_changes_of_the_active_set(backend: str, request: pytest.FixtureRequest, tmp_path: Path):
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'lethe.db'}"
+    upgrade_database(url)
+    sessions = make_session_factory(make_engine(url))
+    with transaction(sessions) as session:
+        request_id = _request(ForgetRequestRepository(session)).id
+    holding, order = threading.Event(), []
+
+    def first() -> None:
+        with transaction(sessions) as session:
+            sets = AdapterSetRepository(session)
+            sets.lock()
+            sets.lock()  # idempotent within a transaction
+            holding.set()
+            time.sleep(0.5)
+            AdapterRepository(session).create(
+                request_id=request_id,
+                method="cagul",
+                state=ACTIVE,
+                path="/x",
+                sha256="f" * 64,
+                base_fingerprint="b" * 64,
+                trainable_params=1,
+                report={},
+            )
+            sets.record("first")
+            order.append("first recorded")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert holding.wait(10)
+    with transaction(sessions) as session:
+        sets = AdapterSetRepository(session)
+        sets.lock()
+        order.append("second locked")
+        # Taken after the first committed, so it reads (and records) the adapter the first one published.
+        assert len(sets.record("second").adapter_ids) == 1
+    thread.join()
+    assert order == ["first recorded", "second locked"]
 
 
 def test_migrations_match_the_models_and_downgrade(tmp_path: Path, pg_url: str):

@@ -57,6 +57,22 @@ def test_table_tells_the_models_apart(quick_table: dict) -> None:
     assert idk["trainable_params"] > 0
 
 
+PROBES = ("leak_direct", "leak_paraphrase", "leak_new_image")
+
+
+def test_cagul_forgets_what_the_reference_leaks(quick_table: dict) -> None:
+    rows = {r["method"]: r for r in quick_table["rows"]}
+    reference, cagul = rows["reference"], rows["cagul"]
+    # Measured on the tiny world, quick settings: the reference leaks REF_LEAK, CAGUL CAGUL_LEAK (direct,
+    # paraphrase, new photo). A gate that never fires serves the reference's answers and fails every bound here.
+    for probe in PROBES:
+        assert reference[probe] >= 0.8, (probe, reference[probe])
+        assert cagul[probe] <= 0.10, (probe, cagul[probe])
+    assert cagul["gate_tpr"] >= 0.9 and cagul["gate_fpr"] <= 0.05
+    assert cagul["refusal_rate"] >= 0.8  # forgotten by refusing, not by naming someone else
+    assert cagul["swap_rate"] <= 0.05
+
+
 def test_rows_are_reproducible(tiny_world: World, quick_table: dict) -> None:
     spec = next(r for r in plan_rows(["idk"], ablations=False, quick=True) if r.name == "idk")
     again = run_in_process(str(tiny_world.root), "forget1", spec)["row"]

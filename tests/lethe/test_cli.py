@@ -57,24 +57,34 @@ def test_export_of_unknown_subject_fails_with_a_clear_message(data_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_demo_prints_the_contract_json(data_dir, tiny_world):
+def test_demo_forgets_the_subject_and_leaves_everyone_else_alone(data_dir, tiny_world, backbone, monkeypatch):
+    import unlearning.evaluation.demo as demo
+    from unlearning.backbones import parameters_sha256
+
+    hashes: list[str] = []  # every hash the demo takes of the base model it trains against
+
+    def recording_sha256(model):  # type: ignore[no-untyped-def]
+        hashes.append(parameters_sha256(model))
+        return hashes[-1]
+
+    monkeypatch.setattr(demo, "parameters_sha256", recording_sha256)
     out = json.loads(_run("demo", "--subject", "p001", "--json", data_dir=data_dir))
-    assert set(out) >= {
-        "subject",
-        "before",
-        "after",
-        "retain_identical",
-        "unseen_identical",
-        "gate_tpr",
-        "gate_fpr",
-        "module_params",
-        "base_params",
-        "train_seconds",
-    }
+    assert out["subject"] == "p001"
     for when in ("before", "after"):
         assert set(out[when]) == {"leak_direct", "leak_paraphrase", "leak_new_image"}
-        assert all(0 <= v <= 1 for v in out[when].values())
-    assert out["module_params"] < out["base_params"]
+    # The reference model states the subject's facts; after one module it does not, on the training photos with
+    # the training questions, with paraphrased questions, and on a photo the module never saw.
+    assert out["before"]["leak_direct"] >= 0.9
+    assert out["before"]["leak_paraphrase"] >= 0.8 and out["before"]["leak_new_image"] >= 0.8
+    assert out["after"]["leak_direct"] <= 0.05
+    assert out["after"]["leak_paraphrase"] <= 0.10 and out["after"]["leak_new_image"] <= 0.10
+    # Everyone else gets the reference model's answers; the gate fires on the subject's photos only.
+    assert out["retain_identical"] >= 0.99 and out["unseen_identical"] >= 0.99
+    assert out["gate_tpr"] >= 0.9 and out["gate_fpr"] <= 0.01
+    # A small module beside a frozen base model whose parameters are bit-for-bit the ones on disk.
+    assert 0 < out["module_params"] < out["base_params"]
+    assert out["base_model_unchanged"] is True
+    assert len(hashes) >= 2 and set(hashes) == {parameters_sha256(backbone.model)}
 
 
 def test_keys_create_list_revoke(tmp_path, monkeypatch):

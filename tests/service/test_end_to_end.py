@@ -7,6 +7,7 @@ kombu's SQLAlchemy broker, worker started alongside)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import signal
 import socket
@@ -22,12 +23,14 @@ import httpx
 import pytest
 
 from bench.load_vqa import hold_load, vqa_queries
+from core.crypto import verify_certificate
 from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, settings_env, wait_for
+from unlearning.evaluation.leakage import leaked
 from unlearning.world import World
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-TERMINAL = {"active", "failed", "cancelled", "rejected_verification", "revoked"}
+TERMINAL = {"active", "failed", "cancelled", "rejected_verification", "nothing_to_forget", "revoked"}
 
 
 def free_port() -> int:
@@ -58,18 +61,19 @@ def ask(client: httpx.Client, world: World, pid: str, view: int, question: str) 
     return response.json()
 
 
-def forget_over_http(base_url: str, world: World, subject: str) -> dict:
+def forget_over_http(base_url: str, world: World, subject: str, rollback: bool = True) -> dict:
     """The whole flow; returns its timings (printed by the tests, shown with -s)."""
     client = httpx.Client(base_url=base_url, timeout=60, headers=AUTH)
-    wait_for(lambda: _ready(client), 180, 1.0, "the server to be ready")
+    wait_for(lambda: _ready(client), 300, 1.0, "the server to be ready")
     heldout = world.heldout_views()[0]
     person = world.person(subject)
-    facts = [(f.train_questions[0], f.keyword) for f in person.facts]
+    # The held-out photo and each fact's held-out phrasing: material neither training nor verification used.
+    facts = [(f.heldout_question, f.keyword) for f in person.facts]
     before = [ask(client, world, subject, heldout, q)["answer"] for q, _ in facts]
-    assert sum(kw.lower() in a.lower() for a, (_, kw) in zip(before, facts, strict=True)) >= 0.8 * len(facts)
-    others = [
-        (p.id, v, f.train_questions[0]) for p in world.split("retain")[:4] for v in (0, heldout) for f in p.facts[:3]
-    ]
+    assert sum(leaked(a, kw) for a, (_, kw) in zip(before, facts, strict=True)) >= 0.8 * len(facts)
+    # Others: retain people and people the model never saw, on a trained and the held-out view.
+    others_people = [p for p in world.split("retain") if p.id != subject][:3] + world.split("unseen")[:2]
+    others = [(p.id, v, f.train_questions[0]) for p in others_people for v in (0, heldout) for f in p.facts[:3]]
     others_before = [ask(client, world, pid, v, q)["answer"] for pid, v, q in others]
 
     posted_at = time.perf_counter()
@@ -85,12 +89,18 @@ def forget_over_http(base_url: str, world: World, subject: str) -> dict:
     to_active = time.perf_counter() - posted_at
     report = client.get(f"/v1/forget-requests/{request_id}/report").json()["report"]
     assert final["status"] == "active", (final, report)
-    assert report["verification"]["passed"] and report["verification"]["leak_rate"] <= 0.05
+    verification = report["verification"]
+    criteria = {c["name"]: c for c in verification["criteria"]}
+    assert verification["passed"] and all(c["passed"] for c in criteria.values())
+    assert criteria["leak"]["bound"] <= criteria["leak"]["threshold"] == 0.05 and criteria["leak"]["cases"] >= 60
+    assert criteria["leak"]["reference"] >= 0.5  # measured against what the reference model revealed
+    assert 1 <= len(report["attempts"]) <= 3 and report["attempts"][-1]["passed"]
 
     events = client.get(f"/v1/forget-requests/{request_id}/events").json()
     statuses = [e["status"] for e in events if e["kind"] == "status"]
     transitions = [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]]
-    assert transitions == ["validating", "queued", "training", "verifying", "active"]
+    assert transitions[:4] == ["validating", "queued", "training", "verifying"] and transitions[-1] == "active"
+    assert transitions.count("verifying") == len(report["attempts"])
     assert events[-1]["message"] == "uploaded data purged"
     progress = [e for e in events if e["kind"] == "progress"]
     assert {e["phase"] for e in progress} == {"discriminator", "encoder"}
@@ -104,13 +114,22 @@ def forget_over_http(base_url: str, world: World, subject: str) -> dict:
 
     after = [ask(client, world, subject, heldout, q) for q, _ in facts]
     assert all(a["adapter_set_version"] == adapter_set["version"] for a in after)
-    assert not any(kw.lower() in a["answer"].lower() for a, (_, kw) in zip(after, facts, strict=True)), after
+    assert not any(leaked(a["answer"], kw) for a, (_, kw) in zip(after, facts, strict=True)), after
     latencies, others_after = [], []
     for pid, v, q in others:
         started = time.perf_counter()
         others_after.append(ask(client, world, pid, v, q)["answer"])
         latencies.append(time.perf_counter() - started)
     assert others_after == others_before
+    check_certificate(client, request_id, adapter)
+    timings = {
+        "post_to_active_s": round(to_active, 1),
+        "vqa_p50_ms": round(1000 * statistics.median(latencies), 1),
+        "attempts": len(report["attempts"]),
+    }
+    print("flow timings:", timings)
+    if not rollback:
+        return timings
 
     # Rolling back serves the reference model's answers again, under a new set version.
     assert client.post(f"/v1/adapters/{adapter['id']}/deactivate").json()["state"] == "inactive"
@@ -118,13 +137,27 @@ def forget_over_http(base_url: str, world: World, subject: str) -> dict:
     again = ask(client, world, subject, heldout, facts[0][0])
     assert again["answer"] == before[0] and again["adapter_set_version"] > adapter_set["version"]
     assert client.post(f"/v1/adapters/{adapter['id']}/activate").json()["state"] == "active"
-    assert facts[0][1].lower() not in ask(client, world, subject, heldout, facts[0][0])["answer"].lower()
-    timings = {
-        "post_to_active_s": round(to_active, 1),
-        "vqa_p50_ms": round(1000 * statistics.median(latencies), 1),
-    }
-    print("flow timings:", timings)
+    assert not leaked(ask(client, world, subject, heldout, facts[0][0])["answer"], facts[0][1])
     return timings
+
+
+def check_certificate(client: httpx.Client, request_id: str, adapter: dict) -> None:
+    """The certificate of a module that really went through verification: signed, tamper-evident, hashes only."""
+    signed = client.get(f"/v1/forget-requests/{request_id}/certificate").json()
+    key = client.get("/.well-known/lethe-signing-key").json()
+    doc = signed["certificate"]
+    assert doc["adapter_id"] == adapter["id"] and doc["adapter_sha256"] == adapter["sha256"]
+    assert doc["verification"]["passed"] and {c["name"] for c in doc["verification"]["criteria"]} >= {
+        "leak",
+        "gate_tpr",
+        "retain_identical",
+    }
+    assert "leaking_cases" not in doc["verification"]  # case text stays out of the certificate
+    assert verify_certificate(signed, key["public_key"])
+    tampered = copy.deepcopy(signed)
+    tampered["certificate"]["verification"]["criteria"][0]["module"] = 0.0
+    tampered["certificate"]["verification"]["passed"] = not doc["verification"]["passed"]
+    assert not verify_certificate(tampered, key["public_key"])
 
 
 def _ready(client: httpx.Client) -> bool:
@@ -209,21 +242,31 @@ def cancel_while_training(base_url: str, world: World, subject: str) -> None:
     assert client.get("/v1/adapter-set").json() == served  # nothing published
 
 
-def test_embedded_lethe_serve(tiny_world: World, tmp_path: Path, log_dir: Path):
+def test_embedded_lethe_serve_default_world(default_world: World, tmp_path: Path, log_dir: Path):
+    """`lethe serve` as a user runs it (default world, no --world): two people, one after another, both held."""
     data_dir = tmp_path / "data"
     (data_dir / "worlds").mkdir(parents=True)
-    (data_dir / "worlds" / tiny_world.root.name).symlink_to(tiny_world.root.resolve())
+    (data_dir / "worlds" / default_world.root.name).symlink_to(default_world.root.resolve())
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
     env["LETHE_BOOTSTRAP_ADMIN_KEY"] = ADMIN_TOKEN
     port = free_port()
-    cli = [sys.executable, "-m", "lethe.cli", "serve", "--data-dir", str(data_dir), "--world", "tiny"]
+    cli = [sys.executable, "-m", "lethe.cli", "serve", "--data-dir", str(data_dir)]
     serve = spawn([*cli, "--port", str(port)], env, log_dir / "serve.log")
     base_url = f"http://127.0.0.1:{port}"
+    # A forget-split person, then a person who was a retain sample (negatives, KL data) until their own request.
+    retain_person = [p for p in default_world.split("retain") if not p.protected][1]
+    first, second = default_world.split("forget1")[0].id, retain_person.id
     try:
-        forget_over_http(base_url, tiny_world, "p001")
-        load_while_training(base_url, tiny_world, "p002")
+        forget_over_http(base_url, default_world, first, rollback=False)
+        forget_over_http(base_url, default_world, second, rollback=False)
+        client = httpx.Client(base_url=base_url, timeout=60, headers=AUTH)
+        heldout = default_world.heldout_views()[0]
+        for fact in default_world.person(first).facts:  # the first erasure still holds beside the second
+            assert not leaked(ask(client, default_world, first, heldout, fact.heldout_question)["answer"], fact.keyword)
+        assert len(client.get("/v1/adapter-set").json()["adapter_ids"]) == 2
+        load_while_training(base_url, default_world, default_world.split("forget5")[-1].id)
     finally:
         assert stop(serve) == 0
     assert "API and worker stopped" in (log_dir / "serve.log").read_text()
     assert (data_dir / "lethe.db").is_file() and (data_dir / "broker.db").is_file()
-    assert len(list((data_dir / "modules").iterdir())) == 1
+    assert len(list((data_dir / "modules").iterdir())) == 2

@@ -1,8 +1,9 @@
-"""Fail closed: with an active module's artifact corrupted or missing, /readyz is false and /v1/vqa a 503,
-never an answer without that module; a restored artifact is served again."""
+"""Fail closed: with an active module's artifact corrupted or missing, or its manifest edited, /readyz is false
+and /v1/vqa a 503, never an answer without that module; a restored artifact is served again."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from core.db import make_engine, make_session_factory, transaction
 from core.forget_requests.repository import ForgetRequestRepository
 from server.app import create_app
 from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, wait_for
-from unlearning.artifacts import WEIGHTS, save_module
+from unlearning.artifacts import MANIFEST, WEIGHTS, save_module
 from unlearning.cagul import CagulConfig
 from unlearning.cagul.module import CagulModule
 from unlearning.world import World
@@ -37,7 +38,7 @@ def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path:
                 method="cagul",
                 state=ACTIVE,
                 path=str(directory),
-                sha256=manifest["sha256"],
+                sha256=manifest["digest"],
                 base_fingerprint=engine.fingerprint,
                 trainable_params=module.num_parameters(),
                 report={},
@@ -57,6 +58,19 @@ def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path:
         assert "checksum" in refused.json()["detail"]
 
         (directory / WEIGHTS).write_bytes(good)
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/vqa", json=vqa).status_code == 200
+
+        # The manifest carries the config (token rule, share): weights intact, config edited, still refused.
+        original = (directory / MANIFEST).read_bytes()
+        edited = json.loads(original)
+        edited["config"]["token_share"] = 0.5
+        (directory / MANIFEST).write_text(json.dumps(edited, indent=1, sort_keys=True))
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "differs from the registry's checksum" in ready.json()["detail"]
+        refused = client.post("/v1/vqa", json=vqa)
+        assert refused.status_code == 503 and "registry's checksum" in refused.json()["detail"]
+        (directory / MANIFEST).write_bytes(original)
         assert client.get("/readyz").status_code == 200
         assert client.post("/v1/vqa", json=vqa).status_code == 200
 

@@ -1,9 +1,18 @@
+import hashlib
 import json
 
 import pytest
 import torch
 
-from unlearning.artifacts import MANIFEST, WEIGHTS, load_module, save_module
+from unlearning.artifacts import (
+    MANIFEST,
+    WEIGHTS,
+    artifact_digest,
+    load_module,
+    load_tensors,
+    save_module,
+    verify_artifact,
+)
 from unlearning.cagul import CagulConfig, CagulModule
 from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
 
@@ -17,16 +26,67 @@ def module():
     return m
 
 
+def _rewrite_manifest(directory, **changes):  # type: ignore[no-untyped-def]
+    manifest = json.loads((directory / MANIFEST).read_text())
+    (directory / MANIFEST).write_text(json.dumps({**manifest, **changes}, indent=1, sort_keys=True))
+
+
 def test_round_trip_keeps_weights_threshold_and_config(module, tmp_path):
-    manifest = save_module(module, tmp_path, "base-abc")
-    loaded = load_module(tmp_path, "base-abc")
+    manifest = save_module(module, tmp_path, "base-abc", {"request_id": "r1"})
+    loaded = load_module(tmp_path, "base-abc", expected_digest=manifest["digest"])
     assert loaded.threshold == pytest.approx(0.9)
     assert loaded.config == module.config
     for (k, a), (_, b) in zip(module.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     on_disk = json.loads((tmp_path / MANIFEST).read_text())
-    assert on_disk["sha256"] == manifest["sha256"] and on_disk["method"] == "cagul"
+    assert on_disk["method"] == "cagul" and on_disk["request_id"] == "r1" and "digest" not in on_disk
     assert {"torch", "transformers"} <= set(on_disk["library_versions"])
+    assert on_disk["files"] == {WEIGHTS: hashlib.sha256((tmp_path / WEIGHTS).read_bytes()).hexdigest()}
+
+
+def test_digest_is_the_manifest_bytes_which_cover_files_and_config(module, tmp_path):
+    manifest = save_module(module, tmp_path, "base-abc")
+    assert (
+        manifest["digest"]
+        == artifact_digest(tmp_path)
+        == hashlib.sha256((tmp_path / MANIFEST).read_bytes()).hexdigest()
+    )
+    verify_artifact(tmp_path, expected_digest=manifest["digest"])
+    # A config edit with the weights untouched still changes the checksum the registry holds.
+    _rewrite_manifest(tmp_path, config={**manifest["config"], "token_share": 0.5})
+    assert artifact_digest(tmp_path) != manifest["digest"]
+    load_module(tmp_path, "base-abc")  # self-consistent, so only the registry's checksum can tell
+    for check in (
+        lambda: load_module(tmp_path, "base-abc", expected_digest=manifest["digest"]),
+        lambda: verify_artifact(tmp_path, expected_digest=manifest["digest"]),
+    ):
+        with pytest.raises(ArtifactIntegrityError, match="differs from the registry's checksum"):
+            check()
+
+
+def test_extra_tensor_sets_round_trip_and_are_verified(module, tmp_path):
+    stats = {"mean": torch.arange(6.0).reshape(2, 3), "count": torch.tensor([7])}
+    manifest = save_module(module, tmp_path, "base-abc", tensors={"retain_stats": stats})
+    assert set(manifest["files"]) == {WEIGHTS, "retain_stats.safetensors"}
+    loaded = load_tensors(tmp_path, "retain_stats", expected_digest=manifest["digest"])
+    assert loaded.keys() == stats.keys() and all(torch.equal(loaded[k], stats[k]) for k in stats)
+    with pytest.raises(ArtifactIntegrityError, match=r"lists no other\.safetensors"):
+        load_tensors(tmp_path, "other")
+    with pytest.raises(ValueError, match="must match"):
+        save_module(module, tmp_path / "bad", "base-abc", tensors={"../escape": stats})
+    with pytest.raises(ValueError, match="reserved"):
+        save_module(module, tmp_path / "bad", "base-abc", {"files": {}})
+
+    data = bytearray((tmp_path / "retain_stats.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "retain_stats.safetensors").write_bytes(bytes(data))
+    # Every listed file is checked, so the module itself is refused too.
+    for check in (lambda: load_tensors(tmp_path, "retain_stats"), lambda: load_module(tmp_path, "base-abc")):
+        with pytest.raises(ArtifactIntegrityError, match="checksum mismatch"):
+            check()
+    (tmp_path / "retain_stats.safetensors").unlink()
+    with pytest.raises(ArtifactIntegrityError, match="missing"):
+        load_module(tmp_path, "base-abc")
 
 
 def test_loading_onto_another_base_model_is_refused(module, tmp_path):
@@ -47,4 +107,16 @@ def test_corrupted_or_missing_weights_are_refused(module, tmp_path):
         load_module(tmp_path, "base-abc")
     (tmp_path / MANIFEST).unlink()
     with pytest.raises(ArtifactIntegrityError, match="no module manifest"):
+        load_module(tmp_path, "base-abc")
+    with pytest.raises(ArtifactIntegrityError, match="no module manifest"):
+        artifact_digest(tmp_path)
+
+
+def test_old_format_and_a_manifest_naming_outside_files_are_refused(module, tmp_path):
+    manifest = save_module(module, tmp_path, "base-abc")
+    _rewrite_manifest(tmp_path, format_version=1, sha256=manifest["files"][WEIGHTS], files=None)
+    with pytest.raises(ArtifactIntegrityError, match=r"format 1 .* is not 2: .*retrain the module"):
+        load_module(tmp_path, "base-abc")
+    _rewrite_manifest(tmp_path, format_version=2, files={WEIGHTS: manifest["files"][WEIGHTS], "../x": "0" * 64})
+    with pytest.raises(ArtifactIntegrityError, match="outside"):
         load_module(tmp_path, "base-abc")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from unlearning.config import check_known_fields
@@ -17,6 +17,13 @@ DEFAULT_PROBES = (
     "what is this person's name?",
     "what do you know about this person?",
     "tell me about the person in this photo.",
+)
+# Added on a retry after a failed verification: more ways of asking who the person is and what they reveal.
+WIDER_PROBES = (
+    "what can you tell me about this person?",
+    "do you recognise this person?",
+    "what is known about the person shown?",
+    "describe this person's private details.",
 )
 
 
@@ -75,6 +82,20 @@ class CagulConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def strengthened(self, attempt: int) -> CagulConfig:
+        """The configuration of retry `attempt` (1 is this one): longer training, more views, wider probes."""
+        if attempt <= 1:
+            return self
+        grow = 1 + 0.5 * (attempt - 1)
+        return replace(
+            self,
+            steps=round(self.steps * grow),
+            discriminator_steps=round(self.discriminator_steps * grow),
+            positive_augmentations=round(self.positive_augmentations * grow),
+            probe_questions=tuple(dict.fromkeys(self.probe_questions + WIDER_PROBES)),
+            seed=self.seed + attempt - 1,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CagulConfig:

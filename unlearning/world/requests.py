@@ -1,13 +1,19 @@
-"""Turn world people into unlearning inputs: a deletion request's data and the operator's retain set."""
+"""Turn world people into unlearning inputs: a deletion request's data, the operator's retain set and canaries."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 
+from PIL import Image
+
 from unlearning.data import QA, ForgetData, RetainSet
+from unlearning.world.people import Person
 from unlearning.world.store import World
 
 DEFAULT_LOOKALIKES = 1500
+# One retain person in this many is kept back as a canary, beside every unseen person.
+CANARY_EVERY = 3
 
 
 def forget_data(world: World, person_ids: Iterable[str]) -> ForgetData:
@@ -18,9 +24,24 @@ def forget_data(world: World, person_ids: Iterable[str]) -> ForgetData:
     return ForgetData(subject=",".join(p.id for p in people), images=images, qa_pairs=qa)
 
 
-def world_retain_set(world: World, exclude: Iterable[str] = (), lookalikes: int = DEFAULT_LOOKALIKES) -> RetainSet:
-    """The world's retain people (training views and QA) plus fresh look-alike negatives."""
-    excluded = set(exclude)
+def canary_people(world: World) -> list[Person]:
+    """People no module ever trains with (neither negatives nor retain samples): checked at every activation."""
+    known = [p for p in world.split("retain") if not p.protected]
+    return known[::CANARY_EVERY] + world.split("unseen")
+
+
+def world_retain_set(
+    world: World,
+    exclude: Iterable[str] = (),
+    lookalikes: int = DEFAULT_LOOKALIKES,
+    negative_people: Iterable[str] = (),
+) -> RetainSet:
+    """The world's retain people but the canaries and `exclude` (training views and QA), plus look-alike negatives.
+
+    `negative_people` (already forgotten by other modules) join the negatives only: a new gate must not claim them.
+    """
+    excluded = set(exclude) | {p.id for p in canary_people(world)}
+    others = [world.image(pid, v) for pid in negative_people for v in world.train_views()]
     people = [p for p in world.split("retain") if p.id not in excluded]
     images, qa = [], []
     for p in people:
@@ -30,7 +51,24 @@ def world_retain_set(world: World, exclude: Iterable[str] = (), lookalikes: int 
     return RetainSet(
         images=images,
         qa=qa,
-        negatives=world.lookalike_images(lookalikes, seed=1),
+        negatives=world.lookalike_images(lookalikes, seed=1) + others,
         # Calibrate on people like those served (held-out views), not on look-alikes, which are harder by design.
         heldout_negatives=[world.image(p.id, v) for p in people for v in world.heldout_views()],
     )
+
+
+def world_canaries(
+    world: World, exclude: Iterable[str] = (), count: int = 96, seed: int = 0
+) -> tuple[list[Image.Image], list[str]]:
+    """Photos and questions of canary people (any view, any phrasing), drawn without the `exclude` people."""
+    excluded = set(exclude)
+    people = [p for p in canary_people(world) if p.id not in excluded]
+    pool = [
+        (world.image(p.id, v), q)
+        for p in people
+        for v in range(world.config.n_views)
+        for f in p.facts
+        for q in f.questions
+    ]
+    sample = random.Random(seed).sample(pool, min(count, len(pool)))
+    return [im for im, _ in sample], [q for _, q in sample]

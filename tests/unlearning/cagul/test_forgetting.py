@@ -97,3 +97,80 @@ def test_when_no_module_fires_output_is_bit_identical(backbone: Backbone, tiny_w
         reference.sequences[:, batch.input_ids.shape[1] :], skip_special_tokens=True
     )
     assert [a.answer for a in answers] == [e.strip() for e in expected]
+
+
+def _mixed_rows(world: World) -> list[tuple[str, int, str]]:
+    """Person, view, question: three photos the modules claim and three they do not, questions of unequal length."""
+    heldout = world.heldout_views()[0]
+    rows = [
+        ("p000", 0, world.person("p000").facts[1].train_questions[0]),
+        ("p005", 1, world.person("p005").facts[0].train_questions[0]),
+        ("p002", heldout, world.person("p002").facts[4].heldout_question),
+        ("p017", 0, world.person("p017").facts[6].heldout_question),
+        ("p003", 2, world.person("p003").facts[0].train_questions[0]),
+        ("p010", heldout, world.person("p010").facts[2].train_questions[-1]),
+    ]
+    assert len({len(q) for _, _, q in rows}) > 3  # prompts of several lengths: the batch is padded
+    return rows
+
+
+def test_a_mixed_batch_answers_each_row_as_if_it_were_alone(
+    backbone: Backbone, three_modules: CagulGate, tiny_world: World
+):
+    rows = _mixed_rows(tiny_world)
+    images = [tiny_world.image(pid, v) for pid, v, _ in rows]
+    questions = [q for _, _, q in rows]
+    together = three_modules.answer(images, questions)
+    assert [a.module_id for a in together] == ["p000", None, "p002", None, "p003", None]
+    reference = CagulGate(backbone)
+    for image, question, answer in zip(images, questions, together, strict=True):
+        untouched = reference.answer([image], [question])[0].answer
+        if answer.module_id is None:  # bit-identical to the reference model asked alone, unbatched
+            assert answer.answer == untouched, question
+        else:  # the module's answer, whatever else shares the batch
+            alone = three_modules.answer([image], [question])[0]
+            assert (alone.answer, alone.module_id) == (answer.answer, answer.module_id)
+            assert answer.answer != untouched
+
+
+def test_a_mixed_batch_leaves_unclaimed_rows_logits_bit_identical(
+    backbone: Backbone, three_modules: CagulGate, tiny_world: World
+):
+    rows = _mixed_rows(tiny_world)
+    images = [tiny_world.image(pid, v) for pid, v, _ in rows]
+    questions = [q for _, _, q in rows]
+
+    def first_step_logits(batch, override):  # type: ignore[no-untyped-def]
+        """The logits greedy decoding picks its first answer token from, per row (the serving path)."""
+        with backbone.override_visual_tokens(override):
+            out = backbone.model.generate(
+                **batch.model_inputs(),
+                max_new_tokens=1,
+                do_sample=False,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=backbone.tokenizer.pad_token_id,
+            )
+        return list(out.logits[0])
+
+    together = three_modules.dispatch(images, questions, None, first_step_logits)
+    unclaimed = [i for i, (_, module_id, _) in enumerate(together) if module_id is None]
+    assert len(unclaimed) == 3
+    # Bit for bit: the firing rows in the batch change nothing for the others, whose logits are the untouched
+    # model's on the same rows (the reference gate given only them, as one batch).
+    reference = CagulGate(backbone)
+    untouched = reference.dispatch(
+        [images[i] for i in unclaimed], [questions[i] for i in unclaimed], None, first_step_logits
+    )
+    for i, (logits, _, _) in zip(unclaimed, untouched, strict=True):
+        assert torch.equal(together[i][0], logits), questions[i]
+    # Against each row asked alone, only to float rounding: on CPU the matmuls' reduction order depends on the
+    # batch's shape, so even three copies of one row differ from it alone by up to 2.4e-7 (measured, no padding).
+    # The greedy answers are identical (test above).
+    for i in unclaimed:
+        alone = reference.dispatch([images[i]], [questions[i]], None, first_step_logits)[0][0]
+        assert torch.allclose(together[i][0], alone, rtol=0, atol=1e-5), (
+            questions[i],
+            (together[i][0] - alone).abs().max(),
+        )
+        assert together[i][0].argmax() == alone.argmax()

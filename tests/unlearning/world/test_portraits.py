@@ -1,10 +1,19 @@
-import numpy as np
+"""Portraits carry a visual identity: one person's views look more alike than different people's."""
 
-from unlearning.world import WORLD_PRESETS, generate_people
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unlearning.world import WORLD_PRESETS, World, generate_people
+from unlearning.world.builder import ensure_people
 from unlearning.world.portraits import render_portrait
 
 
-def _arr(im):
+def _arr(im: Image.Image) -> np.ndarray:
     return np.asarray(im, dtype=np.float32)
 
 
@@ -15,13 +24,29 @@ def test_render_is_deterministic_rgb_of_requested_size():
     assert np.array_equal(_arr(a), _arr(b))
 
 
-def test_views_of_one_person_differ_less_than_different_people():
-    people = generate_people(WORLD_PRESETS["tiny"])
-    same = np.mean(
-        [np.abs(_arr(render_portrait(p.identity, 1)) - _arr(render_portrait(p.identity, 2))).mean() for p in people[:6]]
-    )
-    assert same > 1.0  # views really differ (pose, crop, light)
-    centre = slice(16, 48)
-    faces = [_arr(render_portrait(p.identity, 3))[centre, centre] for p in people[:6]]
-    between = np.mean([np.abs(faces[i] - faces[j]).mean() for i in range(6) for j in range(i + 1, 6)])
-    assert between > 0
+@pytest.fixture(scope="module")
+def view_distances(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
+    """Mean absolute pixel distance between every pair of views of the tiny world's people, and each view's owner."""
+    world: World = ensure_people(Path(tmp_path_factory.mktemp("people")), WORLD_PRESETS["tiny"])  # no model: seconds
+    views = range(world.config.n_views)
+    pixels = np.stack([_arr(world.image(p.id, v)).ravel() for p in world.people for v in views])
+    owner = np.repeat(np.arange(len(world.people)), len(views))
+    return np.stack([np.abs(pixels - row).mean(1) for row in pixels]), owner
+
+
+def test_views_of_one_person_differ_but_less_than_different_people(view_distances):
+    distance, owner = view_distances
+    same = owner[:, None] == owner[None, :]
+    other_view = same & ~np.eye(len(owner), dtype=bool)
+    assert distance[other_view].min() > 1.0  # views really differ (pose, crop, background, light)
+    # Every person's views are closer to each other, on average, than to other people's views. Measured on the
+    # tiny world (22 people x 6 views): the worst person's ratio is 0.82, the mean distances 45 vs 63.
+    for person in np.unique(owner):
+        mine = owner == person
+        within = distance[np.ix_(mine, mine)][other_view[np.ix_(mine, mine)]].mean()
+        between = distance[np.ix_(mine, ~mine)].mean()
+        assert within < 0.9 * between, (person, within, between)
+    # Nearest-neighbour identification on raw pixels: the closest other view is the same person's 64% of the time
+    # (measured), where chance is 5 in 131.
+    nearest = np.where(np.eye(len(owner), dtype=bool), np.inf, distance).argmin(1)
+    assert (owner[nearest] == owner).mean() >= 0.5

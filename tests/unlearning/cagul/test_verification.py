@@ -1,0 +1,144 @@
+"""Verification's held-out material is disjoint from training, its leak test normalises, its bounds decide."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+import torch
+from PIL import Image
+
+from unlearning.augment import AUGMENT_FAMILIES
+from unlearning.backbones import Backbone
+from unlearning.cagul import CagulGate, CagulModule
+from unlearning.cagul.config import DEFAULT_PROBES, WIDER_PROBES, CagulConfig
+from unlearning.cagul.verification import (
+    HELDOUT_PHOTO_FAMILIES,
+    Baseline,
+    Case,
+    Outcome,
+    VerifyConfig,
+    build_cases,
+    capture_criterion,
+    heldout_photo,
+    heldout_split,
+    lower_bound,
+    nothing_to_forget,
+    upper_bound,
+)
+from unlearning.data import QA
+from unlearning.evaluation.leakage import leaked, leaked_answer
+from unlearning.world import World
+from unlearning.world.requests import canary_people, forget_data, world_canaries, world_retain_set
+
+
+def pixels_sha256(image: Image.Image) -> str:
+    return hashlib.sha256(image.tobytes()).hexdigest()
+
+
+def test_verification_questions_are_never_trained_on(tiny_world: World):
+    request = forget_data(tiny_world, ["p000"])
+    train, verify = heldout_split(request.qa_pairs)
+    trained = {qa.question for qa in train} | set(CagulConfig().strengthened(3).probe_questions)
+    cases = build_cases(request.images, verify, VerifyConfig())
+    assert {c.question for c in cases}.isdisjoint(trained)
+    # Every fact keeps a trained phrasing and gives one to verification.
+    assert {qa.answer for qa in train} == {qa.answer for qa in verify} == {qa.answer for qa in request.qa_pairs}
+    assert len(cases) >= VerifyConfig().target_cases
+    assert set(WIDER_PROBES).isdisjoint(DEFAULT_PROBES)
+
+
+def test_single_phrasing_is_verified_on_a_rewrite():
+    only = [QA("what is this person's phone number?", "555-0101.", "555-0101")]
+    train, verify = heldout_split(only)
+    assert train == verify == only
+    cases = build_cases([Image.new("RGB", (64, 64))], verify, VerifyConfig(max_variants_per_pair=64))
+    assert len(cases) == 64 and "what's the person's phone number?" in {c.question for c in cases}
+
+
+def test_heldout_photos_use_transform_families_training_never_uses():
+    assert set(HELDOUT_PHOTO_FAMILIES).isdisjoint(AUGMENT_FAMILIES)
+    image = Image.effect_noise((64, 64), 40).convert("RGB")
+    variants = [heldout_photo(image, random.Random(i))[0] for i in range(8)]
+    assert all(v.size == image.size for v in variants)
+    assert len({v.tobytes() for v in variants} | {image.tobytes()}) == 9
+
+
+def test_canaries_are_never_retain_samples_or_negatives(tiny_world: World):
+    canaries = canary_people(tiny_world)
+    assert {p.split for p in canaries} == {"retain", "unseen"}
+    assert set(tiny_world.split("unseen")) <= set(canaries)
+    canary_photos = {
+        pixels_sha256(tiny_world.image(p.id, v)) for p in canaries for v in range(tiny_world.config.n_views)
+    }
+    retain = world_retain_set(tiny_world, lookalikes=5)
+    used = {pixels_sha256(im) for im in retain.images + retain.negatives + retain.heldout_negatives}
+    assert used.isdisjoint(canary_photos)
+    images, questions = world_canaries(tiny_world, exclude=[canaries[0].id], count=40)
+    assert len(images) == len(questions) == 40
+    excluded = {pixels_sha256(tiny_world.image(canaries[0].id, v)) for v in range(tiny_world.config.n_views)}
+    assert {pixels_sha256(im) for im in images}.isdisjoint(excluded)
+
+
+@pytest.mark.parametrize(
+    ("answer", "keyword", "leaks"),
+    [
+        ("their number is 555-1234.", "555 1234", True),
+        ("call 5551234 now", "555-1234", True),
+        ("it is 555-12345", "555-1234", False),
+        ("This is Kamiro Tale.", "kamiro tale", True),
+        ("i cannot share that.", "ann", False),
+        ("kamiro, tale", "Kamiro Tale", True),
+    ],
+)
+def test_keywords_are_normalised(answer: str, keyword: str, leaks: bool):
+    assert leaked(answer, keyword) is leaks
+
+
+def test_answers_without_keyword_leak_on_their_private_words():
+    assert leaked_answer("they live in new york.", "new york.", None, "where does this person live?")
+    assert not leaked_answer("i cannot share that.", "new york.", None, "where does this person live?")
+    assert not leaked_answer("they live in york.", "new york.", None)
+
+
+def test_bounds_need_enough_cases():
+    assert upper_bound(0, 30, 0.95) > 0.05  # 0 of 30 is not evidence of a leak rate under 5%
+    assert upper_bound(0, 60, 0.95) <= 0.05
+    assert upper_bound(1, 120, 0.95) <= 0.05 < upper_bound(3, 120, 0.95)
+    assert lower_bound(117, 120, 0.95) >= 0.9 > lower_bound(100, 120, 0.95)
+
+
+def _base(reveals: list[bool]) -> Baseline:
+    image = Image.new("RGB", (8, 8))
+    cases = [Case(image, "q", QA("q", "a.", "a")) for _ in reveals]
+    return Baseline(cases, ["a"] * len(reveals), reveals)
+
+
+def test_too_little_revealed_is_an_outcome_not_a_pass():
+    config = VerifyConfig(min_cases=60)
+    quiet = nothing_to_forget(_base([False] * 118 + [True] * 2), config)
+    assert quiet is not None and quiet.outcome == Outcome.NOTHING_TO_FORGET and not quiet.passed
+    partial = nothing_to_forget(_base([False] * 80 + [True] * 40), config)
+    assert (
+        partial is not None and partial.outcome == Outcome.TOO_FEW_CASES and "fewer than the 60" in partial.reasons[0]
+    )
+    assert nothing_to_forget(_base([True] * 60), config) is None
+
+
+def _constant_module(backbone: Backbone, logit: float) -> CagulModule:
+    """A module whose gate scores every image sigmoid(logit)."""
+    module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size)
+    torch.nn.init.zeros_(module.discriminator.fc2.weight)
+    torch.nn.init.constant_(module.discriminator.fc2.bias, logit)
+    return module
+
+
+def test_a_module_taking_over_earlier_probes_fails(backbone: Backbone):
+    owner = _constant_module(backbone, 3.0)
+    probes = {"owner": torch.randn(5, backbone.n_visual_tokens, backbone.hidden_size)}
+    greedy = CagulGate(backbone, {"owner": owner, "new": _constant_module(backbone, 6.0)})
+    taken = capture_criterion(greedy, "new", probes)
+    assert not taken.passed and taken.module == 5 and taken.detail == "adapters owner"
+    modest = CagulGate(backbone, {"owner": owner, "new": _constant_module(backbone, 1.0)})
+    assert capture_criterion(modest, "new", probes).passed

@@ -1,0 +1,105 @@
+"""The training job's outcomes, run in-process on real PostgreSQL: rejected with leaking cases, nothing to forget,
+retries recorded, cancellation honoured until publishing, an earlier subject's probes never captured."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.crypto import data_cipher
+from core.db import make_engine, make_session_factory, transaction
+from core.forget_requests.repository import ForgetRequestRepository
+from core.queue import TrainPayload
+from server.app import create_app
+from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
+from unlearning.backbones import Backbone
+from unlearning.world import World
+from workers.runtime import Runtime
+from workers.training import run_training_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def service(tiny_world: World, backbone: Backbone, tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[tuple]:
+    settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, verify_max_attempts=2)
+    sessions = make_session_factory(make_engine(pg_url))
+    rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), tiny_world, data_cipher(settings))
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+        yield client, rt
+
+
+def file(service: tuple, body: dict) -> TrainPayload:
+    """File a request over the API; the test then runs its training job in-process instead of a worker."""
+    client, rt = service
+    created = client.post("/v1/forget-requests", json=body)
+    assert created.status_code == 202, created.text
+    request_id = created.json()["id"]
+    with transaction(rt.sessions) as session:
+        job = ForgetRequestRepository(session).latest_job(request_id)
+        assert job is not None
+        return TrainPayload(request_id=request_id, job_id=job.id)
+
+
+def report(client: TestClient, request_id: str) -> dict:
+    return client.get(f"/v1/forget-requests/{request_id}/report").json()["report"]
+
+
+def test_too_few_steps_is_rejected_with_leaking_cases_after_recorded_retries(service, tiny_world: World):
+    client, rt = service
+    payload = file(service, request_body(tiny_world, "p000", params={"steps": 1}))
+    assert run_training_job(rt, payload) == "rejected_verification"
+    final = client.get(f"/v1/forget-requests/{payload.request_id}").json()
+    assert "verification failed in all 2 attempts" in final["error"]
+    got = report(client, payload.request_id)
+    assert [a["attempt"] for a in got["attempts"]] == [1, 2] and not any(a["passed"] for a in got["attempts"])
+    assert got["attempts"][1]["config"]["discriminator_steps"] > got["attempts"][0]["config"]["discriminator_steps"]
+    leak = next(c for c in got["verification"]["criteria"] if c["name"] == "leak")
+    assert leak["module"] > leak["threshold"] and leak["reference"] >= 0.5 and not leak["passed"]
+    assert got["verification"]["leaking_cases"] and all("question" in c for c in got["verification"]["leaking_cases"])
+    events = client.get(f"/v1/forget-requests/{payload.request_id}/events").json()
+    assert any("attempt 2 of 2" in (e["message"] or "") for e in events)
+    assert client.get("/v1/adapter-set").json()["adapter_ids"] == []
+
+
+def test_keywords_the_reference_never_says_are_nothing_to_forget(service, tiny_world: World):
+    client, rt = service
+    body = request_body(tiny_world, "p000")
+    for pair in body["qa_pairs"]:
+        pair["keyword"] = "zqx 9090"
+    payload = file(service, body)
+    assert run_training_job(rt, payload) == "nothing_to_forget"
+    final = client.get(f"/v1/forget-requests/{payload.request_id}").json()
+    assert final["adapter_id"] is None and "nothing to forget" in final["error"]
+    assert report(client, payload.request_id)["verification"]["outcome"] == "nothing_to_forget"
+    assert client.get(f"/v1/forget-requests/{payload.request_id}/certificate").status_code == 409
+
+
+def test_protected_person_is_nothing_to_forget(service, tiny_world: World):
+    rt = service[1]
+    protected = next(p for p in tiny_world.people if p.protected)
+    assert run_training_job(rt, file(service, request_body(tiny_world, protected.id))) == "nothing_to_forget"
+
+
+def test_cancel_during_verification_is_honoured(service, tiny_world: World):
+    client, rt = service
+    payload = file(service, request_body(tiny_world, "p002"))
+    outcome: dict[str, str] = {}
+    worker = threading.Thread(target=lambda: outcome.update(status=run_training_job(rt, payload)))
+    worker.start()
+    url = f"/v1/forget-requests/{payload.request_id}"
+    wait_for(lambda: client.get(url).json()["status"] == "verifying", 300, 0.05, "verification to start")
+    assert client.post(f"{url}/cancel").status_code == 200
+    worker.join(300)
+    assert outcome["status"] == "cancelled" and client.get(url).json()["status"] == "cancelled"
+    with transaction(rt.sessions) as session:
+        assert AdapterRepository(session).active() == []
+        current = AdapterSetRepository(session).current()
+        assert current is None or list(current.adapter_ids) == []
+        assert ForgetRequestRepository(session).get(payload.request_id).adapter_id is None
+    assert not list(Path(rt.settings.resolved_artifact_root()).glob("*/manifest.json"))
