@@ -110,7 +110,7 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     adapter = client.get(f"/v1/adapters/{final['adapter_id']}").json()
     assert adapter["state"] == "active" and len(adapter["sha256"]) == 64
     adapter_set = client.get("/v1/adapter-set").json()
-    assert adapter_set["adapter_ids"] == [adapter["id"]]
+    assert adapter["id"] in adapter_set["adapter_ids"]
 
     after = [ask(client, world, subject, heldout, q) for q, _ in facts]
     assert all(a["adapter_set_version"] == adapter_set["version"] for a in after)
