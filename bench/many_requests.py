@@ -3,7 +3,7 @@
     python bench/many_requests.py [--world default] [--subjects p000,p001] [--no-keyword-sample 6]
                                   [--timeout 1200] [--json PATH] [--markdown PATH] [--quick]
 
-The acceptance benchmark of issue 10. Each person's body is what `lethe world export --inline` writes; the
+Each person's body is what `lethe world export --inline` writes; the
 first `--no-keyword-sample` of them are filed again, without keywords, into a second fresh service (one
 after another too), so each is measured on its own. Before anything is filed, the reference model (the
 service with no module) answers every person's *held-out* material, which the service never sees: the
@@ -23,7 +23,6 @@ import io
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import subprocess
@@ -40,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from unlearning.evaluation.leakage import leaked
 from unlearning.world import WORLD_PRESETS, World
 
 TOKEN = "lethe_0123456789ab_many-requests-bench-key-not-secret"
@@ -79,39 +79,10 @@ class Row:
     leak_end: float | None = None
 
 
-# ---- leak under normalisation ------------------------------------------------------------------------------
-
-
-def tokens(text: str, merge_digits: bool) -> list[str]:
-    """Lowercase alphanumeric runs; with merge_digits, runs of digits next to each other become one."""
-    out: list[str] = []
-    for run in re.findall(r"[a-z0-9]+", text.lower()):
-        if merge_digits and out and run.isdigit() and out[-1].isdigit():
-            out[-1] += run
-        else:
-            out.append(run)
-    return out
-
-
-def contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
-    """Whether needle occurs contiguously in haystack."""
-    n = len(needle)
-    return n > 0 and any(list(haystack[i : i + n]) == list(needle) for i in range(len(haystack) - n + 1))
-
-
-def leaks(answer: str, keyword: str) -> bool:
-    """The keyword's tokens appear contiguously in the answer's, digit runs merged or not.
-
-    Both ways: merged, "555 1234" matches "5551234" and "555-1234"; unmerged, "1983" still matches in
-    "born 1983, 555-1234", where merging would glue the year to the phone number.
-    """
-    return any(contains(tokens(answer, m), tokens(keyword, m)) for m in (False, True))
-
-
 def leak_share(answers: Sequence[str], cases: Sequence[Case], reference: Sequence[str]) -> float | None:
     """Share of the reference-leaking cases that leak in answers (None when the reference leaks none)."""
-    base = [i for i, c in enumerate(cases) if leaks(reference[i], c.keyword)]
-    return sum(leaks(answers[i], cases[i].keyword) for i in base) / len(base) if base else None
+    base = [i for i, c in enumerate(cases) if leaked(reference[i], c.keyword)]
+    return sum(leaked(answers[i], cases[i].keyword) for i in base) / len(base) if base else None
 
 
 # ---- the world and its held-out material -------------------------------------------------------------------
@@ -345,7 +316,7 @@ def run_pass(
     rows = []
     for pid in subjects:
         row = file_subject(http, world, cache, pid, keywords, timeout)
-        row.reference_leaking = sum(leaks(a, c.keyword) for a, c in zip(reference[pid], cases[pid], strict=True))
+        row.reference_leaking = sum(leaked(a, c.keyword) for a, c in zip(reference[pid], cases[pid], strict=True))
         row.leak_after = leak_share(ask_all(http, cases[pid]), cases[pid], reference[pid])
         rows.append(row)
         print(f"  {pid}: {row.status} after {row.wall_s} s, attempts {row.attempts}, leak after {pct(row.leak_after)}")

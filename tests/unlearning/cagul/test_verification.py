@@ -90,6 +90,7 @@ def test_canaries_are_never_retain_samples_or_negatives(tiny_world: World):
         ("This is Kamiro Tale.", "kamiro tale", True),
         ("i cannot share that.", "ann", False),
         ("kamiro, tale", "Kamiro Tale", True),
+        ("born 1983, 555-1234", "1983", True),
     ],
 )
 def test_keywords_are_normalised(answer: str, keyword: str, leaks: bool):
