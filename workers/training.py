@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from sqlalchemy.orm import Session
 
 from core.adapters.models import ACTIVE as ADAPTER_ACTIVE
 from core.adapters.models import REJECTED as ADAPTER_REJECTED
@@ -35,6 +36,7 @@ from core.forget_requests.models import (
     TERMINAL,
     TRAINING,
     VERIFYING,
+    ForgetRequest,
 )
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
@@ -355,20 +357,7 @@ def _publish(
             _discard(directory)
             repo.set_status(request, CANCELLED, "cancelled before publishing", job_id=job.job_id)
             return CANCELLED
-        AdapterRepository(session).create(
-            id=adapter_id,
-            request_id=request.id,
-            method=request.method,
-            state=ADAPTER_ACTIVE,
-            path=str(directory),
-            sha256=manifest["digest"],
-            base_fingerprint=rt.fingerprint,
-            trainable_params=train_report.trainable_params,
-            report=report,
-            activated_at=utcnow(),
-        )
-        request.report = report
-        request.adapter_id = adapter_id
+        _record_adapter(session, rt, request, adapter_id, ADAPTER_ACTIVE, directory, manifest, train_report, report)
         AuditRepository(session).record(
             f"worker:{row.worker}",
             "adapter.verified",
@@ -408,20 +397,7 @@ def _reject(
             return str(request.status)
         row = repo.get_job(job.job_id)
         row.status, row.finished_at = "finished", utcnow()
-        AdapterRepository(session).create(
-            id=adapter_id,
-            request_id=request.id,
-            method=request.method,
-            state=ADAPTER_REJECTED,
-            path=str(directory),
-            sha256=manifest["digest"],
-            base_fingerprint=rt.fingerprint,
-            trainable_params=train_report.trainable_params,
-            report=report,
-            activated_at=None,
-        )
-        request.report = report
-        request.adapter_id = adapter_id
+        _record_adapter(session, rt, request, adapter_id, ADAPTER_REJECTED, directory, manifest, train_report, report)
         AuditRepository(session).record(
             f"worker:{row.worker}", "adapter.rejected", adapter_id, request_id=request.id, attempts=len(attempts)
         )
@@ -429,8 +405,35 @@ def _reject(
         return REJECTED
 
 
+def _record_adapter(
+    session: Session,
+    rt: Runtime,
+    request: ForgetRequest,
+    adapter_id: str,
+    state: str,
+    directory: Path,
+    manifest: dict[str, Any],
+    train_report: TrainReport,
+    report: dict[str, Any],
+) -> None:
+    """The registry row of a trained module (active or rejected), and the request pointing at it."""
+    AdapterRepository(session).create(
+        id=adapter_id,
+        request_id=request.id,
+        method=request.method,
+        state=state,
+        path=str(directory),
+        sha256=manifest["digest"],
+        base_fingerprint=rt.fingerprint,
+        trainable_params=train_report.trainable_params,
+        report=report,
+        activated_at=utcnow() if state == ADAPTER_ACTIVE else None,
+    )
+    request.report = report
+    request.adapter_id = adapter_id
+
+
 def _discard(directory: Path) -> None:
     for path in directory.glob("*"):
         path.unlink(missing_ok=True)
     directory.rmdir()
-

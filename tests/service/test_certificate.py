@@ -29,7 +29,11 @@ def test_certificate_is_signed_and_tamper_evident(tiny_world: World, tmp_path: P
         not_yet = client.get(f"/v1/forget-requests/{request_id}/certificate")
         assert not_yet.status_code == 409 and "only an active erasure" in not_yet.json()["detail"]
 
-        verification = {"passed": True, "leak_rate": 0.0, "retain_identical": 1.0}
+        # The signing mechanics; a module that really went through verification is certified in the
+        # end-to-end flows (tests/service/test_end_to_end.py::check_certificate).
+        criteria = [{"name": "leak", "reference": 0.9, "module": 0.0, "bound": 0.03, "threshold": 0.05}]
+        certified = {"outcome": "passed", "passed": True, "criteria": criteria}
+        verification = {**certified, "leaking_cases": [{"question": "q"}], "config": {"max_leak": 0.05}}
         with transaction(make_session_factory(make_engine(pg_url))) as session:
             requests = ForgetRequestRepository(session)
             request = requests.get(request_id)
@@ -51,7 +55,7 @@ def test_certificate_is_signed_and_tamper_evident(tiny_world: World, tmp_path: P
         assert key["algorithm"] == signed["algorithm"] == "Ed25519" and key["key_id"] == signed["key_id"]
         doc = signed["certificate"]
         assert doc["request_id"] == request_id and doc["adapter_sha256"] == "a" * 64
-        assert doc["base_model_fingerprint"] == "b" * 64 and doc["verification"] == verification
+        assert doc["base_model_fingerprint"] == "b" * 64 and doc["verification"] == certified
         assert len(doc["image_sha256"]) == len(body["images"]) and doc["uploads_purged_at"]
         assert body["subject"] not in json.dumps(signed)  # hashes only
         assert verify_certificate(signed, key["public_key"])
