@@ -127,6 +127,12 @@ class JobReporter:
                 repo.set_status(request, status, message, job_id=self.job_id)
         self.raise_if_cancelled(status)
 
+    def poll_cancel(self, phase: str) -> None:
+        """Read the cancellation flag now (between phases that report no progress) and stop if it is set."""
+        with transaction(self.rt.sessions) as session:
+            self.cancelled = ForgetRequestRepository(session).get(self.request_id).cancel_requested
+        self.raise_if_cancelled(phase)
+
     def raise_if_cancelled(self, phase: str) -> None:
         if self.cancelled:
             raise TrainingCancelled(f"cancelled during {phase}")
@@ -227,9 +233,11 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
     if early is not None:  # decided before any training: the reference model itself does not reveal enough
         status = NOTHING_TO_FORGET if early.outcome == Outcome.NOTHING_TO_FORGET else REJECTED
         return _finish(rt, job, status, "; ".join(early.reasons), {"attempts": [], "verification": early.to_dict()})
+    reporter.poll_cancel("the reference baseline")
     train_data = ForgetData(job.forget.subject, job.forget.images, train_pairs)
     retain = rt.retain_set(job.filed_people, job.own_people)
     canaries = rt.canaries(job.filed_people)
+    reporter.poll_cancel("loading the retain set")
     attempts: list[dict[str, Any]] = []
     max_attempts = max(1, rt.settings.verify_max_attempts)
     module: CagulModule | None = None

@@ -227,7 +227,7 @@ def load_while_training(base_url: str, world: World, subject: str) -> None:
     assert result["errors"] == 0 and result["requests"] > 0
     assert client.get(url).json()["status"] == "training"
     client.post(f"{url}/cancel")
-    wait_for(lambda: client.get(url).json()["status"] == "cancelled", 60, 0.5, "the cancellation")
+    wait_for(lambda: client.get(url).json()["status"] == "cancelled", 240, 0.5, "the cancellation")
 
 
 def cancel_while_training(base_url: str, world: World, subject: str) -> None:
@@ -237,7 +237,8 @@ def cancel_while_training(base_url: str, world: World, subject: str) -> None:
     url = f"/v1/forget-requests/{request_id}"
     wait_for(lambda: client.get(url).json()["status"] == "training", 120, 0.2, "training to start")
     assert client.post(f"{url}/cancel").json()["cancel_requested"] is True
-    final = wait_for(lambda: (r := client.get(url).json())["status"] in TERMINAL and r, 60, 0.5, "the cancellation")
+    # Honoured between phases and training steps: the reference baseline runs first (a minute on a loaded CI box).
+    final = wait_for(lambda: (r := client.get(url).json())["status"] in TERMINAL and r, 240, 0.5, "the cancellation")
     assert final["status"] == "cancelled" and final["adapter_id"] is None
     assert client.get("/v1/adapter-set").json() == served  # nothing published
 
