@@ -52,7 +52,7 @@ def report(client: TestClient, request_id: str) -> dict:
 
 def test_too_few_steps_is_rejected_with_leaking_cases_after_recorded_retries(service, tiny_world: World):
     client, rt = service
-    payload = file(service, request_body(tiny_world, "p000", params={"steps": 1}))
+    payload = file(service, request_body(tiny_world, "p000", params={"steps": 1, "discriminator_steps": 60}))
     assert run_training_job(rt, payload) == "rejected_verification"
     final = client.get(f"/v1/forget-requests/{payload.request_id}").json()
     assert "verification failed in all 2 attempts" in final["error"]
