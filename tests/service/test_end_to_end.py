@@ -243,6 +243,8 @@ def cancel_while_training(base_url: str, world: World, subject: str) -> None:
     assert client.get("/v1/adapter-set").json() == served  # nothing published
 
 
+# Builds the default world's reference model first (fp32 on CPUs without native bf16: about 10 minutes on 2 cores).
+@pytest.mark.timeout(3000)
 def test_embedded_lethe_serve_default_world(default_world: World, tmp_path: Path, log_dir: Path):
     """`lethe serve` as a user runs it (default world, no --world): two people, one after another, both held."""
     data_dir = tmp_path / "data"
