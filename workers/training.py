@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -48,6 +49,7 @@ from unlearning.cagul.verification import (
     Canaries,
     Outcome,
     Verification,
+    VerifyConfig,
     baseline,
     build_cases,
     heldout_split,
@@ -251,7 +253,7 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
             train_data, retain
         )
         reporter.status(VERIFYING, f"verifying attempt {attempt} of {max_attempts}")
-        published, verification = _verify_and_publish(rt, job, module, train_report, base, canaries, attempts)
+        published, verification = _verify_and_publish(rt, job, module, train_report, base, canaries, vcfg, attempts)
         attempts.append(_attempt_record(attempt, job.config, config, train_report, verification))
         if published is not None:
             return published
@@ -261,7 +263,8 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
 
 
 def _strengthening(base: CagulConfig, config: CagulConfig) -> str:
-    changed = {k: v for k, v in config.to_dict().items() if v != base.to_dict()[k]}
+    before = base.to_dict()
+    changed = {k: v for k, v in config.to_dict().items() if v != before[k]}
     return ", ".join(f"{k} {v if k != 'probe_questions' else len(v)}" for k, v in changed.items())
 
 
@@ -294,6 +297,7 @@ def _verify_and_publish(
     train_report: TrainReport,
     base: Baseline,
     canaries: Canaries,
+    vcfg: VerifyConfig,
     attempts: list[dict[str, Any]],
 ) -> tuple[str | None, Verification]:
     """Verify against the set the module joins; publish if it passed and the set did not change meanwhile."""
@@ -310,7 +314,7 @@ def _verify_and_publish(
             base,
             canaries,
             probes,
-            rt.verify_config(),
+            vcfg,
         )
         if not verification.passed:
             return None, verification
@@ -442,6 +446,4 @@ def _record_adapter(
 
 
 def _discard(directory: Path) -> None:
-    for path in directory.glob("*"):
-        path.unlink(missing_ok=True)
-    directory.rmdir()
+    shutil.rmtree(directory, ignore_errors=True)

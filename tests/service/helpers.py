@@ -9,7 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fastapi.testclient import TestClient
+
+from core.adapters.models import ACTIVE
+from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.db import make_engine, make_session_factory, transaction
+from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
+from unlearning.artifacts import save_module
+from unlearning.cagul.module import CagulModule
 from unlearning.world import World
 
 
@@ -67,3 +75,23 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is not None:
             env[f"LETHE_{key.upper()}"] = str(value)
     return env
+
+
+def activate_module(database_url: str, world: World, client: TestClient, module: CagulModule, directory: Path) -> int:
+    """Register `module` as an active adapter of a new set version, as the worker does after verification."""
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    manifest = save_module(module, directory, engine.fingerprint)
+    request_id = client.post("/v1/forget-requests", json=request_body(world, "p000")).json()["id"]
+    with transaction(make_session_factory(make_engine(database_url))) as session:
+        ForgetRequestRepository(session).get(request_id).status = "active"
+        AdapterRepository(session).create(
+            request_id=request_id,
+            method="cagul",
+            state=ACTIVE,
+            path=str(directory),
+            sha256=manifest["digest"],
+            base_fingerprint=engine.fingerprint,
+            trainable_params=module.num_parameters(),
+            report={},
+        )
+        return int(AdapterSetRepository(session).record("test").version)

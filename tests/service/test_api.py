@@ -16,14 +16,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import create_engine, func, select
 
-from core.adapters.models import ACTIVE
-from core.adapters.repository import AdapterRepository, AdapterSetRepository
-from core.db import make_session_factory, transaction
+from core.db import make_session_factory
 from core.forget_requests.models import ForgetRequest
-from core.forget_requests.repository import ForgetRequestRepository
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, wait_for
-from unlearning.artifacts import artifact_digest, save_module
+from tests.service.helpers import ADMIN_TOKEN, activate_module, b64_file, request_body, service_settings, wait_for
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
 from unlearning.world import World
@@ -218,7 +214,6 @@ def test_uploads_are_encrypted_purged_when_terminal_and_audited(client: TestClie
     from sqlalchemy.exc import DBAPIError
 
     from core.audit.models import AuditEvent
-    from core.db import make_session_factory
 
     body = request_body(tiny_world, "p003")
     request_id = client.post("/v1/forget-requests", json=body).json()["id"]
@@ -267,26 +262,6 @@ def p000_module(backbone: Backbone, tiny_world: World) -> CagulModule:
     return module
 
 
-def _activate(pg_url: str, tiny_world: World, client: TestClient, module: CagulModule, directory: Path) -> int:
-    """Register `module` as an active adapter of a new set version, as the worker does after verification."""
-    engine = client.app.state.engine  # type: ignore[attr-defined]
-    save_module(module, directory, engine.fingerprint)
-    request_id = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000")).json()["id"]
-    with transaction(make_session_factory(create_engine(pg_url))) as session:
-        ForgetRequestRepository(session).get(request_id).status = "active"
-        AdapterRepository(session).create(
-            request_id=request_id,
-            method="cagul",
-            state=ACTIVE,
-            path=str(directory),
-            sha256=artifact_digest(directory),
-            base_fingerprint=engine.fingerprint,
-            trainable_params=module.num_parameters(),
-            report={},
-        )
-        return int(AdapterSetRepository(session).record("test").version)
-
-
 @pytest.fixture()
 def batching_client(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[TestClient]:
     """A server whose batching window (0.25 s) is long enough that one burst lands in a few batches."""
@@ -326,7 +301,7 @@ def test_concurrent_vqa_requests_are_batched_with_the_same_answers(
         return response.json()
 
     reference = [ask(q)["answer"] for q in queries]  # no module active: the untouched model, one at a time
-    version = _activate(pg_url, tiny_world, client, p000_module, tmp_path / "modules" / "p000")
+    version = activate_module(pg_url, tiny_world, client, p000_module, tmp_path / "modules" / "p000")
     wait_for(lambda: client.get("/readyz").json()["adapter_set_version"] == version, 30, what="the new set")
     alone = [ask(q) for q in queries]  # the module active, still one at a time
     assert {a["adapter_set_version"] for a in alone} == {version}

@@ -9,13 +9,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from core.adapters.models import ACTIVE
-from core.adapters.repository import AdapterRepository, AdapterSetRepository
-from core.db import make_engine, make_session_factory, transaction
-from core.forget_requests.repository import ForgetRequestRepository
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, wait_for
-from unlearning.artifacts import MANIFEST, WEIGHTS, save_module
+from tests.service.helpers import ADMIN_TOKEN, activate_module, b64_file, service_settings, wait_for
+from unlearning.artifacts import MANIFEST, WEIGHTS
 from unlearning.cagul import CagulConfig
 from unlearning.cagul.module import CagulModule
 from unlearning.world import World
@@ -29,21 +25,7 @@ def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path:
         backbone = engine.gate.backbone
         module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size)
         directory = tmp_path / "modules" / "m1"
-        manifest = save_module(module, directory, engine.fingerprint)
-        request_id = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000")).json()["id"]
-        with transaction(make_session_factory(make_engine(pg_url))) as session:
-            ForgetRequestRepository(session).get(request_id).status = "active"
-            AdapterRepository(session).create(
-                request_id=request_id,
-                method="cagul",
-                state=ACTIVE,
-                path=str(directory),
-                sha256=manifest["digest"],
-                base_fingerprint=engine.fingerprint,
-                trainable_params=module.num_parameters(),
-                report={},
-            )
-            version = AdapterSetRepository(session).record("test").version
+        version = activate_module(pg_url, tiny_world, client, module, directory)
 
         vqa = {"image": b64_file(tiny_world, "p003", 0), "question": "what is this person's name?"}
         assert client.get("/readyz").json()["adapter_set_version"] == version
