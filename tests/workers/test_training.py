@@ -28,10 +28,13 @@ pytestmark = pytest.mark.slow
 @pytest.fixture()
 def service(tiny_world: World, backbone: Backbone, tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[tuple]:
     settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, verify_max_attempts=2)
-    sessions = make_session_factory(make_engine(pg_url))
+    engine = make_engine(pg_url)
+    sessions = make_session_factory(engine)
     rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), tiny_world, data_cipher(settings))
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
         yield client, rt
+    # Closed before pg_url drops the database, so no pooled connection outlives it.
+    engine.dispose()
 
 
 def file(service: tuple, body: dict) -> TrainPayload:
