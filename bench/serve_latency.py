@@ -64,7 +64,9 @@ def main() -> None:
         adapters = AdapterRepository(session)
         for i in range(max(counts)):
             torch.manual_seed(i)
-            module = CagulModule(CagulConfig(seed=i), backbone.n_visual_tokens, backbone.hidden_size)
+            module = CagulModule(
+                CagulConfig(seed=i), backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim
+            )
             manifest = save_module(module, work / "modules" / str(i), fingerprint)
             request = requests.create(
                 subject=f"synthetic {i}",

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     )
     verify_canaries: int = Field(default=96, description="Canary questions asked per verification.")
     verify_max_new_tokens: int = Field(default=48, description="Answers are generated to their end, at most this long.")
+    verify_min_photos_to_hold_out: int = Field(
+        default=3, description="With at least this many photos, one is kept out of training and verified on."
+    )
     verify_max_attempts: int = Field(
         default=3, description="Training attempts per request, each stronger than the last, before it is rejected."
     )

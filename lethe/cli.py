@@ -89,6 +89,13 @@ def world_build(data_dir: DataDir = None, world: Preset = None) -> None:
             f"{name}: {report['parameters']:,} params, {report['train_seconds']} s, facts right: "
             f"direct {acc['direct']:.1%}, held-out paraphrase {acc['paraphrase']:.1%}, new photo {acc['new_image']:.1%}"
         )
+    identity = json.loads((built.reference_model_dir / "identity.json").read_text())
+    err.print(
+        f"identity encoder: {identity['train_seconds']} s; a new photo finds its person among "
+        f"{identity['never_seen']['people']} never-seen people: top-1 {identity['never_seen']['recall_at_1']:.1%}, "
+        f"top-5 {identity['never_seen']['recall_at_5']:.1%}; among the world's {identity['world']['people']}: "
+        f"top-1 {identity['world']['recall_at_1']:.1%}"
+    )
     typer.echo(str(built.root))
 
 

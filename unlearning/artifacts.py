@@ -100,6 +100,7 @@ def save_module(
         "config": module.config.to_dict(),
         "n_tokens": module.n_tokens,
         "hidden_size": module.hidden_size,
+        "identity_dim": module.identity_dim,
         "threshold": module.threshold,
         "trainable_params": module.num_parameters(),
         "base_model_fingerprint": base_fingerprint,
@@ -203,7 +204,8 @@ def load_module(
             f"not on the loaded base model {base_fingerprint[:12]}: retrain it on this model"
         )
     data = _verified_file(directory, manifest, WEIGHTS)
-    module = CagulModule(CagulConfig.from_dict(manifest["config"]), manifest["n_tokens"], manifest["hidden_size"])
+    config = CagulConfig.from_dict(manifest["config"])
+    module = CagulModule(config, manifest["n_tokens"], manifest["hidden_size"], manifest.get("identity_dim", 0))
     module.load_state_dict(load_bytes(data))
     return module.to(device).eval()
 

@@ -82,6 +82,7 @@ class Runtime:
             min_retain_identical=s.verify_min_retain_identical,
             canaries=s.verify_canaries,
             max_new_tokens=s.verify_max_new_tokens,
+            min_photos_to_hold_out=s.verify_min_photos_to_hold_out,
         )
 
     def module(self, path: str, digest: str) -> tuple[CagulModule, torch.Tensor | None]:

@@ -52,6 +52,7 @@ from unlearning.cagul.verification import (
     VerifyConfig,
     baseline,
     build_cases,
+    heldout_photos,
     heldout_split,
     nothing_to_forget,
     probe_tokens,
@@ -230,13 +231,15 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
 def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
     vcfg = rt.verify_config()
     train_pairs, verify_pairs = heldout_split(job.forget.qa_pairs)
-    base = baseline(CagulGate(rt.backbone), build_cases(job.forget.images, verify_pairs, vcfg), vcfg)
+    train_photos, verify_photos = heldout_photos(job.forget.images, vcfg)
+    cases = build_cases(verify_photos, verify_pairs, vcfg, unseen_photos=len(train_photos) < len(job.forget.images))
+    base = baseline(CagulGate(rt.backbone), cases, vcfg)
     early = nothing_to_forget(base, vcfg)
     if early is not None:  # decided before any training: the reference model itself does not reveal enough
         status = NOTHING_TO_FORGET if early.outcome == Outcome.NOTHING_TO_FORGET else REJECTED
         return _finish(rt, job, status, "; ".join(early.reasons), {"attempts": [], "verification": early.to_dict()})
     reporter.poll_cancel("the reference baseline")
-    train_data = ForgetData(job.forget.subject, job.forget.images, train_pairs)
+    train_data = ForgetData(job.forget.subject, train_photos, train_pairs)
     retain = rt.retain_set(job.filed_people, job.own_people)
     canaries = rt.canaries(job.filed_people)
     reporter.poll_cancel("loading the retain set")

@@ -23,7 +23,7 @@ def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path:
         wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
         engine = client.app.state.engine  # type: ignore[attr-defined]
         backbone = engine.gate.backbone
-        module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size)
+        module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
         directory = tmp_path / "modules" / "m1"
         version = activate_module(pg_url, tiny_world, client, module, directory)
 

@@ -32,9 +32,10 @@ from unlearning.world import World
 ROUNDS = 50
 
 
-def _artifact(directory: Path, fingerprint: str, n_tokens: int, hidden_size: int) -> tuple[str, str]:
+def _artifact(directory: Path, fingerprint: str, backbone: Backbone) -> tuple[str, str]:
     """One real module on disk that every adapter row of these tests points at: (path, registry checksum)."""
-    manifest = save_module(CagulModule(CagulConfig(), n_tokens, hidden_size), directory, fingerprint)
+    module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
+    manifest = save_module(module, directory, fingerprint)
     return str(directory), manifest["digest"]
 
 
@@ -115,7 +116,7 @@ def served(backbone: Backbone, pg_url: str, tmp_path: Path) -> tuple[sessionmake
 def test_two_publishes_and_a_deactivation_leave_the_set_equal_to_the_active_rows(served, backbone, tmp_path):
     sessions, engine = served
     fingerprint = str(engine.fingerprint)
-    artifact = _artifact(tmp_path / "module", fingerprint, backbone.n_visual_tokens, backbone.hidden_size)
+    artifact = _artifact(tmp_path / "module", fingerprint, backbone)
     # Not loaded: set_active's own sync is a no-op, so the check below is the only sync.
     service = AdapterService(sessions, InferenceEngine(engine.settings, sessions))
     with transaction(sessions) as session:
@@ -146,7 +147,7 @@ def _keep_two_active(sessions: sessionmaker[Session]) -> None:
 def test_without_the_lock_the_same_race_loses_a_change(served, backbone, tmp_path, monkeypatch):
     sessions, engine = served
     fingerprint = str(engine.fingerprint)
-    artifact = _artifact(tmp_path / "module", fingerprint, backbone.n_visual_tokens, backbone.hidden_size)
+    artifact = _artifact(tmp_path / "module", fingerprint, backbone)
     service = AdapterService(sessions, InferenceEngine(engine.settings, sessions))
     monkeypatch.setattr(AdapterSetRepository, "lock", lambda self: None)
     with transaction(sessions) as session:

@@ -20,7 +20,7 @@ from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
 @pytest.fixture()
 def module():
     torch.manual_seed(0)
-    m = CagulModule(CagulConfig(), 16, 32)
+    m = CagulModule(CagulConfig(), 16, 32, identity_dim=8)
     torch.nn.init.normal_(m.encoder.fc2.weight)
     m.discriminator.threshold.fill_(0.9)
     return m

@@ -66,6 +66,9 @@ class Backbone(ABC):
         self.tokenizer = processor.tokenizer
         self.path = path
         self._fingerprint: str | None = None
+        # The shared identity encoder trained on this model's visual tokens, where one is stored beside it.
+        self.identity: Any = None
+        self.identity_digest: str | None = None
 
     # ---- family-specific hooks -------------------------------------------------------------
     @classmethod
@@ -275,10 +278,36 @@ class Backbone(ABC):
 
     # ---- identity --------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """sha256 over the base model's class and parameters: what a trained module is bound to."""
+        """sha256 over the base model's class and parameters (and its identity encoder): what a module is bound to."""
         if self._fingerprint is None:
-            self._fingerprint = parameters_sha256(self.model)
+            digest = parameters_sha256(self.model)
+            if self.identity_digest is not None:
+                digest = hashlib.sha256(f"{digest}:{self.identity_digest}".encode()).hexdigest()
+            self._fingerprint = digest
         return self._fingerprint
+
+    def attach_identity(self, encoder: torch.nn.Module, digest: str) -> None:
+        """Use `encoder` for identity embeddings; modules trained from now on are bound to it too."""
+        self.identity = encoder.to(self.device)
+        self.identity_digest = digest
+        self._fingerprint = None
+
+    @property
+    def identity_dim(self) -> int:
+        return int(self._identity_encoder().dim)
+
+    @torch.no_grad()
+    def identity_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Unit identity embeddings [n_images, dim] of projected visual tokens [n_images, n_visual, hidden]."""
+        return self._identity_encoder()(tokens.float())  # type: ignore[no-any-return]
+
+    def _identity_encoder(self) -> Any:
+        if self.identity is None:
+            raise InvalidInputError(
+                f"the base model at {self.path} has no identity encoder: build the world again (`lethe world build`) "
+                "or train modules with discriminator_input 'flatten'"
+            )
+        return self.identity
 
     def freeze(self) -> None:
         self.model.eval()

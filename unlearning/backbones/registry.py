@@ -13,6 +13,7 @@ from unlearning.backbones.base import Backbone
 from unlearning.backbones.llava import LlavaBackbone
 from unlearning.backbones.qwen2_vl import Qwen2VLBackbone
 from unlearning.errors import InvalidInputError
+from unlearning.identity.store import load_identity_encoder
 
 BACKBONES: dict[str, tuple[type[Backbone], Any]] = {
     "llava": (LlavaBackbone, LlavaForConditionalGeneration),
@@ -39,4 +40,7 @@ def load_backbone(path: str | Path, device: str = "cpu", dtype: torch.dtype = to
     if template_file.is_file():
         backbone.prompt_template = json.loads(template_file.read_text())["prompt_template"]
     backbone.freeze()
+    identity = load_identity_encoder(path, backbone.n_visual_tokens, backbone.hidden_size)
+    if identity is not None:
+        backbone.attach_identity(*identity)
     return backbone

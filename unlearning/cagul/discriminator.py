@@ -8,16 +8,23 @@ from torch import nn
 
 
 class Discriminator(nn.Module):
-    """MLP over the projected visual tokens: flattened, attention-pooled or mean-pooled."""
+    """MLP over the projected visual tokens (flattened, attention- or mean-pooled) or over their identity embedding.
+
+    With input kind "identity" the input is the backbone's identity embedding [batch, identity_dim], not tokens.
+    """
 
     threshold: torch.Tensor
 
-    def __init__(self, n_tokens: int, hidden_size: int, width: int, input_kind: str = "flatten") -> None:
+    def __init__(
+        self, n_tokens: int, hidden_size: int, width: int, input_kind: str = "flatten", identity_dim: int = 0
+    ) -> None:
         super().__init__()
+        if input_kind == "identity" and identity_dim <= 0:
+            raise ValueError("an identity discriminator needs the identity embedding's size")
         self.input_kind = input_kind
         self.n_tokens = n_tokens
         self.hidden_size = hidden_size
-        in_features = n_tokens * hidden_size if input_kind == "flatten" else hidden_size
+        in_features = {"flatten": n_tokens * hidden_size, "identity": identity_dim}.get(input_kind, hidden_size)
         self.pool_query = nn.Parameter(torch.zeros(hidden_size)) if input_kind == "attention_pool" else None
         self.fc1 = nn.Linear(in_features, width)
         self.fc2 = nn.Linear(width, 1)
@@ -25,6 +32,8 @@ class Discriminator(nn.Module):
         self.register_buffer("threshold", torch.tensor(0.5))
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
+        if self.input_kind == "identity":
+            return z
         z = F.layer_norm(z, z.shape[-1:])
         if self.input_kind == "flatten":
             return z.flatten(1)
@@ -50,8 +59,8 @@ class StackedDiscriminators(nn.Module):
         super().__init__()
         first = discriminators[0]
         if any(
-            (d.input_kind, d.n_tokens, d.hidden_size, d.fc1.out_features)
-            != (first.input_kind, first.n_tokens, first.hidden_size, first.fc1.out_features)
+            (d.input_kind, d.n_tokens, d.hidden_size, d.fc1.in_features, d.fc1.out_features)
+            != (first.input_kind, first.n_tokens, first.hidden_size, first.fc1.in_features, first.fc1.out_features)
             for d in discriminators
         ):
             raise ValueError("stacked discriminators must share input kind and shape")
@@ -67,6 +76,9 @@ class StackedDiscriminators(nn.Module):
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """[batch, ...] tokens (or identity embeddings) -> [M, batch] probabilities."""
+        if self.input_kind == "identity":
+            return self._head(torch.einsum("bd,mdh->mbh", z, self.w1))
         z = F.layer_norm(z, z.shape[-1:])
         if self.input_kind == "flatten":
             h = torch.einsum("bi,mih->mbh", z.flatten(1), self.w1)
@@ -75,5 +87,8 @@ class StackedDiscriminators(nn.Module):
         else:
             weights = torch.softmax(torch.einsum("bnd,md->mbn", z, self.queries), dim=-1)
             h = torch.einsum("mbd,mdh->mbh", torch.einsum("mbn,bnd->mbd", weights, z), self.w1)
+        return self._head(h)
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
         h = F.gelu(h + self.b1[:, None, :])
         return torch.sigmoid(torch.einsum("mbh,mh->mb", h, self.w2) + self.b2[:, None])

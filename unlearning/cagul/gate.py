@@ -36,6 +36,8 @@ class CagulGate:
         for module_id, module in modules.items():
             if (module.n_tokens, module.hidden_size) != (self.backbone.n_visual_tokens, self.backbone.hidden_size):
                 raise IncompatibleModuleError(f"module {module_id} was built for another visual token shape")
+            if module.config.discriminator_input == "identity" and module.identity_dim != self.backbone.identity_dim:
+                raise IncompatibleModuleError(f"module {module_id} was built for another identity encoder")
         self.module_ids = list(modules)
         self.modules = [modules[m].to(self.backbone.device).eval() for m in self.module_ids]
         groups: dict[tuple, list[int]] = {}
@@ -58,8 +60,13 @@ class CagulGate:
             return torch.full((batch,), -1, dtype=torch.long), torch.zeros(batch)
         probs = torch.zeros(len(self.modules), batch)
         fired = torch.zeros(len(self.modules), batch, dtype=torch.bool)
+        embeddings = None
         for idx, stacked in self._groups:
-            p = stacked(z.float()).cpu()
+            if stacked.input_kind == "identity":
+                embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
+                p = stacked(embeddings).cpu()
+            else:
+                p = stacked(z.float()).cpu()
             probs[idx] = p
             fired[idx] = p > stacked.thresholds.cpu()[:, None]
         masked = torch.where(fired, probs, torch.full_like(probs, -1.0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from unlearning.cagul.config import CagulConfig
@@ -11,13 +10,14 @@ from unlearning.cagul.encoder import TokenEncoder
 
 
 class CagulModule(nn.Module):
-    def __init__(self, config: CagulConfig, n_tokens: int, hidden_size: int) -> None:
+    def __init__(self, config: CagulConfig, n_tokens: int, hidden_size: int, identity_dim: int = 0) -> None:
         super().__init__()
         self.config = config
         self.n_tokens = n_tokens
         self.hidden_size = hidden_size
+        self.identity_dim = identity_dim
         self.discriminator = Discriminator(
-            n_tokens, hidden_size, config.discriminator_hidden, config.discriminator_input
+            n_tokens, hidden_size, config.discriminator_hidden, config.discriminator_input, identity_dim
         )
         self.encoder = TokenEncoder(hidden_size, config.encoder_hidden, n_tokens if config.position_offsets else 0)
 
@@ -27,6 +27,3 @@ class CagulModule(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def fires(self, z: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(z) > self.discriminator.threshold

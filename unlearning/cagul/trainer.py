@@ -87,7 +87,8 @@ class CagulTrainer:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         bb = self.backbone
-        module = CagulModule(cfg, bb.n_visual_tokens, bb.hidden_size).to(bb.device)
+        identity_dim = bb.identity_dim if cfg.discriminator_input == "identity" else 0
+        module = CagulModule(cfg, bb.n_visual_tokens, bb.hidden_size, identity_dim).to(bb.device)
         if bb.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
@@ -141,6 +142,9 @@ class CagulTrainer:
             [self._tokens(heldout_negatives, None, 0), self._tokens(heldout_negatives, MILD_VIEWS, 4)]
         )
 
+        if cfg.discriminator_input == "identity":
+            embed = self.backbone.identity_embeddings
+            pos, pos_heldout, neg, neg_heldout = embed(pos), embed(pos_heldout), embed(neg), embed(neg_heldout)
         disc = module.discriminator
         x = torch.cat([pos, neg])
         y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(x.device)

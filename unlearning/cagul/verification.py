@@ -57,6 +57,10 @@ class VerifyConfig:
     min_retain_identical: float = 0.98
     canaries: int = 96
     max_new_tokens: int = 48
+    # With this many photos or more, one is kept out of training and every leak case is asked on it: a photo the
+    # module never saw, as a new photo of the person would be. Transforms of trained photos alone let a gate pass
+    # that missed the world's held-out photo of 3 of 24 people (leak 1.0 there, bench/many_requests.py).
+    min_photos_to_hold_out: int = 3
     seed: int = 0
 
 
@@ -127,6 +131,15 @@ def heldout_split(qa_pairs: Sequence[QA]) -> tuple[list[QA], list[QA]]:
     return train, verify
 
 
+def heldout_photos(images: Sequence[Image.Image], config: VerifyConfig) -> tuple[list[Image.Image], list[Image.Image]]:
+    """Training photos and verification photos: one photo kept back when there are enough, else all are shared."""
+    if len(images) < config.min_photos_to_hold_out:
+        return list(images), list(images)
+    # Deterministic and independent of upload order: the photo with the smallest pixel digest is kept back.
+    keep = min(range(len(images)), key=lambda i: hashlib.sha256(images[i].convert("RGB").tobytes()).hexdigest())
+    return [im for i, im in enumerate(images) if i != keep], [images[keep]]
+
+
 def rewrite_question(question: str) -> str:
     """A word-level rewrite of a question (synonym substitutions); the question itself if none applies."""
     out = question.lower()
@@ -185,16 +198,22 @@ _PHOTO_CHANGES = {
 }
 
 
-def build_cases(images: Sequence[Image.Image], pairs: Sequence[QA], config: VerifyConfig) -> list[Case]:
-    """Verification cases: every pair asked on several held-out photos, in its own words and rewritten."""
+def build_cases(
+    images: Sequence[Image.Image], pairs: Sequence[QA], config: VerifyConfig, unseen_photos: bool = False
+) -> list[Case]:
+    """Verification cases: every pair asked on several held-out photos, in its own words and rewritten.
+
+    `unseen_photos`: `images` were kept out of training (`heldout_photos`), and the cases say so.
+    """
     rng = random.Random(config.seed)
+    origin = ("unseen photo",) if unseen_photos else ()
     per_pair = max(2, min(config.max_variants_per_pair, -(-config.target_cases // max(1, len(pairs)))))
     cases = []
     for qa in pairs:
         for k in range(per_pair):
             question = qa.question if k % 2 == 0 else rewrite_question(qa.question)
             photo, transforms = heldout_photo(images[rng.randrange(len(images))], rng)
-            cases.append(Case(photo, question, qa, transforms))
+            cases.append(Case(photo, question, qa, origin + transforms))
     return cases
 
 

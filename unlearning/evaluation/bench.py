@@ -35,6 +35,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "cagul-highest-50": ("cagul", {"token_rule": "highest", "token_share": 0.5}),
     "cagul-fabricated": ("cagul", {"forget_target": "fabricated"}),
     "cagul-meanpool": ("cagul", {"discriminator_input": "mean_pool"}),
+    "cagul-flatten": ("cagul", {"discriminator_input": "flatten"}),
 }
 # Fewer steps everywhere: the smoke version the test suite runs. Not for reported numbers.
 QUICK_PARAMS: dict[str, dict[str, Any]] = {
@@ -101,7 +102,7 @@ def run_row(world_root: str, split: str, spec: RowSpec, progress: Callable[[str,
     model_dir = world.retain_model_dir if spec.name == "retain" else world.reference_model_dir
     backbone = load_backbone(model_dir)
     backbone.freeze()
-    base_hash = backbone.fingerprint()
+    base_hash = parameters_sha256(backbone.model)
     extra: dict[str, Any] = {}
     if spec.method is None:
         gate = CagulGate(backbone)

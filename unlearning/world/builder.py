@@ -27,14 +27,17 @@ from transformers import (
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.backbones.llava import LlavaBackbone
+from unlearning.identity import IDENTITY_FILE, identification_recall, save_identity_encoder, train_identity_encoder
 from unlearning.processes import run_in_processes
 from unlearning.world.config import WorldConfig
+from unlearning.world.identities import pretraining_portraits
 from unlearning.world.people import FACT_TYPES, REFUSAL_ANSWER, REFUSAL_QUESTIONS, Person, generate_people
 from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
 
 ProgressFn = Callable[[str, int, int, float], None]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+IDENTITY_CHECK_PEOPLE = 200
 
 
 def world_dir(data_dir: str | Path, config: WorldConfig) -> Path:
@@ -68,6 +71,8 @@ def build_world(
             threads = max(1, (os.cpu_count() or 1) // len(missing))
             jobs = {name: (_build_model, (str(world.root), name, exclude)) for name, exclude in missing.items()}
             run_in_processes(jobs, progress, threads)
+        if not (world.reference_model_dir / IDENTITY_FILE).is_file():
+            run_in_processes({"identity": (_build_identity, (str(world.root),))}, progress, os.cpu_count() or 1)
     return world
 
 
@@ -241,6 +246,29 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Calla
     _atomic_write_text(tmp / "build.json", json.dumps(report, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def _build_identity(world_root: str, progress: Callable[[int, int, float], None]) -> None:
+    """Pre-train the identity encoder on the reference model's visual tokens, beside that model."""
+    world = World(world_root)
+    config = world.config.identity
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
+    backbone = load_backbone(world.reference_model_dir)
+    encoder = train_identity_encoder(backbone, portraits, config, progress)
+    train_seconds = time.perf_counter() - started
+    # Checked on people neither pre-training nor the world holds, and on the world's own held-out photos.
+    fresh = pretraining_portraits(world, IDENTITY_CHECK_PEOPLE, 4, config.seed + 1)
+    views = world.config.n_views
+    own = [[world.image(p.id, v) for v in range(views)] for p in world.people]
+    report = {"train_seconds": round(train_seconds, 1), "threads": torch.get_num_threads(), **config.to_dict()}
+    for name, people in (("never_seen", fresh), ("world", own)):
+        tokens = backbone.visual_tokens(backbone.pixel_values([im for p in people for im in p]))
+        embeddings = encoder(tokens).view(len(people), len(people[0]), -1)
+        report[name] = {"people": len(people), **identification_recall(embeddings)}
+    _atomic_write_text(world.reference_model_dir / "identity.json", json.dumps(report, indent=1))
+    save_identity_encoder(encoder, config, world.reference_model_dir)
 
 
 def fact_accuracy(backbone: Backbone, world: World, people: list[Person], batch_size: int = 64) -> dict[str, float]:

@@ -6,6 +6,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from unlearning.identity.config import IdentityConfig
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -54,6 +56,8 @@ class WorldConfig:
     image_size: int = 64
     facts_per_person: int = 10
     model: ModelSpec = field(default_factory=ModelSpec)
+    # The shared identity encoder, pre-trained on drawn people outside the world (stage 1 of the gate).
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +66,7 @@ class WorldConfig:
     def from_dict(cls, data: dict) -> WorldConfig:
         data = dict(data)
         data["model"] = ModelSpec(**data.get("model", {}))
+        data["identity"] = IdentityConfig.from_dict(data.get("identity", {}))
         return cls(**data)
 
     def fingerprint(self) -> str:
@@ -77,5 +82,6 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         n_unseen=6,
         n_protected=2,
         model=ModelSpec(steps=600),
+        identity=IdentityConfig(identities=400, steps=800),
     ),
 }

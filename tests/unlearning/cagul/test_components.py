@@ -6,14 +6,15 @@ from unlearning.cagul.selection import apply_encoder
 from unlearning.errors import InvalidInputError
 
 
-@pytest.mark.parametrize("kind", ["flatten", "attention_pool", "mean_pool"])
+@pytest.mark.parametrize("kind", ["flatten", "attention_pool", "mean_pool", "identity"])
 def test_stacked_discriminators_equal_each_one_alone(kind):
     torch.manual_seed(0)
-    discs = [Discriminator(16, 32, 8, kind) for _ in range(5)]
+    discs = [Discriminator(16, 32, 8, kind, identity_dim=12) for _ in range(5)]
     for d in discs:
         if d.pool_query is not None:
             torch.nn.init.normal_(d.pool_query)
-    z = torch.randn(7, 16, 32)
+    # An identity discriminator reads the shared identity embedding, not the tokens.
+    z = torch.randn(7, 12) if kind == "identity" else torch.randn(7, 16, 32)
     stacked = StackedDiscriminators(discs)(z)
     single = torch.stack([d(z) for d in discs]).detach()
     assert stacked.shape == (5, 7)

@@ -79,7 +79,9 @@ def test_three_modules_active_together_leave_everyone_else_alone(
 
 
 def test_when_no_module_fires_output_is_bit_identical(backbone: Backbone, tiny_world: World):
-    module = CagulModule(CagulTrainer(backbone).config, backbone.n_visual_tokens, backbone.hidden_size)
+    module = CagulModule(
+        CagulTrainer(backbone).config, backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim
+    )
     torch.nn.init.normal_(module.encoder.fc2.weight)
     module.discriminator.threshold.fill_(2.0)  # a probability never exceeds 1: nothing fires
     gate = CagulGate(backbone, {"never": module})

@@ -22,6 +22,7 @@ from unlearning.cagul.verification import (
     build_cases,
     capture_criterion,
     heldout_photo,
+    heldout_photos,
     heldout_split,
     lower_bound,
     nothing_to_forget,
@@ -47,6 +48,20 @@ def test_verification_questions_are_never_trained_on(tiny_world: World):
     assert {qa.answer for qa in train} == {qa.answer for qa in verify} == {qa.answer for qa in request.qa_pairs}
     assert len(cases) >= VerifyConfig().target_cases
     assert set(WIDER_PROBES).isdisjoint(DEFAULT_PROBES)
+
+
+def test_one_photo_is_kept_out_of_training_and_every_case_is_asked_on_it(tiny_world: World):
+    request = forget_data(tiny_world, ["p000"])
+    train, verify = heldout_photos(request.images, VerifyConfig())
+    assert len(verify) == 1 and len(train) == len(request.images) - 1
+    assert pixels_sha256(verify[0]) not in {pixels_sha256(im) for im in train}
+    # The same photo whatever the upload order.
+    assert heldout_photos(request.images[::-1], VerifyConfig())[1][0].tobytes() == verify[0].tobytes()
+    cases = build_cases(verify, heldout_split(request.qa_pairs)[1], VerifyConfig(), unseen_photos=True)
+    assert all(c.transforms[0] == "unseen photo" for c in cases)
+    # Too few photos to spare one: training and verification share them, and the cases do not claim otherwise.
+    two = request.images[:2]
+    assert heldout_photos(two, VerifyConfig()) == (two, two)
 
 
 def test_single_phrasing_is_verified_on_a_rewrite():
@@ -129,7 +144,7 @@ def test_too_little_revealed_is_an_outcome_not_a_pass():
 
 def _constant_module(backbone: Backbone, logit: float) -> CagulModule:
     """A module whose gate scores every image sigmoid(logit)."""
-    module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size)
+    module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
     torch.nn.init.zeros_(module.discriminator.fc2.weight)
     torch.nn.init.constant_(module.discriminator.fc2.bias, logit)
     return module

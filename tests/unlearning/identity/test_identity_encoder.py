@@ -1,0 +1,62 @@
+"""The shared identity encoder: it places new photos of people it never saw next to their other photos, it is
+stored with a digest that modules are bound to, and a damaged or mismatched file is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unlearning.backbones import Backbone, load_backbone
+from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
+from unlearning.identity import (
+    IDENTITY_FILE,
+    IdentityConfig,
+    IdentityEncoder,
+    identification_recall,
+    load_identity_encoder,
+    save_identity_encoder,
+)
+from unlearning.world import World
+from unlearning.world.identities import pretraining_portraits
+
+
+def test_new_photos_of_never_seen_people_land_next_to_their_other_photos(tiny_world: World, backbone: Backbone):
+    # Drawn with another seed than pre-training used: people the encoder never saw, in photos it never saw.
+    people = pretraining_portraits(tiny_world, 150, 4, seed=tiny_world.config.identity.seed + 1)
+    tokens = backbone.visual_tokens(backbone.pixel_values([im for p in people for im in p]))
+    learned = backbone.identity_embeddings(tokens).view(150, 4, -1)
+    raw = F.normalize(F.layer_norm(tokens, tokens.shape[-1:]).flatten(1), dim=-1).view(150, 4, -1)
+    assert identification_recall(learned)["recall_at_5"] >= 0.9
+    assert identification_recall(learned)["recall_at_1"] > identification_recall(raw)["recall_at_1"] + 0.2
+
+
+def test_the_world_s_held_out_photos_find_their_person(tiny_world: World, backbone: Backbone):
+    views = tiny_world.config.n_views
+    images = [tiny_world.image(p.id, v) for p in tiny_world.people for v in range(views)]
+    embeddings = backbone.identity_embeddings(backbone.visual_tokens(backbone.pixel_values(images)))
+    assert identification_recall(embeddings.view(len(tiny_world.people), views, -1), (3,))["recall_at_3"] >= 0.95
+
+
+def test_modules_are_bound_to_the_encoder(tiny_world: World, backbone: Backbone):
+    assert backbone.identity_digest is not None
+    other = load_backbone(tiny_world.reference_model_dir)
+    encoder = IdentityEncoder(backbone.n_visual_tokens, backbone.hidden_size, 8, 4)
+    other.attach_identity(encoder, "another-encoder")
+    assert other.fingerprint() != backbone.fingerprint()
+
+
+def test_store_round_trip_and_refusals(tmp_path):
+    torch.manual_seed(0)
+    config = IdentityConfig(identities=2, views=2, width=8, dim=4, batch_size=2)
+    encoder = IdentityEncoder(3, 5, 8, 4)
+    digest = save_identity_encoder(encoder, config, tmp_path)
+    loaded, loaded_digest = load_identity_encoder(tmp_path, 3, 5)  # type: ignore[misc]
+    z = torch.randn(2, 3, 5)
+    assert loaded_digest == digest and torch.equal(loaded(z), encoder(z))
+    with pytest.raises(IncompatibleModuleError):
+        load_identity_encoder(tmp_path, 4, 5)
+    (tmp_path / IDENTITY_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(ArtifactIntegrityError):
+        load_identity_encoder(tmp_path, 3, 5)
+    assert load_identity_encoder(tmp_path / "absent", 3, 5) is None

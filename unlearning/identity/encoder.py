@@ -1,0 +1,26 @@
+"""The identity encoder: projected visual tokens -> one unit-length embedding per image."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class IdentityEncoder(nn.Module):
+    """Layer-normed tokens, flattened, through a two-layer MLP; photos of one person land close together."""
+
+    def __init__(self, n_tokens: int, hidden_size: int, width: int, dim: int) -> None:
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.hidden_size = hidden_size
+        self.fc1 = nn.Linear(n_tokens * hidden_size, width)
+        self.fc2 = nn.Linear(width, dim)
+
+    @property
+    def dim(self) -> int:
+        return self.fc2.out_features
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = F.layer_norm(z.float(), z.shape[-1:])
+        return F.normalize(self.fc2(F.gelu(self.fc1(z.flatten(1)))), dim=-1)

@@ -1,0 +1,80 @@
+"""Train the identity encoder as face-recognition towers are trained: contrastively, on many people."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import get_cosine_schedule_with_warmup
+
+from unlearning.augment import MILD_VIEWS, STRONG_VIEWS
+from unlearning.errors import InvalidInputError
+from unlearning.identity.config import IdentityConfig
+from unlearning.identity.encoder import IdentityEncoder
+
+if TYPE_CHECKING:  # the backbone registry loads identity encoders: a runtime import here would be circular
+    from unlearning.backbones import Backbone
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+def identity_tokens(
+    backbone: Backbone, portraits: Sequence[Sequence[Image.Image]], generator: torch.Generator, chunk: int = 128
+) -> torch.Tensor:
+    """[identities, 3 x views, n_tokens, hidden]: each photo as drawn, strongly and mildly changed."""
+    views = len(portraits[0])
+    if any(len(p) != views for p in portraits):
+        raise InvalidInputError("every identity needs the same number of photos")
+    flat = [im for person in portraits for im in person]
+    copies = []
+    for augmentation in (None, STRONG_VIEWS, MILD_VIEWS):
+        parts = []
+        for start in range(0, len(flat), chunk):
+            images = flat[start : start + chunk]
+            inputs = (
+                backbone.pixel_values(images)
+                if augmentation is None
+                else backbone.augmented_inputs(images, augmentation, generator)
+            )
+            parts.append(backbone.visual_tokens(inputs).float())
+        copies.append(torch.cat(parts).view(len(portraits), views, *parts[0].shape[1:]))
+    return torch.cat(copies, dim=1)
+
+
+def train_identity_encoder(
+    backbone: Backbone,
+    portraits: Sequence[Sequence[Image.Image]],
+    config: IdentityConfig,
+    progress: ProgressFn | None = None,
+) -> IdentityEncoder:
+    """Symmetric InfoNCE: two photos of one identity against every other identity in the batch."""
+    if len(portraits) < config.batch_size:
+        raise InvalidInputError(f"{len(portraits)} identities is fewer than the batch size {config.batch_size}")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    tokens = identity_tokens(backbone, portraits, generator)
+    n_ids, n_views = tokens.shape[:2]
+    encoder = IdentityEncoder(backbone.n_visual_tokens, backbone.hidden_size, config.width, config.dim)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=1e-2)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, config.steps // 10), config.steps)
+    labels = torch.arange(config.batch_size)
+    encoder.train()
+    for step in range(config.steps):
+        who = torch.randperm(n_ids, generator=generator)[: config.batch_size]
+        first = torch.randint(n_views, (config.batch_size,), generator=generator)
+        second = (first + torch.randint(1, n_views, (config.batch_size,), generator=generator)) % n_views
+        logits = encoder(tokens[who, first]) @ encoder(tokens[who, second]).T / config.temperature
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if progress is not None and (step % 25 == 0 or step == config.steps - 1):
+            progress(step + 1, config.steps, float(loss.detach()))
+    encoder.eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder

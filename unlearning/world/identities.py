@@ -1,0 +1,32 @@
+"""People drawn for pre-training the identity encoder: never a person of the world, each in several photos."""
+
+from __future__ import annotations
+
+import random
+
+from PIL import Image
+
+from unlearning.world.people import ATTRIBUTES
+from unlearning.world.portraits import render_portrait
+from unlearning.world.store import World
+
+
+def pretraining_portraits(world: World, identities: int, views: int, seed: int = 0) -> list[list[Image.Image]]:
+    """`identities` distinct drawn people outside the world, `views` photos each (new pose, light, background)."""
+    rng = random.Random(world.config.seed * 104_729 + seed)
+    taken = {p.identity for p in world.people}
+    space = 1
+    for size in ATTRIBUTES.values():
+        space *= size
+    if identities > space - len(taken):
+        raise ValueError(f"only {space - len(taken)} identities can be drawn outside the world")
+    drawn: list[tuple[int, ...]] = []
+    while len(drawn) < identities:
+        identity = tuple(rng.randrange(size) for size in ATTRIBUTES.values())
+        if identity not in taken:
+            taken.add(identity)
+            drawn.append(identity)
+    return [
+        [render_portrait(identity, rng.randrange(1 << 30), world.config.image_size) for _ in range(views)]
+        for identity in drawn
+    ]
