@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15, description="How often the API looks for silent jobs.")
     vqa_max_batch: int = Field(default=16, description="Most /v1/vqa requests answered in one forward pass (1: none).")
     vqa_batch_wait_s: float = Field(default=0.005, description="How long a request waits for others to batch with.")
+    gate_candidates: int = Field(
+        default=0,
+        ge=0,
+        description="Modules whose prototypes lie nearest an image's identity are the only ones whose "
+        "discriminators run (two-stage gate); 0 runs every module's (exhaustive).",
+    )
     engine_sync_interval_s: float = Field(default=1.0, description="How often the server checks the active set.")
 
     def resolved_database_url(self) -> str:

@@ -69,7 +69,7 @@ class InferenceEngine:
             backbone = load_backbone(model_dir, device=self.settings.device)
             backbone.freeze()
             self.fingerprint = backbone.fingerprint()
-            self.gate = CagulGate(backbone)
+            self.gate = CagulGate(backbone, candidates=self.settings.gate_candidates)
         except Exception as exc:
             log.exception("base model failed to load")
             self.loading_error = f"the base model failed to load: {type(exc).__name__}: {exc}"

@@ -311,8 +311,8 @@ def _verify_and_publish(
         modules = {aid: m for aid, (m, _) in served.items()}
         probes = {aid: p for aid, (_, p) in served.items() if p is not None}
         verification = verify(
-            CagulGate(rt.backbone, {**modules, adapter_id: module}),
-            CagulGate(rt.backbone, modules),
+            CagulGate(rt.backbone, {**modules, adapter_id: module}, rt.settings.gate_candidates),
+            CagulGate(rt.backbone, modules, rt.settings.gate_candidates),
             adapter_id,
             base,
             canaries,

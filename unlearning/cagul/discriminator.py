@@ -10,10 +10,12 @@ from torch import nn
 class Discriminator(nn.Module):
     """MLP over the projected visual tokens (flattened, attention- or mean-pooled) or over their identity embedding.
 
-    With input kind "identity" the input is the backbone's identity embedding [batch, identity_dim], not tokens.
+    With input kind "identity" the input is the backbone's identity embedding [batch, identity_dim], not tokens,
+    and `prototype` (the unit mean embedding of the subject's photos) places the module in the gate's index.
     """
 
     threshold: torch.Tensor
+    prototype: torch.Tensor
 
     def __init__(
         self, n_tokens: int, hidden_size: int, width: int, input_kind: str = "flatten", identity_dim: int = 0
@@ -30,6 +32,8 @@ class Discriminator(nn.Module):
         self.fc2 = nn.Linear(width, 1)
         # Fixed after training: the threshold calibrated on held-out negatives.
         self.register_buffer("threshold", torch.tensor(0.5))
+        if input_kind == "identity":
+            self.register_buffer("prototype", torch.zeros(identity_dim))
 
     def features(self, z: torch.Tensor) -> torch.Tensor:
         if self.input_kind == "identity":
@@ -70,6 +74,8 @@ class StackedDiscriminators(nn.Module):
         self.w2 = nn.Parameter(torch.stack([d.fc2.weight[0] for d in discriminators]), requires_grad=False)
         self.b2 = nn.Parameter(torch.stack([d.fc2.bias[0] for d in discriminators]), requires_grad=False)
         self.register_buffer("thresholds", torch.stack([d.threshold for d in discriminators]))
+        if self.input_kind == "identity":
+            self.register_buffer("prototypes", torch.stack([d.prototype for d in discriminators]))
         if self.input_kind == "attention_pool":
             queries = [d.pool_query for d in discriminators]
             self.queries = nn.Parameter(torch.stack([q for q in queries if q is not None]), requires_grad=False)
@@ -88,6 +94,18 @@ class StackedDiscriminators(nn.Module):
             weights = torch.softmax(torch.einsum("bnd,md->mbn", z, self.queries), dim=-1)
             h = torch.einsum("mbd,mdh->mbh", torch.einsum("mbn,bnd->mbd", weights, z), self.w1)
         return self._head(h)
+
+    @torch.no_grad()
+    def candidates(self, embeddings: torch.Tensor, k: int) -> torch.Tensor:
+        """Stage 1: per image, the `k` modules whose prototypes lie nearest its identity embedding: [batch, k]."""
+        similarity = embeddings @ self.prototypes.T
+        return similarity.topk(min(k, similarity.shape[1]), dim=1).indices
+
+    @torch.no_grad()
+    def forward_selected(self, embeddings: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+        """Stage 2: probabilities [batch, k] of the selected modules [batch, k] only (k weight sets per image)."""
+        h = torch.einsum("bd,bkdh->bkh", embeddings, self.w1[selected]) + self.b1[selected]
+        return torch.sigmoid(torch.einsum("bkh,bkh->bk", F.gelu(h), self.w2[selected]) + self.b2[selected])
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         h = F.gelu(h + self.b1[:, None, :])

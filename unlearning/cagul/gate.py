@@ -16,6 +16,9 @@ from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.errors import IncompatibleModuleError
 
 T = TypeVar("T")
+# Stage 1 keeps this many candidate modules per image; stage 2 runs only their discriminators. 0: every module,
+# the default until the two-stage gate's recall and false-fire rate are measured at thousands of modules.
+DEFAULT_CANDIDATES = 0
 
 
 @dataclass(frozen=True)
@@ -26,10 +29,18 @@ class GateAnswer:
 
 
 class CagulGate:
-    """Routes each image to at most one module; images no module claims run the untouched model."""
+    """Routes each image to at most one module; images no module claims run the untouched model.
 
-    def __init__(self, backbone: Backbone, modules: dict[str, CagulModule] | None = None) -> None:
+    Identity modules are gated in two stages, as 1:N face identification is: the image's identity embedding picks
+    the `candidates` nearest module prototypes, and only those modules' discriminators decide (with the same
+    thresholds, so it fires on a subset of what the exhaustive gate, `candidates=0`, fires on).
+    """
+
+    def __init__(
+        self, backbone: Backbone, modules: dict[str, CagulModule] | None = None, candidates: int = DEFAULT_CANDIDATES
+    ) -> None:
         self.backbone = backbone
+        self.candidates = candidates
         self.set_modules(modules or {})
 
     def set_modules(self, modules: dict[str, CagulModule]) -> None:
@@ -62,16 +73,31 @@ class CagulGate:
         fired = torch.zeros(len(self.modules), batch, dtype=torch.bool)
         embeddings = None
         for idx, stacked in self._groups:
-            if stacked.input_kind == "identity":
-                embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
-                p = stacked(embeddings).cpu()
-            else:
+            if stacked.input_kind != "identity":
                 p = stacked(z.float()).cpu()
-            probs[idx] = p
-            fired[idx] = p > stacked.thresholds.cpu()[:, None]
+                probs[idx], fired[idx] = p, p > stacked.thresholds.cpu()[:, None]
+                continue
+            embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
+            if 0 < self.candidates < len(idx):
+                probs[idx], fired[idx] = self._two_stage(stacked, embeddings, len(idx))
+            else:
+                p = stacked(embeddings).cpu()
+                probs[idx], fired[idx] = p, p > stacked.thresholds.cpu()[:, None]
         masked = torch.where(fired, probs, torch.full_like(probs, -1.0))
         best_score, best = masked.max(0)
         return torch.where(best_score >= 0, best, torch.full_like(best, -1)), best_score.clamp(min=0)
+
+    def _two_stage(
+        self, stacked: StackedDiscriminators, embeddings: torch.Tensor, size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[size, batch] probabilities and firings, zero and False for modules stage 1 did not pick."""
+        selected = stacked.candidates(embeddings, self.candidates)
+        p = stacked.forward_selected(embeddings, selected).cpu()
+        selected = selected.cpu()
+        hits = p > stacked.thresholds.cpu()[selected]
+        probs = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, p.T)
+        fired = torch.zeros(size, embeddings.shape[0], dtype=torch.bool).scatter_(0, selected.T, hits.T)
+        return probs, fired
 
     @torch.no_grad()
     def answer(

@@ -145,6 +145,7 @@ class CagulTrainer:
         if cfg.discriminator_input == "identity":
             embed = self.backbone.identity_embeddings
             pos, pos_heldout, neg, neg_heldout = embed(pos), embed(pos_heldout), embed(neg), embed(neg_heldout)
+            module.discriminator.prototype.copy_(F.normalize(pos.mean(0), dim=0))
         disc = module.discriminator
         x = torch.cat([pos, neg])
         y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(x.device)

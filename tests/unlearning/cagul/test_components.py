@@ -59,3 +59,16 @@ def test_config_round_trips_and_rejects_bad_values():
         CagulConfig.from_dict({"stepz": 3})
     with pytest.raises(InvalidInputError, match="token_share"):
         CagulConfig(token_share=0)
+
+
+def test_stage_two_scores_only_the_candidates_stage_one_picks():
+    torch.manual_seed(0)
+    discs = [Discriminator(16, 32, 8, "identity", identity_dim=12) for _ in range(6)]
+    for d in discs:
+        d.prototype.copy_(torch.nn.functional.normalize(torch.randn(12), dim=0))
+    stacked = StackedDiscriminators(discs)
+    e = torch.nn.functional.normalize(torch.randn(5, 12), dim=1)
+    selected = stacked.candidates(e, 2)
+    nearest = (e @ stacked.prototypes.T).argsort(dim=1, descending=True)[:, :2]
+    assert torch.equal(selected.sort(1).values, nearest.sort(1).values)
+    assert torch.allclose(stacked.forward_selected(e, selected), stacked(e).T.gather(1, selected), atol=1e-6)

@@ -176,3 +176,22 @@ def test_a_mixed_batch_leaves_unclaimed_rows_logits_bit_identical(
             (together[i][0] - alone).abs().max(),
         )
         assert together[i][0].argmax() == alone.argmax()
+
+
+def test_two_stage_gate_fires_on_a_subset_of_the_exhaustive_gate(
+    backbone: Backbone, three_modules: CagulGate, tiny_world: World
+):
+    """With one candidate of three, stage 2 reads a third of the discriminators and still finds every subject."""
+    modules = dict(zip(three_modules.module_ids, three_modules.modules, strict=True))
+    exhaustive, two_stage = CagulGate(backbone, modules, candidates=0), CagulGate(backbone, modules, candidates=1)
+    views = range(tiny_world.config.n_views)
+    images = [tiny_world.image(p.id, v) for p in tiny_world.people for v in views]
+    images += tiny_world.lookalike_images(200, seed=5)
+    tokens = backbone.visual_tokens(backbone.pixel_values(images))
+    wide, _ = exhaustive.route(tokens)
+    narrow, _ = two_stage.route(tokens)
+    assert bool(((narrow == wide) | (narrow < 0)).all())  # never a module the exhaustive gate did not pick
+    heldout = tiny_world.heldout_views()[0]
+    for s in three_modules.module_ids:
+        row = [p.id for p in tiny_world.people].index(s) * len(views) + heldout
+        assert two_stage.module_ids[int(narrow[row])] == s
