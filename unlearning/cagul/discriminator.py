@@ -58,6 +58,7 @@ class StackedDiscriminators(nn.Module):
     """M discriminators of one shape as stacked weights: [batch] -> [M, batch] probabilities in one op."""
 
     thresholds: torch.Tensor
+    prototypes: torch.Tensor
 
     def __init__(self, discriminators: list[Discriminator]) -> None:
         super().__init__()
