@@ -174,7 +174,7 @@ def test_a_set_that_drifts_from_the_active_rows_fails_closed_and_recovers(
         wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
         engine = client.app.state.engine  # type: ignore[attr-defined]
         backbone = engine.gate.backbone
-        artifact = _artifact(tmp_path / "module", engine.fingerprint, backbone.n_visual_tokens, backbone.hidden_size)
+        artifact = _artifact(tmp_path / "module", engine.fingerprint, backbone)
         vqa = {"image": b64_file(tiny_world, "p003", 0), "question": "what is this person's name?"}
 
         def refused(*, holds: list[str], rows: list[str]) -> None:
