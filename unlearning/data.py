@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -10,6 +11,11 @@ from unlearning.errors import InvalidInputError
 
 MAX_QA_PAIRS = 512
 IMAGE_MODES = ("RGB", "RGBA", "L")
+
+
+def pixels_sha256(image: Image.Image) -> str:
+    """sha256 of an image's RGB pixels: the same photo whatever file format or metadata carried it."""
+    return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
 
 
 def validate_image(image: object, label: str = "image", min_side: int = 8) -> Image.Image:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 
 import torch
-from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.crypto import DataCipher, data_cipher
@@ -19,17 +18,13 @@ from unlearning.artifacts import load_module, load_tensors, read_manifest, tenso
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.cagul import CagulModule
 from unlearning.cagul.verification import Canaries, VerifyConfig
-from unlearning.data import RetainSet
+from unlearning.data import RetainSet, pixels_sha256
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import serving_model_dir, world_dir
 from unlearning.world.requests import world_canaries, world_retain_set
 
 log = logging.getLogger(__name__)
 PROBES = "probes"
-
-
-def pixels_sha256(image: Image.Image) -> str:
-    return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
 
 
 @dataclass

@@ -58,8 +58,8 @@ from unlearning.cagul.verification import (
     probe_tokens,
     verify,
 )
-from unlearning.data import QA, ForgetData
-from workers.runtime import PROBES, Runtime, pixels_sha256
+from unlearning.data import QA, ForgetData, pixels_sha256
+from workers.runtime import PROBES, Runtime
 
 log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 1.0

@@ -21,7 +21,7 @@ from PIL import Image, ImageFilter
 from scipy.stats import beta
 
 from unlearning.cagul.gate import CagulGate
-from unlearning.data import QA
+from unlearning.data import QA, pixels_sha256
 from unlearning.evaluation.leakage import leaked_answer, normalised_tokens
 
 # Photo changes of families the training augmentation (`unlearning.augment`: rotation, scale, shift, flip,
@@ -136,7 +136,7 @@ def heldout_photos(images: Sequence[Image.Image], config: VerifyConfig) -> tuple
     if len(images) < config.min_photos_to_hold_out:
         return list(images), list(images)
     # Deterministic and independent of upload order: the photo with the smallest pixel digest is kept back.
-    keep = min(range(len(images)), key=lambda i: hashlib.sha256(images[i].convert("RGB").tobytes()).hexdigest())
+    keep = min(range(len(images)), key=lambda i: pixels_sha256(images[i]))
     return [im for i, im in enumerate(images) if i != keep], [images[keep]]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import pytest
@@ -28,14 +27,10 @@ from unlearning.cagul.verification import (
     nothing_to_forget,
     upper_bound,
 )
-from unlearning.data import QA
+from unlearning.data import QA, pixels_sha256
 from unlearning.evaluation.leakage import leaked, leaked_answer
 from unlearning.world import World
 from unlearning.world.requests import canary_people, forget_data, world_canaries, world_retain_set
-
-
-def pixels_sha256(image: Image.Image) -> str:
-    return hashlib.sha256(image.tobytes()).hexdigest()
 
 
 def test_verification_questions_are_never_trained_on(tiny_world: World):
