@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +21,7 @@ from safetensors.torch import save as save_bytes
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.module import CagulModule
 from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
+from unlearning.files import write_atomic
 
 # 2: the manifest lists every file's sha256 and the registry's checksum is the manifest's own sha256.
 FORMAT_VERSION = 2
@@ -50,24 +49,6 @@ def _library_versions() -> dict[str, str]:
     return out
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def tensors_file(name: str) -> str:
     """The file name under which `save_module(tensors={name: ...})` stores a tensor dict."""
     if not TENSOR_NAME.fullmatch(name) or f"{name}.safetensors" in (WEIGHTS, MANIFEST):
@@ -91,7 +72,7 @@ def save_module(
     files = {}
     for filename, state in blobs.items():
         data = save_bytes({k: v.detach().cpu().contiguous() for k, v in state.items()})
-        _write_atomic(directory / filename, data)
+        write_atomic(directory / filename, data)
         files[filename] = hashlib.sha256(data).hexdigest()
     manifest = {
         **(extra or {}),
@@ -109,7 +90,7 @@ def save_module(
         "created_at": datetime.now(UTC).isoformat(),
     }
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    _write_atomic(directory / MANIFEST, data)
+    write_atomic(directory / MANIFEST, data)
     return {**manifest, "digest": hashlib.sha256(data).hexdigest()}
 
 

@@ -10,6 +10,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
+from unlearning.files import write_atomic
 from unlearning.identity.config import IdentityConfig
 from unlearning.identity.encoder import IdentityEncoder
 
@@ -25,10 +26,7 @@ def save_identity_encoder(encoder: IdentityEncoder, config: IdentityConfig, dire
     meta = {"config": json.dumps(config.to_dict()), "n_tokens": str(encoder.n_tokens)}
     meta["hidden_size"] = str(encoder.hidden_size)
     data = save_bytes({k: v.contiguous() for k, v in encoder.state_dict().items()}, metadata=meta)
-    path = Path(directory) / IDENTITY_FILE
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(Path(directory) / IDENTITY_FILE, data)
     return identity_digest(data)
 
 

@@ -27,6 +27,7 @@ from transformers import (
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.backbones.llava import LlavaBackbone
+from unlearning.files import write_atomic
 from unlearning.identity import IDENTITY_FILE, identification_recall, save_identity_encoder, train_identity_encoder
 from unlearning.processes import run_in_processes
 from unlearning.world.config import WorldConfig
@@ -84,16 +85,7 @@ def _write_people(root: Path, config: WorldConfig, people: list[Person]) -> None
             seed = config.seed * 1_000_003 + idx * 101 + view
             render_portrait(person.identity, seed, config.image_size).save(images / f"{person.id}_v{view}.png")
     payload = {"config": config.to_dict(), "people": [p.to_dict() for p in people]}
-    _atomic_write_text(root / "world.json", json.dumps(payload, indent=1))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(root / "world.json", json.dumps(payload, indent=1).encode())
 
 
 def _corpus(world: World) -> list[str]:
@@ -243,7 +235,7 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Calla
         "parameters": sum(p.numel() for p in model.parameters()),
         "accuracy": accuracy,
     }
-    _atomic_write_text(tmp / "build.json", json.dumps(report, indent=1))
+    write_atomic(tmp / "build.json", json.dumps(report, indent=1).encode())
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
 
@@ -267,7 +259,7 @@ def _build_identity(world_root: str, progress: Callable[[int, int, float], None]
         tokens = backbone.visual_tokens(backbone.pixel_values([im for p in people for im in p]))
         embeddings = encoder(tokens).view(len(people), len(people[0]), -1)
         report[name] = {"people": len(people), **identification_recall(embeddings)}
-    _atomic_write_text(world.reference_model_dir / "identity.json", json.dumps(report, indent=1))
+    write_atomic(world.reference_model_dir / "identity.json", json.dumps(report, indent=1).encode())
     save_identity_encoder(encoder, config, world.reference_model_dir)
 
 
