@@ -299,7 +299,7 @@ class Backbone(ABC):
     @torch.no_grad()
     def identity_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """Unit identity embeddings [n_images, dim] of projected visual tokens [n_images, n_visual, hidden]."""
-        return self._identity_encoder()(tokens.float())  # type: ignore[no-any-return]
+        return self._identity_encoder()(tokens)  # type: ignore[no-any-return]
 
     def _identity_encoder(self) -> Any:
         if self.identity is None:

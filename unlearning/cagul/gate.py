@@ -73,16 +73,13 @@ class CagulGate:
         fired = torch.zeros(len(self.modules), batch, dtype=torch.bool)
         embeddings = None
         for idx, stacked in self._groups:
-            if stacked.input_kind != "identity":
-                p = stacked(z.float()).cpu()
-                probs[idx], fired[idx] = p, p > stacked.thresholds.cpu()[:, None]
-                continue
-            embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
-            if 0 < self.candidates < len(idx):
-                probs[idx], fired[idx] = self._two_stage(stacked, embeddings, len(idx))
-            else:
-                p = stacked(embeddings).cpu()
-                probs[idx], fired[idx] = p, p > stacked.thresholds.cpu()[:, None]
+            if stacked.input_kind == "identity":
+                embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
+                if 0 < self.candidates < len(idx):
+                    probs[idx], fired[idx] = self._two_stage(stacked, embeddings, len(idx))
+                    continue
+            p = stacked(z.float() if stacked.input_kind != "identity" else embeddings).cpu()
+            probs[idx], fired[idx] = p, p > stacked.thresholds.cpu()[:, None]
         masked = torch.where(fired, probs, torch.full_like(probs, -1.0))
         best_score, best = masked.max(0)
         return torch.where(best_score >= 0, best, torch.full_like(best, -1)), best_score.clamp(min=0)

@@ -21,6 +21,13 @@ class IdentityEncoder(nn.Module):
     def dim(self) -> int:
         return self.fc2.out_features
 
+    def frozen(self) -> IdentityEncoder:
+        """This encoder in eval mode with no gradients: how it is served and stored."""
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = F.layer_norm(z.float(), z.shape[-1:])
         return F.normalize(self.fc2(F.gelu(self.fc1(z.flatten(1)))), dim=-1)

@@ -48,7 +48,4 @@ def load_identity_encoder(directory: str | Path, n_tokens: int, hidden_size: int
         raise IncompatibleModuleError(f"{path} was trained for another visual token shape: rebuild it")
     encoder = IdentityEncoder(n_tokens, hidden_size, config.width, config.dim)
     encoder.load_state_dict(state)
-    encoder.eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    return encoder, identity_digest(data)
+    return encoder.frozen(), identity_digest(data)

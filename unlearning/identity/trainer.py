@@ -74,7 +74,4 @@ def train_identity_encoder(
         schedule.step()
         if progress is not None and (step % 25 == 0 or step == config.steps - 1):
             progress(step + 1, config.steps, float(loss.detach()))
-    encoder.eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    return encoder
+    return encoder.frozen()

@@ -244,7 +244,6 @@ def _build_identity(world_root: str, progress: Callable[[int, int, float], None]
     """Pre-train the identity encoder on the reference model's visual tokens, beside that model."""
     world = World(world_root)
     config = world.config.identity
-    torch.manual_seed(config.seed)
     started = time.perf_counter()
     portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
     backbone = load_backbone(world.reference_model_dir)

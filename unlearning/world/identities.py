@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from PIL import Image
@@ -15,9 +16,7 @@ def pretraining_portraits(world: World, identities: int, views: int, seed: int =
     """`identities` distinct drawn people outside the world, `views` photos each (new pose, light, background)."""
     rng = random.Random(world.config.seed * 104_729 + seed)
     taken = {p.identity for p in world.people}
-    space = 1
-    for size in ATTRIBUTES.values():
-        space *= size
+    space = math.prod(ATTRIBUTES.values())
     if identities > space - len(taken):
         raise ValueError(f"only {space - len(taken)} identities can be drawn outside the world")
     drawn: list[tuple[int, ...]] = []
