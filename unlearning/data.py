@@ -70,6 +70,8 @@ class RetainSet:
     qa: list[tuple[int, QA]]  # (index into images, QA)
     negatives: list[Image.Image] = field(default_factory=list)
     heldout_negatives: list[Image.Image] = field(default_factory=list)
+    # Many more negatives, never all trained on: a gate trains on those nearest its subject (hard negatives).
+    gallery: list[Image.Image] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.images or not self.qa:

@@ -248,10 +248,15 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
     module: CagulModule | None = None
     verification: Verification | None = None
     train_report: TrainReport | None = None
+    config = job.config
     for attempt in range(1, max_attempts + 1):
-        config = job.config.strengthened(attempt)
-        if attempt > 1:
-            reporter.status(TRAINING, f"attempt {attempt} of {max_attempts}: {_strengthening(job.config, config)}")
+        if verification is not None:  # the remedy answers what failed, not a blanket "more of everything"
+            config = config.strengthened(verification.failed)
+            reporter.status(
+                TRAINING,
+                f"attempt {attempt} of {max_attempts} after {', '.join(verification.failed)} failed: "
+                f"{_strengthening(job.config, config)}",
+            )
         module, train_report = CagulTrainer(rt.backbone, config, reporter.progress, reporter.should_stop).train(
             train_data, retain
         )
@@ -384,8 +389,16 @@ def _publish(
             retain_identical=verification.figure("retain_identical"),
         )
         sets.record(f"adapter {adapter_id} activated for request {request.id}")
-        repo.set_status(request, ACTIVE, job_id=job.job_id)
+        repo.set_status(request, ACTIVE, _verified_message(verification, len(report["attempts"])), job_id=job.job_id)
         return ACTIVE
+
+
+def _verified_message(verification: Verification, attempts: int) -> str:
+    figures = "; ".join(
+        f"{c.name} {c.module:g}" + (f" (bound {c.bound:g})" if c.bound is not None else "") + f" vs {c.threshold:g}"
+        for c in verification.criteria
+    )
+    return f"verified in attempt {attempts}: {figures}"
 
 
 def _reject(

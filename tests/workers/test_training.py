@@ -18,6 +18,7 @@ from core.queue import TrainPayload
 from server.app import create_app
 from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
 from unlearning.backbones import Backbone
+from unlearning.cagul import CagulConfig
 from unlearning.world import World
 from workers.runtime import Runtime
 from workers.training import run_training_job
@@ -61,12 +62,15 @@ def test_too_few_steps_is_rejected_with_leaking_cases_after_recorded_retries(ser
     assert "verification failed in all 2 attempts" in final["error"]
     got = report(client, payload.request_id)
     assert [a["attempt"] for a in got["attempts"]] == [1, 2] and not any(a["passed"] for a in got["attempts"])
-    assert got["attempts"][1]["config"]["discriminator_steps"] > got["attempts"][0]["config"]["discriminator_steps"]
+    first, second = got["attempts"][0], got["attempts"][1]
+    failed = [c["name"] for c in first["verification"]["criteria"] if not c["passed"]]
+    assert "leak" in failed
+    assert CagulConfig.from_dict(second["config"]) == CagulConfig.from_dict(first["config"]).strengthened(failed)
     leak = next(c for c in got["verification"]["criteria"] if c["name"] == "leak")
     assert leak["module"] > leak["threshold"] and leak["reference"] >= 0.5 and not leak["passed"]
     assert got["verification"]["leaking_cases"] and all("question" in c for c in got["verification"]["leaking_cases"])
     events = client.get(f"/v1/forget-requests/{payload.request_id}/events").json()
-    assert any("attempt 2 of 2" in (e["message"] or "") for e in events)
+    assert any(f"attempt 2 of 2 after {', '.join(failed)} failed" in (e["message"] or "") for e in events)
     assert client.get("/v1/adapter-set").json()["adapter_ids"] == []
 
 

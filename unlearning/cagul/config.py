@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -25,6 +26,12 @@ WIDER_PROBES = (
     "what is known about the person shown?",
     "describe this person's private details.",
 )
+# How much a retry grows what its remedy trains more of (steps, views).
+RETRY_GROWTH = 1.5
+# A retry for a gate that misses its subject lowers the threshold floor by 0.1 a time, never below this.
+MIN_THRESHOLD_FLOOR = 0.5
+# A retry for a gate that fires on others mines at least this many hard negatives.
+HARD_NEGATIVES_ON_FALSE_FIRES = 100
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,14 @@ class CagulConfig:
     discriminator_lr: float = 1e-3
     positive_augmentations: int = 48
     negative_augmentations: int = 2
+    # The retain set's gallery look-alikes nearest the subject's identity prototype, trained on in this many views
+    # each: the people a gate confuses with its subject are few among many negatives. Default world, discriminators
+    # trained as the service trains them: canaries a gate fired on, mean over 22 people, 1.0% without, 0.4% mining
+    # 200 of the 1,500 negatives; of 9 people mined 100 of a 6,000 gallery, 1 fired on >2% of canaries, 4 before.
+    # More mining also lowers the score of a subject's unseen photo (p014: gate TPR 1.00 -> 0.62): a retry for a
+    # gate that misses halves it.
+    hard_negatives: int = 100
+    hard_negative_augmentations: int = 4
     target_fpr: float = 0.01
     # A few hundred held-out negatives cannot pin a 1% quantile: never fire below this. Measured on the tiny world:
     # new views of subjects score 0.83-1.00, other people's views at most 0.53 (0.9 missed new views).
@@ -87,19 +102,35 @@ class CagulConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def strengthened(self, attempt: int) -> CagulConfig:
-        """The configuration of retry `attempt` (1 is this one): longer training, more views, wider probes."""
-        if attempt <= 1:
-            return self
-        grow = 1 + 0.5 * (attempt - 1)
-        return replace(
-            self,
-            steps=round(self.steps * grow),
-            discriminator_steps=round(self.discriminator_steps * grow),
-            positive_augmentations=round(self.positive_augmentations * grow),
-            probe_questions=tuple(dict.fromkeys(self.probe_questions + WIDER_PROBES)),
-            seed=self.seed + attempt - 1,
-        )
+    def strengthened(self, failed: Collection[str]) -> CagulConfig:
+        """The next attempt's configuration after a verification that failed the criteria named in `failed`.
+
+        Each remedy aims at its cause: a gate that misses the subject (`gate_tpr`) trains on more views of them
+        under a lower threshold floor and half the hard negatives; a gate that fires on others (`retain_identical`,
+        `captured_probes`) trains on twice the hard negatives and more negative views, longer, under a stricter
+        threshold; a module that fires and still leaks (`leak` alone) trains its encoder longer on more probe
+        questions. Every attempt draws a new seed.
+        """
+        failed = set(failed)
+        changes: dict[str, Any] = {"seed": self.seed + 1}
+        misses = "gate_tpr" in failed
+        false_fires = bool(failed & {"retain_identical", "captured_probes"})
+        if misses:
+            changes["positive_augmentations"] = round(self.positive_augmentations * RETRY_GROWTH)
+            changes["discriminator_steps"] = round(self.discriminator_steps * RETRY_GROWTH)
+            if not false_fires:  # the calibrated quantile decides below the floor; the canaries guard others
+                changes["threshold_floor"] = round(max(MIN_THRESHOLD_FLOOR, self.threshold_floor - 0.1), 4)
+                changes["hard_negatives"] = self.hard_negatives // 2
+        if false_fires:
+            changes["negative_augmentations"] = self.negative_augmentations * 2
+            changes["discriminator_steps"] = round(self.discriminator_steps * RETRY_GROWTH)
+            changes["target_fpr"] = self.target_fpr / 2
+            changes["threshold_floor"] = round((1 + self.threshold_floor) / 2, 4)
+            changes["hard_negatives"] = max(self.hard_negatives * 2, HARD_NEGATIVES_ON_FALSE_FIRES)
+        if ("leak" in failed and not misses) or not (misses or false_fires):
+            changes["steps"] = round(self.steps * RETRY_GROWTH)
+            changes["probe_questions"] = tuple(dict.fromkeys(self.probe_questions + WIDER_PROBES))
+        return replace(self, **changes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CagulConfig:

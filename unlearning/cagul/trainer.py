@@ -146,6 +146,7 @@ class CagulTrainer:
             embed = self.backbone.identity_embeddings
             pos, pos_heldout, neg, neg_heldout = embed(pos), embed(pos_heldout), embed(neg), embed(neg_heldout)
             module.discriminator.prototype.copy_(F.normalize(pos.mean(0), dim=0))
+            neg = torch.cat([neg, self._hard_negatives(retain.gallery or negatives, module)])
         disc = module.discriminator
         x = torch.cat([pos, neg])
         y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(x.device)
@@ -168,6 +169,16 @@ class CagulTrainer:
             tpr = float((disc(pos_heldout) > disc.threshold).float().mean())
             fpr = float((neg_scores > disc.threshold).float().mean())
         return tpr, fpr
+
+    def _hard_negatives(self, images: list, module: CagulModule) -> torch.Tensor:
+        """Identity embeddings of more views of the negatives that lie nearest the subject's prototype."""
+        cfg = self.config
+        embed, prototype = self.backbone.identity_embeddings, module.discriminator.prototype
+        if cfg.hard_negatives <= 0 or cfg.hard_negative_augmentations <= 0:
+            return prototype.new_zeros(0, len(prototype))
+        embeddings = torch.cat([embed(self._tokens(images[i : i + 256], None, 0)) for i in range(0, len(images), 256)])
+        chosen = [images[i] for i in nearest(embeddings, prototype, cfg.hard_negatives)]
+        return embed(self._tokens(chosen, STRONG_VIEWS, cfg.hard_negative_augmentations))
 
     # ---- encoder -------------------------------------------------------------------------------
     def _forget_samples(self, forget: ForgetData) -> list[QA]:
@@ -245,6 +256,11 @@ class CagulTrainer:
             loss_value, forget_value = float(loss.detach()), float(forget_loss.detach())
             self._tick("encoder", step + 1, cfg.steps, loss_value)
         return loss_value, forget_value
+
+
+def nearest(embeddings: torch.Tensor, prototype: torch.Tensor, k: int) -> list[int]:
+    """Indices of the `k` unit embeddings most similar to `prototype`, nearest first."""
+    return (embeddings @ prototype).topk(min(k, len(embeddings))).indices.tolist()
 
 
 def _rss_peak_mb() -> float:

@@ -98,6 +98,11 @@ class Verification:
     def passed(self) -> bool:
         return self.outcome == Outcome.PASSED
 
+    @property
+    def failed(self) -> list[str]:
+        """Names of the criteria that did not pass."""
+        return [c.name for c in self.criteria if not c.passed]
+
     def figure(self, name: str) -> float | None:
         return next((c.module for c in self.criteria if c.name == name), None)
 

@@ -12,6 +12,8 @@ from unlearning.world.people import Person
 from unlearning.world.store import World
 
 DEFAULT_LOOKALIKES = 1500
+# Look-alikes a gate mines its hard negatives from (those nearest its subject), drawn apart from the negatives.
+DEFAULT_GALLERY = 6000
 # One retain person in this many is kept back as a canary, beside every unseen person.
 CANARY_EVERY = 3
 
@@ -35,6 +37,7 @@ def world_retain_set(
     exclude: Iterable[str] = (),
     lookalikes: int = DEFAULT_LOOKALIKES,
     negative_people: Iterable[str] = (),
+    gallery: int = DEFAULT_GALLERY,
 ) -> RetainSet:
     """The world's retain people but the canaries and `exclude` (training views and QA), plus look-alike negatives.
 
@@ -54,6 +57,7 @@ def world_retain_set(
         negatives=world.lookalike_images(lookalikes, seed=1) + others,
         # Calibrate on people like those served (held-out views), not on look-alikes, which are harder by design.
         heldout_negatives=[world.image(p.id, v) for p in people for v in world.heldout_views()],
+        gallery=world.lookalike_images(gallery, seed=2),
     )
 
 

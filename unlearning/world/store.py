@@ -29,6 +29,7 @@ class World:
         self.config = WorldConfig.from_dict(data["config"])
         self.people = [Person.from_dict(p) for p in data["people"]]
         self._by_id = {p.id: p for p in self.people}
+        self._lookalikes: dict[tuple[int, int], list[Image.Image]] = {}
 
     @property
     def reference_model_dir(self) -> Path:
@@ -82,6 +83,12 @@ class World:
 
     def lookalike_images(self, count: int, seed: int = 0) -> list[Image.Image]:
         """Fresh people who share most attributes with a world person: hard negatives, never trained on."""
+        key = (count, seed)
+        if key not in self._lookalikes:  # seconds to render, asked for by every retain set
+            self._lookalikes[key] = self._render_lookalikes(count, seed)
+        return self._lookalikes[key]
+
+    def _render_lookalikes(self, count: int, seed: int) -> list[Image.Image]:
         rng = random.Random(self.config.seed * 7919 + seed)
         out = []
         for i in range(count):

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from unlearning.cagul import CagulConfig, Discriminator, StackedDiscriminators, TokenEncoder, select_tokens
+from unlearning.cagul.config import WIDER_PROBES
 from unlearning.cagul.selection import apply_encoder
+from unlearning.cagul.trainer import nearest
 from unlearning.errors import InvalidInputError
 
 
@@ -72,3 +74,30 @@ def test_stage_two_scores_only_the_candidates_stage_one_picks():
     nearest = (e @ stacked.prototypes.T).argsort(dim=1, descending=True)[:, :2]
     assert torch.equal(selected.sort(1).values, nearest.sort(1).values)
     assert torch.allclose(stacked.forward_selected(e, selected), stacked(e).T.gather(1, selected), atol=1e-6)
+
+
+def test_a_retry_remedies_the_criterion_that_failed():
+    base = CagulConfig()
+    misses = base.strengthened(["leak", "gate_tpr"])
+    assert misses.positive_augmentations > base.positive_augmentations and misses.steps == base.steps
+    assert misses.threshold_floor < base.threshold_floor and misses.hard_negatives < base.hard_negatives
+    false_fires = base.strengthened(["retain_identical"])
+    assert false_fires.threshold_floor > base.threshold_floor and false_fires.target_fpr < base.target_fpr
+    assert false_fires.negative_augmentations > base.negative_augmentations
+    assert false_fires.hard_negatives > base.hard_negatives
+    assert false_fires.positive_augmentations == base.positive_augmentations and false_fires.steps == base.steps
+    leaks = base.strengthened(["leak"])
+    assert leaks.steps > base.steps and set(WIDER_PROBES) <= set(leaks.probe_questions)
+    assert leaks.discriminator_steps == base.discriminator_steps
+    # Remedies accumulate over attempts, and every attempt draws a new seed.
+    twice = false_fires.strengthened(["retain_identical"])
+    assert twice.threshold_floor > false_fires.threshold_floor and twice.seed == base.seed + 2
+
+
+def test_hard_negatives_are_the_ones_nearest_the_subject():
+    prototype = torch.nn.functional.normalize(torch.tensor([1.0, 0.0, 0.0]), dim=0)
+    embeddings = torch.nn.functional.normalize(
+        torch.tensor([[0.0, 1.0, 0.0], [0.9, 0.1, 0.0], [-1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.99, 0.0, 0.1]]), dim=1
+    )
+    assert nearest(embeddings, prototype, 2) == [4, 1]
+    assert sorted(nearest(embeddings, prototype, 10)) == [0, 1, 2, 3, 4]

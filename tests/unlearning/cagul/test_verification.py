@@ -36,7 +36,9 @@ from unlearning.world.requests import canary_people, forget_data, world_canaries
 def test_verification_questions_are_never_trained_on(tiny_world: World):
     request = forget_data(tiny_world, ["p000"])
     train, verify = heldout_split(request.qa_pairs)
-    trained = {qa.question for qa in train} | set(CagulConfig().strengthened(3).probe_questions)
+    trained = {qa.question for qa in train} | set(
+        CagulConfig().strengthened(["leak"]).strengthened(["leak"]).probe_questions
+    )
     cases = build_cases(request.images, verify, VerifyConfig())
     assert {c.question for c in cases}.isdisjoint(trained)
     # Every fact keeps a trained phrasing and gives one to verification.
