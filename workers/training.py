@@ -251,10 +251,11 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
     config = job.config
     for attempt in range(1, max_attempts + 1):
         if verification is not None:  # the remedy answers what failed, not a blanket "more of everything"
-            config = config.strengthened(verification.failed)
+            config = config.strengthened(verification.causes)
             reporter.status(
                 TRAINING,
-                f"attempt {attempt} of {max_attempts} after {', '.join(verification.failed)} failed: "
+                f"attempt {attempt} of {max_attempts} after {', '.join(verification.failed)} failed "
+                f"({verification.leaks_past_gate} of {verification.leaks} leaks past the gate): "
                 f"{_strengthening(job.config, config)}",
             )
         module, train_report = CagulTrainer(rt.backbone, config, reporter.progress, reporter.should_stop).train(

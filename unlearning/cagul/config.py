@@ -59,8 +59,8 @@ class CagulConfig:
     # each: the people a gate confuses with its subject are few among many negatives. Default world, discriminators
     # trained as the service trains them: canaries a gate fired on, mean over 22 people, 1.0% without, 0.4% mining
     # 200 of the 1,500 negatives; of 9 people mined 100 of a 6,000 gallery, 1 fired on >2% of canaries, 4 before.
-    # More mining also lowers the score of a subject's unseen photo (p014: gate TPR 1.00 -> 0.62): a retry for a
-    # gate that misses halves it.
+    # Mining also lowers the score of a subject's unseen photo (p014: gate TPR 1.00 -> 0.62): a retry for a gate
+    # that misses its subject mines none.
     hard_negatives: int = 100
     hard_negative_augmentations: int = 4
     target_fpr: float = 0.01
@@ -106,7 +106,7 @@ class CagulConfig:
         """The next attempt's configuration after a verification that failed the criteria named in `failed`.
 
         Each remedy aims at its cause: a gate that misses the subject (`gate_tpr`) trains on more views of them
-        under a lower threshold floor and half the hard negatives; a gate that fires on others (`retain_identical`,
+        under a lower threshold floor and no mined hard negatives; a gate that fires on others (`retain_identical`,
         `captured_probes`) trains on twice the hard negatives and more negative views, longer, under a stricter
         threshold; a module that fires and still leaks (`leak` alone) trains its encoder longer on more probe
         questions. Every attempt draws a new seed.
@@ -120,7 +120,7 @@ class CagulConfig:
             changes["discriminator_steps"] = round(self.discriminator_steps * RETRY_GROWTH)
             if not false_fires:  # the calibrated quantile decides below the floor; the canaries guard others
                 changes["threshold_floor"] = round(max(MIN_THRESHOLD_FLOOR, self.threshold_floor - 0.1), 4)
-                changes["hard_negatives"] = self.hard_negatives // 2
+                changes["hard_negatives"] = 0
         if false_fires:
             changes["negative_augmentations"] = self.negative_augmentations * 2
             changes["discriminator_steps"] = round(self.discriminator_steps * RETRY_GROWTH)

@@ -93,6 +93,9 @@ class Verification:
     reasons: list[str]
     leaking_cases: list[dict[str, str]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    leaks: int = 0
+    # Of the leaking cases, those the new module's gate did not fire on: leaks the encoder never saw.
+    leaks_past_gate: int = 0
 
     @property
     def passed(self) -> bool:
@@ -102,6 +105,14 @@ class Verification:
     def failed(self) -> list[str]:
         """Names of the criteria that did not pass."""
         return [c.name for c in self.criteria if not c.passed]
+
+    @property
+    def causes(self) -> list[str]:
+        """What a retry must remedy: the failed criteria, a leak mostly past the gate counting as the gate missing."""
+        failed = self.failed
+        if "leak" in failed and "gate_tpr" not in failed and 2 * self.leaks_past_gate > self.leaks:
+            failed.append("gate_tpr")
+        return failed
 
     def figure(self, name: str) -> float | None:
         return next((c.module for c in self.criteria if c.name == name), None)
@@ -113,6 +124,9 @@ class Verification:
             "criteria": [asdict(c) for c in self.criteria],
             "reasons": self.reasons,
             "leaking_cases": self.leaking_cases,
+            "leaks": self.leaks,
+            "leaks_past_gate": self.leaks_past_gate,
+            "causes": self.causes,
             "config": self.config,
         }
 
@@ -312,7 +326,7 @@ def verify(
     counted = [i for i, r in enumerate(base.reveals) if r]
     cases = [base.cases[i] for i in counted]
     served = answer_all(candidate, [c.image for c in cases], [c.question for c in cases], config)
-    leaking = [(c, s.answer) for c, s in zip(cases, served, strict=True) if case_leaks(s.answer, c)]
+    leaking = [(c, s) for c, s in zip(cases, served, strict=True) if case_leaks(s.answer, c)]
     fired = sum(s.module_id == module_id for s in served)
     n, k = len(cases), len(leaking)
     leak_bound = upper_bound(k, n, config.confidence)
@@ -346,6 +360,8 @@ def verify(
         reasons,
         [{"question": c.question, "photo": "+".join(c.transforms)} for c, _ in leaking[:20]],
         asdict(config),
+        leaks=k,
+        leaks_past_gate=sum(s.module_id != module_id for _, s in leaking),
     )
 
 

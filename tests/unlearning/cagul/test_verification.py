@@ -16,7 +16,9 @@ from unlearning.cagul.verification import (
     HELDOUT_PHOTO_FAMILIES,
     Baseline,
     Case,
+    Criterion,
     Outcome,
+    Verification,
     VerifyConfig,
     build_cases,
     capture_criterion,
@@ -155,3 +157,13 @@ def test_a_module_taking_over_earlier_probes_fails(backbone: Backbone):
     assert not taken.passed and taken.module == 5 and taken.detail == "adapters owner"
     modest = CagulGate(backbone, {"owner": owner, "new": _constant_module(backbone, 1.0)})
     assert capture_criterion(modest, "new", probes).passed
+
+
+def test_a_leak_mostly_past_the_gate_is_remedied_as_the_gate_missing():
+    leak = Criterion("leak", 0.9, 0.08, 0.12, 0.05, False, 100)
+    tpr = Criterion("gate_tpr", None, 0.95, 0.91, 0.9, True, 100)
+    past = Verification(Outcome.LEAKS, [leak, tpr], ["leak"], leaks=8, leaks_past_gate=6)
+    assert past.failed == ["leak"] and past.causes == ["leak", "gate_tpr"]
+    assert CagulConfig().strengthened(past.causes).steps == CagulConfig().steps
+    fired = Verification(Outcome.LEAKS, [leak, tpr], ["leak"], leaks=8, leaks_past_gate=2)
+    assert fired.causes == ["leak"] and CagulConfig().strengthened(fired.causes).steps > CagulConfig().steps
