@@ -80,7 +80,7 @@ def test_a_retry_remedies_the_criterion_that_failed():
     base = CagulConfig()
     misses = base.strengthened(["leak", "gate_tpr"])
     assert misses.positive_augmentations > base.positive_augmentations and misses.steps == base.steps
-    assert misses.threshold_floor < base.threshold_floor and misses.hard_negatives < base.hard_negatives
+    assert misses.threshold_floor < base.threshold_floor and misses.hard_negatives == 0
     false_fires = base.strengthened(["retain_identical"])
     assert false_fires.threshold_floor > base.threshold_floor and false_fires.target_fpr < base.target_fpr
     assert false_fires.negative_augmentations > base.negative_augmentations
