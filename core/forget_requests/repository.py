@@ -65,7 +65,9 @@ class ForgetRequestRepository:
     ) -> None:
         request.status = status
         request.updated_at = utcnow()
-        if message is not None and status not in ("active", "revoked"):
+        if status == "active":
+            request.error = None  # an in-flight message such as "verifying attempt 1 of 3" is not an error now
+        elif message is not None and status != "revoked":
             request.error = message
         self.add_event(request.id, kind="status", status=status, message=message, job_id=job_id)
         if status in TERMINAL and request.purged_at is None:

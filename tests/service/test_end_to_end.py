@@ -105,6 +105,9 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     assert transitions[:4] == ["validating", "queued", "training", "verifying"] and transitions[-1] == "active"
     assert transitions.count("verifying") == len(report["attempts"])
     assert events[-1]["message"] == "uploaded data purged"
+    went_active = next(e for e in events if e["kind"] == "status" and e["status"] == "active")
+    assert went_active["message"].startswith(f"verified in attempt {len(report['attempts'])}: leak ")
+    assert final["error"] is None  # "verifying attempt 1 of 3" was shown as an active request's error
     progress = [e for e in events if e["kind"] == "progress"]
     assert {e["phase"] for e in progress} == {"discriminator", "encoder"}
     assert all(e["eta_seconds"] is not None and e["loss"] is not None for e in progress)
