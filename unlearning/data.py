@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -70,8 +71,9 @@ class RetainSet:
     qa: list[tuple[int, QA]]  # (index into images, QA)
     negatives: list[Image.Image] = field(default_factory=list)
     heldout_negatives: list[Image.Image] = field(default_factory=list)
-    # Many more negatives, never all trained on: a gate trains on those nearest its subject (hard negatives).
-    gallery: list[Image.Image] = field(default_factory=list)
+    # Many more negatives, never all trained on: a gate trains on those nearest its subject (hard negatives). A
+    # callable, because only a retry for a gate that fires on others mines them: the default never renders them.
+    gallery: Callable[[], list[Image.Image]] = list
 
     def __post_init__(self) -> None:
         if not self.images or not self.qa:

@@ -146,7 +146,7 @@ class CagulTrainer:
             embed = self.backbone.identity_embeddings
             pos, pos_heldout, neg, neg_heldout = embed(pos), embed(pos_heldout), embed(neg), embed(neg_heldout)
             module.discriminator.prototype.copy_(F.normalize(pos.mean(0), dim=0))
-            neg = torch.cat([neg, self._hard_negatives(retain.gallery or negatives, module)])
+            neg = torch.cat([neg, self._hard_negatives(retain, negatives, module)])
         disc = module.discriminator
         x = torch.cat([pos, neg])
         y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(x.device)
@@ -170,12 +170,13 @@ class CagulTrainer:
             fpr = float((neg_scores > disc.threshold).float().mean())
         return tpr, fpr
 
-    def _hard_negatives(self, images: list, module: CagulModule) -> torch.Tensor:
-        """Identity embeddings of more views of the negatives that lie nearest the subject's prototype."""
+    def _hard_negatives(self, retain: RetainSet, negatives: list, module: CagulModule) -> torch.Tensor:
+        """Identity embeddings of more views of the gallery's (else the negatives') images nearest the subject."""
         cfg = self.config
         embed, prototype = self.backbone.identity_embeddings, module.discriminator.prototype
         if cfg.hard_negatives <= 0 or cfg.hard_negative_augmentations <= 0:
             return prototype.new_zeros(0, len(prototype))
+        images = retain.gallery() or negatives
         embeddings = torch.cat([embed(self._tokens(images[i : i + 256], None, 0)) for i in range(0, len(images), 256)])
         chosen = [images[i] for i in nearest(embeddings, prototype, cfg.hard_negatives)]
         return embed(self._tokens(chosen, STRONG_VIEWS, cfg.hard_negative_augmentations))

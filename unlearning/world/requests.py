@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from functools import partial
 
 from PIL import Image
 
@@ -57,7 +58,7 @@ def world_retain_set(
         negatives=world.lookalike_images(lookalikes, seed=1) + others,
         # Calibrate on people like those served (held-out views), not on look-alikes, which are harder by design.
         heldout_negatives=[world.image(p.id, v) for p in people for v in world.heldout_views()],
-        gallery=world.lookalike_images(gallery, seed=2),
+        gallery=partial(world.lookalike_images, gallery, seed=2),
     )
 
 
