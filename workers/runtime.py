@@ -21,7 +21,7 @@ from unlearning.cagul.verification import Canaries, VerifyConfig
 from unlearning.data import RetainSet, pixels_sha256
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import serving_model_dir, world_dir
-from unlearning.world.requests import world_canaries, world_retain_set
+from unlearning.world.requests import world_benign_set, world_canaries, world_retain_set
 
 log = logging.getLogger(__name__)
 PROBES = "probes"
@@ -66,6 +66,22 @@ class Runtime:
         images, questions = world_canaries(self.world, exclude, self.settings.verify_canaries)
         return Canaries(images, questions)
 
+    @cached_property
+    def _benign(self) -> tuple[torch.Tensor, list[str | None]]:
+        """Visual tokens of the benign set and the world person each photo shows: rendered and encoded once."""
+        benign = world_benign_set(self.world)
+        bb, photos = self.backbone, [im for im, _ in benign]
+        tokens = [
+            bb.visual_tokens(bb.pixel_values(photos[i : i + 64])).float().cpu() for i in range(0, len(photos), 64)
+        ]
+        return torch.cat(tokens), [who for _, who in benign]
+
+    def benign_tokens(self, exclude: list[str]) -> torch.Tensor:
+        """The benign set's tokens without photos of the `exclude` people (filed for deletion)."""
+        tokens, owners = self._benign
+        excluded = set(exclude)
+        return tokens[torch.tensor([who not in excluded for who in owners])]
+
     def verify_config(self) -> VerifyConfig:
         s = self.settings
         return VerifyConfig(
@@ -76,6 +92,7 @@ class Runtime:
             min_gate_tpr=s.verify_min_gate_tpr,
             min_retain_identical=s.verify_min_retain_identical,
             canaries=s.verify_canaries,
+            max_benign_fire=s.verify_max_benign_fire,
             max_new_tokens=s.verify_max_new_tokens,
             min_photos_to_hold_out=s.verify_min_photos_to_hold_out,
         )

@@ -323,6 +323,7 @@ def _verify_and_publish(
             base,
             canaries,
             probes,
+            rt.benign_tokens(job.filed_people),
             vcfg,
         )
         if not verification.passed:

@@ -69,6 +69,15 @@ class CagulGate:
         batch = z.shape[0]
         if not self.modules:
             return torch.full((batch,), -1, dtype=torch.long), torch.zeros(batch)
+        probs, fired = self.firing(z)
+        masked = torch.where(fired, probs, torch.full_like(probs, -1.0))
+        best_score, best = masked.max(0)
+        return torch.where(best_score >= 0, best, torch.full_like(best, -1)), best_score.clamp(min=0)
+
+    @torch.no_grad()
+    def firing(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[modules, batch] probabilities and firings; zero and False where stage 1 did not pick the module."""
+        batch = z.shape[0]
         probs = torch.zeros(len(self.modules), batch)
         fired = torch.zeros(len(self.modules), batch, dtype=torch.bool)
         embeddings = None
@@ -80,9 +89,7 @@ class CagulGate:
                     continue
             p = stacked(z.float() if stacked.input_kind != "identity" else embeddings).cpu()
             probs[idx], fired[idx] = p, p > stacked.thresholds.cpu()[:, None]
-        masked = torch.where(fired, probs, torch.full_like(probs, -1.0))
-        best_score, best = masked.max(0)
-        return torch.where(best_score >= 0, best, torch.full_like(best, -1)), best_score.clamp(min=0)
+        return probs, fired
 
     def _two_stage(
         self, stacked: StackedDiscriminators, embeddings: torch.Tensor, size: int

@@ -55,6 +55,10 @@ class VerifyConfig:
     max_variants_per_pair: int = 64
     min_gate_tpr: float = 0.9
     min_retain_identical: float = 0.98
+    # Admission control: the upper bound of the share of the benign set (people no request filed) the new gate
+    # fires on. A module over the system's whole false-fire budget (1%) breaks it alone, whatever else is served:
+    # 96 sampled canary answers missed gates that fired on an unseen person's photo (bench/many_requests.py).
+    max_benign_fire: float = 0.01
     canaries: int = 96
     max_new_tokens: int = 48
     # With this many photos or more, one is kept out of training and every leak case is asked on it: a photo the
@@ -313,12 +317,14 @@ def verify(
     base: Baseline,
     canaries: Canaries,
     probes: dict[str, torch.Tensor],
+    benign: torch.Tensor,
     config: VerifyConfig,
 ) -> Verification:
     """Check `candidate` (the served set plus the new module) against every threshold of `config`.
 
     `current` is the set without the new module: canary drift is what the new module changes. `probes` holds the
     stored visual tokens of every already-forgotten subject (by module id): the new module must not capture them.
+    `benign` holds the visual tokens of the benign set: the new gate's false fires are counted on all of it.
     """
     outcome = nothing_to_forget(base, config)
     if outcome is not None:
@@ -353,6 +359,7 @@ def verify(
     ]
     criteria.append(_canary_criterion(candidate, current, canaries, config))
     criteria.append(capture_criterion(candidate, module_id, probes))
+    criteria.append(benign_criterion(candidate, module_id, benign, config))
     reasons = [_reason(c) for c in criteria if not c.passed]
     return Verification(
         Outcome.PASSED if not reasons else Outcome.LEAKS,
@@ -399,6 +406,28 @@ def capture_criterion(candidate: CagulGate, module_id: str, probes: dict[str, to
     return Criterion("captured_probes", 0.0, float(captured), None, 0.0, captured == 0, total, detail)
 
 
+def benign_criterion(
+    candidate: CagulGate, module_id: str, benign: torch.Tensor, config: VerifyConfig, batch: int = 256
+) -> Criterion:
+    """The share of the benign set the new module's gate fires on (the gate alone: no answer is generated)."""
+    new = candidate.module_ids.index(module_id)
+    device = candidate.backbone.device
+    fires = sum(
+        int(candidate.firing(benign[i : i + batch].to(device))[1][new].sum()) for i in range(0, len(benign), batch)
+    )
+    n = len(benign)
+    bound = upper_bound(fires, n, config.confidence)
+    return Criterion(
+        "benign_fires",
+        None,
+        round(fires / max(1, n), 4),
+        round(bound, 4),
+        config.max_benign_fire,
+        n > 0 and bound <= config.max_benign_fire,
+        n,
+    )
+
+
 def _reason(c: Criterion) -> str:
     if c.name == "leak":
         return (
@@ -412,6 +441,11 @@ def _reason(c: Criterion) -> str:
         )
     if c.name == "retain_identical":
         return f"canary answers identical {c.module:.3f} is below {c.threshold}"
+    if c.name == "benign_fires":
+        return (
+            f"the gate fires on {c.module:.4f} of {c.cases} benign photos of people no request filed (upper bound "
+            f"{c.bound:.4f}), above the budget {c.threshold}"
+        )
     return f"the module takes over {int(c.module)} stored probes of already-forgotten subjects ({c.detail})"
 
 

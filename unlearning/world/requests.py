@@ -6,9 +6,10 @@ import random
 from collections.abc import Iterable
 from functools import partial
 
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from unlearning.data import QA, ForgetData, RetainSet
+from unlearning.world.identities import pretraining_portraits
 from unlearning.world.people import Person
 from unlearning.world.store import World
 
@@ -17,6 +18,13 @@ DEFAULT_LOOKALIKES = 1500
 DEFAULT_GALLERY = 6000
 # One retain person in this many is kept back as a canary, beside every unseen person.
 CANARY_EVERY = 3
+# The benign set admission control scores a new gate on: new photos of the canary people, look-alikes of every
+# world person, people drawn outside the world, and mild changes of a share of them. About 1,000 photos, so a
+# module firing on 1% of them is told apart from one firing on 0.2%; none is a world view a bench asks on.
+BENIGN_VIEWS_PER_CANARY = 16
+BENIGN_LOOKALIKES = 400
+BENIGN_OUTSIDERS = 200
+BENIGN_CHANGED_EVERY = 3
 
 
 def forget_data(world: World, person_ids: Iterable[str]) -> ForgetData:
@@ -77,3 +85,25 @@ def world_canaries(
     ]
     sample = random.Random(seed).sample(pool, min(count, len(pool)))
     return [im for im, _ in sample], [q for _, q in sample]
+
+
+def world_benign_set(world: World, seed: int = 0) -> list[tuple[Image.Image, str | None]]:
+    """Photos of people outside any request and the world person each shows (None: nobody of the world).
+
+    None is a world view a bench asks on. A world person is filed for deletion later: drop their photos then.
+    """
+    photos: list[tuple[Image.Image, str | None]] = [
+        (im, p.id) for p in canary_people(world) for im in world.fresh_views(p.id, BENIGN_VIEWS_PER_CANARY, seed)
+    ]
+    # Seeds 1 and 2 draw the retain set's negatives and gallery: the benign look-alikes are other people.
+    photos += [(im, None) for im in world.lookalike_images(BENIGN_LOOKALIKES, seed=3 + seed)]
+    photos += [(views[0], None) for views in pretraining_portraits(world, BENIGN_OUTSIDERS, 1, seed=1 + seed)]
+    rng = random.Random(seed)
+    return photos + [(_mild_change(im, rng), who) for im, who in photos[::BENIGN_CHANGED_EVERY]]
+
+
+def _mild_change(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A mirror, a slight blur and a light change: the same person as a camera or an upload would alter them."""
+    out = ImageOps.mirror(image) if rng.random() < 0.5 else image
+    out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.6)))
+    return ImageEnhance.Brightness(out).enhance(rng.uniform(0.85, 1.15))

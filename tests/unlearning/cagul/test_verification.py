@@ -20,6 +20,7 @@ from unlearning.cagul.verification import (
     Outcome,
     Verification,
     VerifyConfig,
+    benign_criterion,
     build_cases,
     capture_criterion,
     heldout_photo,
@@ -32,7 +33,13 @@ from unlearning.cagul.verification import (
 from unlearning.data import QA, pixels_sha256
 from unlearning.evaluation.leakage import leaked, leaked_answer
 from unlearning.world import World
-from unlearning.world.requests import canary_people, forget_data, world_canaries, world_retain_set
+from unlearning.world.requests import (
+    canary_people,
+    forget_data,
+    world_benign_set,
+    world_canaries,
+    world_retain_set,
+)
 
 
 def test_verification_questions_are_never_trained_on(tiny_world: World):
@@ -167,3 +174,28 @@ def test_a_leak_mostly_past_the_gate_is_remedied_as_the_gate_missing():
     assert CagulConfig().strengthened(past.causes).steps == CagulConfig().steps
     fired = Verification(Outcome.LEAKS, [leak, tpr], ["leak"], leaks=8, leaks_past_gate=2)
     assert fired.causes == ["leak"] and CagulConfig().strengthened(fired.causes).steps > CagulConfig().steps
+
+
+def test_the_benign_set_holds_no_world_view_and_no_filed_person(tiny_world: World):
+    benign = world_benign_set(tiny_world)
+    views = {
+        pixels_sha256(tiny_world.image(p.id, v)) for p in tiny_world.people for v in range(tiny_world.config.n_views)
+    }
+    assert views.isdisjoint(pixels_sha256(im) for im, _ in benign)
+    assert {who for _, who in benign} - {None} == {p.id for p in canary_people(tiny_world)}
+    assert len({pixels_sha256(im) for im, _ in benign}) == len(benign) >= 800
+    assert [pixels_sha256(im) for im, _ in world_benign_set(tiny_world)[:50]] == [
+        pixels_sha256(im) for im, _ in benign[:50]
+    ]
+
+
+def test_a_gate_firing_on_the_benign_set_is_refused_admission(tiny_world: World, backbone: Backbone):
+    photos = [im for im, _ in world_benign_set(tiny_world)]
+    tokens = backbone.visual_tokens(backbone.pixel_values(photos)).float()
+    config = VerifyConfig()
+    silent = CagulGate(backbone, {"new": _constant_module(backbone, -6.0)})
+    assert benign_criterion(silent, "new", tokens, config).passed
+    loud = benign_criterion(CagulGate(backbone, {"new": _constant_module(backbone, 6.0)}), "new", tokens, config)
+    assert not loud.passed and loud.module == 1.0 and loud.cases == len(photos)
+    assert "benign_fires" in Verification(Outcome.LEAKS, [loud], ["x"]).causes
+    assert CagulConfig().strengthened(["benign_fires"]).target_fpr < CagulConfig().target_fpr
