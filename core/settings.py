@@ -12,7 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore")
 
     data_dir: Path = Field(default=Path(".lethe"), description="Where worlds, models and module artifacts live.")
-    world: str = Field(default="default", description="Reference world preset: 'default' or 'tiny'.")
+    world: str = Field(default="default", description="Reference world preset: 'default', 'tiny' or 'scale'.")
     model_path: Path | None = Field(
         default=None, description="A local VLM checkpoint directory to use instead of the reference world's model."
     )
@@ -91,7 +91,16 @@ class Settings(BaseSettings):
         description="Modules whose prototypes lie nearest an image's identity are the only ones whose "
         "discriminators run (two-stage gate); 0 runs every module's (exhaustive).",
     )
-    engine_sync_interval_s: float = Field(default=1.0, description="How often the server checks the active set.")
+    engine_sync_interval_s: float = Field(
+        default=0.5, description="How often the server reads the registry's active set (off the request path)."
+    )
+    engine_integrity_interval_s: float = Field(
+        default=1.0, description="How often a background pass re-verifies served module artifacts."
+    )
+    engine_integrity_batch: int = Field(default=32, description="Module artifacts re-verified per integrity pass.")
+    engine_encoder_cache: int = Field(
+        default=256, description="Module encoders kept in memory (least recently used dropped first)."
+    )
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'lethe.db').resolve()}"

@@ -294,6 +294,38 @@ def bench_quality(
         markdown_path.write_text(markdown_table(result))
 
 
+@bench_app.command("scale")
+def bench_scale(
+    counts: Annotated[str, typer.Option(help="Active module counts, comma-separated.")] = "0,10,100,1000,10000",
+    json_path: Annotated[Path, typer.Option("--json", help="Write the results as JSON here.")] = Path(
+        "bench/results/gate-scale.json"
+    ),
+    markdown_path: Annotated[Path, typer.Option("--markdown", help="Write the table as Markdown here.")] = Path(
+        "bench/results/gate-scale.md"
+    ),
+    candidates: Annotated[
+        int | None, typer.Option(help="Two-stage candidates (default: LETHE_GATE_CANDIDATES).")
+    ] = None,
+    requests: Annotated[int, typer.Option(help="/v1/vqa requests timed per row.")] = 100,
+    data_dir: DataDir = None,
+) -> None:
+    """The gate at 0 to 10,000 enrolled requests on the scale world: two-stage and exhaustive side by side."""
+    from lethe.scale import markdown, run_scale_bench, write
+
+    try:
+        wanted = sorted({int(c) for c in counts.split(",") if c.strip()})
+    except ValueError:
+        raise typer.BadParameter("counts must be whole numbers, comma-separated", param_hint="--counts") from None
+    if not wanted or wanted[0] < 0:
+        raise typer.BadParameter("give at least one count, none negative", param_hint="--counts")
+    k = get_settings().gate_candidates if candidates is None else candidates
+    if k <= 0:
+        raise typer.BadParameter("the two-stage gate needs at least one candidate", param_hint="--candidates")
+    result = run_scale_bench(_data_dir(data_dir), wanted, k, requests, lambda line: err.print(line))
+    write(result, json_path, markdown_path)
+    Console().print(markdown(result))
+
+
 db_app = typer.Typer(help="The service's database.")
 app.add_typer(db_app, name="db")
 

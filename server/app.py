@@ -27,9 +27,9 @@ from server.adapters.router import router as adapters_router
 from server.audit.router import router as audit_router
 from server.background import PeriodicTask
 from server.callbacks import deliver_due_callbacks
-from server.engine import InferenceEngine
 from server.forget_requests.router import router as forget_requests_router
 from server.forget_requests.schemas import ForgetRequestIn
+from server.inference import InferenceEngine
 from server.ops.router import router as ops_router
 from server.ops.service import Metrics
 from server.reconciler import resend_silent_jobs
@@ -98,6 +98,11 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
                 "reconciler",
                 settings.reconcile_interval_s,
                 lambda: resend_silent_jobs(app.state.sessions, app.state.celery, settings),
+            ),
+            # Off the request path: a request reads the engine's in-memory set only.
+            PeriodicTask("active-set", max(0.05, settings.engine_sync_interval_s), app.state.engine.sync),
+            PeriodicTask(
+                "integrity", max(0.05, settings.engine_integrity_interval_s), app.state.engine.check_integrity
             ),
             PeriodicTask(
                 "callbacks",

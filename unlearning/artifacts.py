@@ -19,6 +19,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from unlearning.cagul.config import CagulConfig
+from unlearning.cagul.encoder import TokenEncoder
 from unlearning.cagul.module import CagulModule
 from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
 from unlearning.files import write_atomic
@@ -189,6 +190,19 @@ def load_module(
     module = CagulModule(config, manifest["n_tokens"], manifest["hidden_size"], manifest.get("identity_dim", 0))
     module.load_state_dict(load_bytes(data))
     return module.to(device).eval()
+
+
+def load_encoder(directory: str | Path, expected_digest: str, device: str = "cpu") -> TokenEncoder:
+    """Only the token encoder of a module, its weights file checked against the registry's checksum again."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, expected_digest)
+    weights = load_bytes(_verified_file(directory, manifest, WEIGHTS))
+    config = CagulConfig.from_dict(manifest["config"])
+    hidden, n_tokens = manifest["hidden_size"], manifest["n_tokens"]
+    encoder = TokenEncoder(hidden, config.encoder_hidden, n_tokens if config.position_offsets else 0)
+    prefix = "encoder."
+    encoder.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+    return encoder.to(device).eval()
 
 
 def load_tensors(directory: str | Path, name: str, expected_digest: str | None = None) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
 from core.forget_requests.models import REVOKED
 from core.forget_requests.repository import ForgetRequestRepository
 from server.adapters.schemas import AdapterOut, AdapterSetOut
-from server.engine import InferenceEngine
+from server.inference import InferenceEngine
 
 
 def to_out(adapter: Adapter) -> AdapterOut:

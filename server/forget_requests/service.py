@@ -21,9 +21,9 @@ from core.keys.repository import IdempotencyRepository
 from core.queue import TrainPayload, enqueue_training
 from core.settings import Settings
 from server.callbacks import check_callback_url
-from server.engine import InferenceEngine
 from server.forget_requests.schemas import ForgetRequestIn, ForgetRequestOut
 from server.images import check_image, decode_base64
+from server.inference import InferenceEngine
 
 
 class _DuplicateKey(Exception):

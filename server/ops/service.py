@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.crypto import CertificateSigner
-from server.engine import InferenceEngine
+from server.inference import InferenceEngine
 from server.ops.schemas import ReadyOut
 
 
@@ -43,8 +43,6 @@ class OpsService:
                 session.execute(text("SELECT 1"))
         except Exception as exc:
             return ReadyOut(ready=False, detail=f"database unreachable: {type(exc).__name__}", adapter_set_version=None)
-        self.engine.check_artifacts()
-        self.engine.sync()
         ready = self.engine.ready
         self.metrics.ready.set(1 if ready else 0)
         if self.engine.served_version is not None:

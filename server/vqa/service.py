@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from core.errors import InvalidRequestError
 from core.settings import Settings
-from server.engine import InferenceEngine
 from server.images import check_image, decode_base64
+from server.inference import InferenceEngine
 from server.vqa.schemas import VQAIn, VQAOut
 
 

@@ -9,14 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
 from core.adapters.models import ACTIVE
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import make_engine, make_session_factory, transaction
+from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
 from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
 from unlearning.artifacts import save_module
+from unlearning.backbones import Backbone
+from unlearning.cagul import CagulConfig
 from unlearning.cagul.module import CagulModule
 from unlearning.world import World
 
@@ -95,3 +100,40 @@ def activate_module(database_url: str, world: World, client: TestClient, module:
             report={},
         )
         return int(AdapterSetRepository(session).record("test").version)
+
+
+def module_artifact(directory: Path, fingerprint: str, backbone: Backbone, seed: int | None = None) -> tuple[str, str]:
+    """A real module on disk: (path, registry checksum); many rows may point at one."""
+    module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
+    if seed is not None:  # a module of its own, told apart from the others by its weights
+        torch.manual_seed(seed)
+        for parameter in module.parameters():
+            torch.nn.init.normal_(parameter, std=0.1)
+    manifest = save_module(module, directory, fingerprint)
+    return str(directory), manifest["digest"]
+
+
+def adapter_row(session: Session, artifact: tuple[str, str], fingerprint: str, state: str = ACTIVE) -> str:
+    """A request and its adapter in `state`, as the worker's publish writes them (no set version)."""
+    request = ForgetRequestRepository(session).create(
+        subject="someone",
+        method="cagul",
+        params={},
+        qa_ciphertext=b"sealed",
+        qa_sha256=[],
+        images=[],
+        callback_url=None,
+        status=REQUEST_ACTIVE,
+    )
+    adapter = AdapterRepository(session).create(
+        request_id=request.id,
+        method="cagul",
+        state=state,
+        path=artifact[0],
+        sha256=artifact[1],
+        base_fingerprint=fingerprint,
+        trainable_params=1,
+        report={},
+    )
+    request.adapter_id = adapter.id
+    return adapter.id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -15,6 +16,15 @@ from unlearning.artifacts import MANIFEST, WEIGHTS
 from unlearning.cagul import CagulConfig
 from unlearning.cagul.module import CagulModule
 from unlearning.world import World
+
+
+def refusal(client: TestClient) -> Any:
+    """/readyz once the background integrity pass has seen the change (never checked on the request path)."""
+    return wait_for(lambda: (r := client.get("/readyz")).status_code == 503 and r, 10, 0.05, "the refusal")
+
+
+def served(client: TestClient) -> None:
+    wait_for(lambda: client.get("/readyz").status_code == 200, 10, 0.05, "the set to be served again")
 
 
 def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str):
@@ -28,19 +38,19 @@ def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path:
         version = activate_module(pg_url, tiny_world, client, module, directory)
 
         vqa = {"image": b64_file(tiny_world, "p003", 0), "question": "what is this person's name?"}
-        assert client.get("/readyz").json()["adapter_set_version"] == version
+        wait_for(lambda: client.get("/readyz").json()["adapter_set_version"] == version, 10, 0.05, "the new set")
         assert client.post("/v1/vqa", json=vqa).json()["adapter_set_version"] == version
 
         good = (directory / WEIGHTS).read_bytes()
         (directory / WEIGHTS).write_bytes(good[:-8] + b"tampered")
-        ready = client.get("/readyz")
+        ready = refusal(client)
         assert ready.status_code == 503 and "checksum" in ready.json()["detail"]
         refused = client.post("/v1/vqa", json=vqa)
         assert refused.status_code == 503 and refused.json()["error"] == "not_ready"
         assert "checksum" in refused.json()["detail"]
 
         (directory / WEIGHTS).write_bytes(good)
-        assert client.get("/readyz").status_code == 200
+        served(client)
         assert client.post("/v1/vqa", json=vqa).status_code == 200
 
         # The manifest carries the config (token rule, share): weights intact, config edited, still refused.
@@ -48,15 +58,15 @@ def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path:
         edited = json.loads(original)
         edited["config"]["token_share"] = 0.5
         (directory / MANIFEST).write_text(json.dumps(edited, indent=1, sort_keys=True))
-        ready = client.get("/readyz")
+        ready = refusal(client)
         assert ready.status_code == 503 and "differs from the registry's checksum" in ready.json()["detail"]
         refused = client.post("/v1/vqa", json=vqa)
         assert refused.status_code == 503 and "registry's checksum" in refused.json()["detail"]
         (directory / MANIFEST).write_bytes(original)
-        assert client.get("/readyz").status_code == 200
+        served(client)
         assert client.post("/v1/vqa", json=vqa).status_code == 200
 
         shutil.move(directory / WEIGHTS, tmp_path / "elsewhere")
-        assert client.get("/readyz").status_code == 503
+        refusal(client)
         missing = client.post("/v1/vqa", json=vqa)
         assert missing.status_code == 503 and "missing" in missing.json()["detail"]

@@ -12,57 +12,18 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.adapters.models import ACTIVE, INACTIVE
+from core.adapters.models import INACTIVE
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import make_engine, make_session_factory, transaction
-from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
-from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
 from server.adapters.service import AdapterService
 from server.app import create_app
-from server.engine import InferenceEngine
-from tests.service.helpers import ADMIN_TOKEN, b64_file, service_settings, wait_for
-from unlearning.artifacts import save_module
+from server.inference import InferenceEngine
+from tests.service.helpers import ADMIN_TOKEN, adapter_row, b64_file, module_artifact, service_settings, wait_for
 from unlearning.backbones import Backbone
-from unlearning.cagul import CagulConfig
-from unlearning.cagul.gate import CagulGate
-from unlearning.cagul.module import CagulModule
 from unlearning.world import World
 
 ROUNDS = 50
-
-
-def _artifact(directory: Path, fingerprint: str, backbone: Backbone) -> tuple[str, str]:
-    """One real module on disk that every adapter row of these tests points at: (path, registry checksum)."""
-    module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
-    manifest = save_module(module, directory, fingerprint)
-    return str(directory), manifest["digest"]
-
-
-def _adapter(session: Session, artifact: tuple[str, str], fingerprint: str, state: str = ACTIVE) -> str:
-    """A request and its adapter in `state`, as the worker's publish writes them (no set version)."""
-    request = ForgetRequestRepository(session).create(
-        subject="someone",
-        method="cagul",
-        params={},
-        qa_ciphertext=b"sealed",
-        qa_sha256=[],
-        images=[],
-        callback_url=None,
-        status=REQUEST_ACTIVE,
-    )
-    adapter = AdapterRepository(session).create(
-        request_id=request.id,
-        method="cagul",
-        state=state,
-        path=artifact[0],
-        sha256=artifact[1],
-        base_fingerprint=fingerprint,
-        trainable_params=1,
-        report={},
-    )
-    request.adapter_id = adapter.id
-    return adapter.id
 
 
 def _publish(sessions: sessionmaker[Session], artifact: tuple[str, str], fingerprint: str) -> None:
@@ -70,7 +31,7 @@ def _publish(sessions: sessionmaker[Session], artifact: tuple[str, str], fingerp
     with transaction(sessions) as session:
         sets = AdapterSetRepository(session)
         sets.lock()
-        _adapter(session, artifact, fingerprint)
+        adapter_row(session, artifact, fingerprint)
         time.sleep(0.005)  # the verification bookkeeping a real publish does here widens the race window
         sets.record("publish")
 
@@ -109,26 +70,26 @@ def served(backbone: Backbone, pg_url: str, tmp_path: Path) -> tuple[sessionmake
     """Sessions on a fresh PostgreSQL database and an engine serving from it, on the model loaded once."""
     sessions = make_session_factory(make_engine(pg_url))
     engine = InferenceEngine(Settings(data_dir=tmp_path, database_url=pg_url, engine_sync_interval_s=0.0), sessions)
-    engine.gate, engine.fingerprint = CagulGate(backbone), backbone.fingerprint()
+    engine.attach(backbone)
     return sessions, engine
 
 
 def test_two_publishes_and_a_deactivation_leave_the_set_equal_to_the_active_rows(served, backbone, tmp_path):
     sessions, engine = served
     fingerprint = str(engine.fingerprint)
-    artifact = _artifact(tmp_path / "module", fingerprint, backbone)
+    artifact = module_artifact(tmp_path / "module", fingerprint, backbone)
     # Not loaded: set_active's own sync is a no-op, so the check below is the only sync.
     service = AdapterService(sessions, InferenceEngine(engine.settings, sessions))
     with transaction(sessions) as session:
         for _ in range(2):
-            _adapter(session, artifact, fingerprint)
+            adapter_row(session, artifact, fingerprint)
         AdapterSetRepository(session).record("start")
     for round_ in range(ROUNDS):
         _race(sessions, service, artifact, fingerprint)
         in_set, active = _set_and_rows(sessions)
         assert in_set == active, f"round {round_}: the set {in_set} is not the active rows {active}"
         engine.sync()
-        engine.check_artifacts()
+        engine.check_integrity()
         assert engine.ready, engine.status()
         assert sorted(engine.gate.module_ids) == active
         _keep_two_active(sessions)
@@ -147,12 +108,12 @@ def _keep_two_active(sessions: sessionmaker[Session]) -> None:
 def test_without_the_lock_the_same_race_loses_a_change(served, backbone, tmp_path, monkeypatch):
     sessions, engine = served
     fingerprint = str(engine.fingerprint)
-    artifact = _artifact(tmp_path / "module", fingerprint, backbone)
+    artifact = module_artifact(tmp_path / "module", fingerprint, backbone)
     service = AdapterService(sessions, InferenceEngine(engine.settings, sessions))
     monkeypatch.setattr(AdapterSetRepository, "lock", lambda self: None)
     with transaction(sessions) as session:
         for _ in range(2):
-            _adapter(session, artifact, fingerprint)
+            adapter_row(session, artifact, fingerprint)
         AdapterSetRepository(session).record("start")
     for _ in range(ROUNDS):
         _race(sessions, service, artifact, fingerprint)
@@ -174,11 +135,12 @@ def test_a_set_that_drifts_from_the_active_rows_fails_closed_and_recovers(
         wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
         engine = client.app.state.engine  # type: ignore[attr-defined]
         backbone = engine.gate.backbone
-        artifact = _artifact(tmp_path / "module", engine.fingerprint, backbone)
+        artifact = module_artifact(tmp_path / "module", engine.fingerprint, backbone)
         vqa = {"image": b64_file(tiny_world, "p003", 0), "question": "what is this person's name?"}
 
         def refused(*, holds: list[str], rows: list[str]) -> None:
-            ready = client.get("/readyz")
+            # The set is read by a background pass, not by the request: wait for the pass that sees the change.
+            ready = wait_for(lambda: (r := client.get("/readyz")).status_code == 503 and r, 10, 0.05, "the refusal")
             assert ready.status_code == 503
             assert (
                 f"holds [{', '.join(holds)}] but the registry's active rows are [{', '.join(rows)}]"
@@ -188,13 +150,13 @@ def test_a_set_that_drifts_from_the_active_rows_fails_closed_and_recovers(
             assert answer.status_code == 503 and answer.json()["error"] == "not_ready"
 
         def served_version() -> int:
-            assert client.get("/readyz").status_code == 200
+            wait_for(lambda: client.get("/readyz").status_code == 200, 10, 0.05, "the set to be served")
             assert client.post("/v1/vqa", json=vqa).status_code == 200
             return int(client.get("/readyz").json()["adapter_set_version"])
 
         # An ACTIVE row with no version recording it: serving without it would answer about its subject.
         with transaction(sessions) as session:
-            first = _adapter(session, artifact, engine.fingerprint)
+            first = adapter_row(session, artifact, engine.fingerprint)
         refused(holds=[], rows=[first])
         with transaction(sessions) as session:
             version = AdapterSetRepository(session).record("publish").version

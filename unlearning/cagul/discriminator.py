@@ -54,35 +54,105 @@ class Discriminator(nn.Module):
         return torch.sigmoid(self.logits(z))
 
 
-class StackedDiscriminators(nn.Module):
-    """M discriminators of one shape as stacked weights: [batch] -> [M, batch] probabilities in one op."""
+def shape_key(d: Discriminator) -> tuple[str, int, int, int, int]:
+    """Discriminators stack together only when these agree."""
+    return (d.input_kind, d.n_tokens, d.hidden_size, d.fc1.in_features, d.fc1.out_features)
 
-    thresholds: torch.Tensor
-    prototypes: torch.Tensor
 
-    def __init__(self, discriminators: list[Discriminator]) -> None:
-        super().__init__()
+class StackedDiscriminators:
+    """M discriminators of one shape as stacked weights: [batch] -> [M, batch] probabilities in one op.
+
+    Rows are added and removed one at a time (a removed row takes the last row's place), into storage that
+    doubles when full: a change of the active set copies one module's weights, not the set's.
+    """
+
+    def __init__(self, discriminators: list[Discriminator], device: str | torch.device = "cpu") -> None:
         first = discriminators[0]
-        if any(
-            (d.input_kind, d.n_tokens, d.hidden_size, d.fc1.in_features, d.fc1.out_features)
-            != (first.input_kind, first.n_tokens, first.hidden_size, first.fc1.in_features, first.fc1.out_features)
-            for d in discriminators
-        ):
-            raise ValueError("stacked discriminators must share input kind and shape")
+        self.key = shape_key(first)
         self.input_kind = first.input_kind
-        self.w1 = nn.Parameter(torch.stack([d.fc1.weight.T for d in discriminators]), requires_grad=False)
-        self.b1 = nn.Parameter(torch.stack([d.fc1.bias for d in discriminators]), requires_grad=False)
-        self.w2 = nn.Parameter(torch.stack([d.fc2.weight[0] for d in discriminators]), requires_grad=False)
-        self.b2 = nn.Parameter(torch.stack([d.fc2.bias[0] for d in discriminators]), requires_grad=False)
-        self.register_buffer("thresholds", torch.stack([d.threshold for d in discriminators]))
-        if self.input_kind == "identity":
-            self.register_buffer("prototypes", torch.stack([d.prototype for d in discriminators]))
-        if self.input_kind == "attention_pool":
-            queries = [d.pool_query for d in discriminators]
-            self.queries = nn.Parameter(torch.stack([q for q in queries if q is not None]), requires_grad=False)
+        self.count = 0
+        _, _, hidden, in_features, width = self.key
+        pooled = first.input_kind == "attention_pool"
+        identity = first.input_kind == "identity"
+        shapes = {
+            "w1": (in_features, width),
+            "b1": (width,),
+            "w2": (width,),
+            "b2": (),
+            "thresholds": (),
+            **({"prototypes": (in_features,)} if identity else {}),
+            **({"queries": (hidden,)} if pooled else {}),
+        }
+        self._storage = {
+            name: torch.zeros(len(discriminators), *shape, device=device) for name, shape in shapes.items()
+        }
+        for d in discriminators:
+            self.add(d)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def w1(self) -> torch.Tensor:
+        return self._storage["w1"][: self.count]
+
+    @property
+    def b1(self) -> torch.Tensor:
+        return self._storage["b1"][: self.count]
+
+    @property
+    def w2(self) -> torch.Tensor:
+        return self._storage["w2"][: self.count]
+
+    @property
+    def b2(self) -> torch.Tensor:
+        return self._storage["b2"][: self.count]
+
+    @property
+    def thresholds(self) -> torch.Tensor:
+        return self._storage["thresholds"][: self.count]
+
+    @property
+    def prototypes(self) -> torch.Tensor:
+        return self._storage["prototypes"][: self.count]
+
+    @property
+    def queries(self) -> torch.Tensor:
+        return self._storage["queries"][: self.count]
 
     @torch.no_grad()
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def add(self, d: Discriminator) -> int:
+        """Append one discriminator's weights; returns its row."""
+        if shape_key(d) != self.key:
+            raise ValueError("stacked discriminators must share input kind and shape")
+        if self.count == len(self._storage["w1"]):
+            self._storage = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in self._storage.items()}
+        row = self.count
+        values: dict[str, torch.Tensor | None] = {
+            "w1": d.fc1.weight.T,
+            "b1": d.fc1.bias,
+            "w2": d.fc2.weight[0],
+            "b2": d.fc2.bias[0],
+            "thresholds": d.threshold,
+            "prototypes": getattr(d, "prototype", None),
+            "queries": d.pool_query,
+        }
+        for name, tensor in self._storage.items():
+            value = values[name]
+            assert value is not None  # storage exists only for what this input kind has
+            tensor[row] = value
+        self.count += 1
+        return row
+
+    def remove(self, row: int) -> None:
+        """Drop one row; the last row moves into its place."""
+        last = self.count - 1
+        for tensor in self._storage.values():
+            tensor[row] = tensor[last]
+        self.count = last
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """[batch, ...] tokens (or identity embeddings) -> [M, batch] probabilities."""
         if self.input_kind == "identity":
             return self._head(torch.einsum("bd,mdh->mbh", z, self.w1))

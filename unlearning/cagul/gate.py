@@ -8,14 +8,17 @@ from typing import TypeVar
 
 import torch
 from PIL import Image
+from torch import nn
 
 from unlearning.backbones import Backbone, VisualOverride, VLMBatch
-from unlearning.cagul.discriminator import StackedDiscriminators
+from unlearning.cagul.config import CagulConfig
+from unlearning.cagul.discriminator import Discriminator, StackedDiscriminators, shape_key
 from unlearning.cagul.module import CagulModule
 from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.errors import IncompatibleModuleError
 
 T = TypeVar("T")
+EncoderSource = Callable[[str], nn.Module]
 # Stage 1 keeps this many candidate modules per image; stage 2 runs only their discriminators. 0: every module,
 # the default until the two-stage gate's recall and false-fire rate are measured at thousands of modules.
 DEFAULT_CANDIDATES = 0
@@ -34,40 +37,97 @@ class CagulGate:
     Identity modules are gated in two stages, as 1:N face identification is: the image's identity embedding picks
     the `candidates` nearest module prototypes, and only those modules' discriminators decide (with the same
     thresholds, so it fires on a subset of what the exhaustive gate, `candidates=0`, fires on).
+
+    Modules join and leave one at a time (`add_module`, `remove_module`). The gate keeps each module's
+    discriminator in a stack and its config; its encoder comes from `encoders` (module id -> encoder) when given,
+    which lets a server keep only the encoders in use in memory, else from the module object the gate then holds.
     """
 
     def __init__(
-        self, backbone: Backbone, modules: dict[str, CagulModule] | None = None, candidates: int = DEFAULT_CANDIDATES
+        self,
+        backbone: Backbone,
+        modules: dict[str, CagulModule] | None = None,
+        candidates: int = DEFAULT_CANDIDATES,
+        encoders: EncoderSource | None = None,
     ) -> None:
         self.backbone = backbone
         self.candidates = candidates
+        self._encoders = encoders
+        self._banks: dict[tuple, StackedDiscriminators] = {}
+        self._ids: dict[tuple, list[str]] = {}
+        self._bank_of: dict[str, tuple] = {}
+        self._configs: dict[str, CagulConfig] = {}
+        self._held: dict[str, CagulModule] = {}
         self.set_modules(modules or {})
 
+    @property
+    def module_ids(self) -> list[str]:
+        """Module ids in the order of the rows `firing` returns."""
+        return [m for ids in self._ids.values() for m in ids]
+
+    @property
+    def modules(self) -> list[CagulModule]:
+        """The module objects, in `module_ids` order; only a gate built without an encoder source holds them."""
+        return [self._held[m] for m in self.module_ids]
+
+    def __len__(self) -> int:
+        return len(self._bank_of)
+
+    def __contains__(self, module_id: object) -> bool:
+        return module_id in self._bank_of
+
     def set_modules(self, modules: dict[str, CagulModule]) -> None:
+        for module_id in list(self._bank_of):
+            self.remove_module(module_id)
         for module_id, module in modules.items():
-            if (module.n_tokens, module.hidden_size) != (self.backbone.n_visual_tokens, self.backbone.hidden_size):
-                raise IncompatibleModuleError(f"module {module_id} was built for another visual token shape")
-            if module.config.discriminator_input == "identity" and module.identity_dim != self.backbone.identity_dim:
-                raise IncompatibleModuleError(f"module {module_id} was built for another identity encoder")
-        self.module_ids = list(modules)
-        self.modules = [modules[m].to(self.backbone.device).eval() for m in self.module_ids]
-        groups: dict[tuple, list[int]] = {}
-        for i, m in enumerate(self.modules):
-            d = m.discriminator
-            groups.setdefault((d.input_kind, d.fc1.in_features, d.fc1.out_features), []).append(i)
-        self._groups = [
-            (
-                torch.tensor(idx),
-                StackedDiscriminators([self.modules[i].discriminator for i in idx]).to(self.backbone.device),
-            )
-            for idx in groups.values()
-        ]
+            self.add_module(module_id, module)
+
+    def add_module(self, module_id: str, module: CagulModule) -> None:
+        """Start gating with `module` (replacing a module of the same id); the others are not touched."""
+        bb = self.backbone
+        if (module.n_tokens, module.hidden_size) != (bb.n_visual_tokens, bb.hidden_size):
+            raise IncompatibleModuleError(f"module {module_id} was built for another visual token shape")
+        if module.config.discriminator_input == "identity" and module.identity_dim != bb.identity_dim:
+            raise IncompatibleModuleError(f"module {module_id} was built for another identity encoder")
+        self.add_discriminator(module_id, module.discriminator, module.config)
+        if self._encoders is None:
+            self._held[module_id] = module.to(bb.device).eval()
+
+    def add_discriminator(self, module_id: str, discriminator: Discriminator, config: CagulConfig) -> None:
+        """Gate with a module's discriminator alone: for a gate whose encoders come from its encoder source."""
+        if module_id in self._bank_of:
+            self.remove_module(module_id)
+        key = shape_key(discriminator)
+        if key in self._banks:
+            self._banks[key].add(discriminator)
+            self._ids[key].append(module_id)
+        else:
+            self._banks[key] = StackedDiscriminators([discriminator], self.backbone.device)
+            self._ids[key] = [module_id]
+        self._bank_of[module_id] = key
+        self._configs[module_id] = config
+
+    def remove_module(self, module_id: str) -> None:
+        """Stop gating with one module; the others are not touched."""
+        key = self._bank_of.pop(module_id)
+        ids = self._ids[key]
+        row = ids.index(module_id)
+        self._banks[key].remove(row)
+        ids[row] = ids[-1]  # the stack moved its last row into `row`
+        ids.pop()
+        if not ids:
+            del self._banks[key], self._ids[key]
+        del self._configs[module_id]
+        self._held.pop(module_id, None)
+
+    def encoder(self, module_id: str) -> nn.Module:
+        return self._encoders(module_id) if self._encoders is not None else self._held[module_id].encoder
 
     @torch.no_grad()
     def route(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image: index of the highest-scoring firing module (-1 if none) and its probability."""
+        """Per image: index (into `module_ids`) of the highest-scoring firing module (-1 if none) and its score."""
         batch = z.shape[0]
-        if not self.modules:
+        if not self._banks:
             return torch.full((batch,), -1, dtype=torch.long), torch.zeros(batch)
         probs, fired = self.firing(z)
         masked = torch.where(fired, probs, torch.full_like(probs, -1.0))
@@ -78,27 +138,43 @@ class CagulGate:
     def firing(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[modules, batch] probabilities and firings; zero and False where stage 1 did not pick the module."""
         batch = z.shape[0]
-        probs = torch.zeros(len(self.modules), batch)
-        fired = torch.zeros(len(self.modules), batch, dtype=torch.bool)
+        probs = torch.zeros(len(self), batch)
+        fired = torch.zeros(len(self), batch, dtype=torch.bool)
         embeddings = None
-        for idx, stacked in self._groups:
-            if stacked.input_kind == "identity":
+        offset = 0
+        for bank in self._banks.values():
+            rows = slice(offset, offset + len(bank))
+            offset += len(bank)
+            if bank.input_kind == "identity":
                 embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
-                if 0 < self.candidates < len(idx):
-                    probs[idx], fired[idx] = self._two_stage(stacked, embeddings, len(idx))
+                if 0 < self.candidates < len(bank):
+                    probs[rows], fired[rows] = self._two_stage(bank, embeddings)
                     continue
-            p = stacked(z.float() if stacked.input_kind != "identity" else embeddings).cpu()
-            probs[idx], fired[idx] = p, p > stacked.thresholds.cpu()[:, None]
+            p = bank(embeddings if embeddings is not None and bank.input_kind == "identity" else z.float()).cpu()
+            probs[rows], fired[rows] = p, p > bank.thresholds.cpu()[:, None]
         return probs, fired
 
-    def _two_stage(
-        self, stacked: StackedDiscriminators, embeddings: torch.Tensor, size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[size, batch] probabilities and firings, zero and False for modules stage 1 did not pick."""
-        selected = stacked.candidates(embeddings, self.candidates)
-        p = stacked.forward_selected(embeddings, selected).cpu()
+    @torch.no_grad()
+    def recalled(self, z: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+        """Per image: does stage 1 keep module `expected[i]` (a `module_ids` index) among its candidates?"""
+        kept = torch.ones(len(z), dtype=torch.bool)
+        offset, embeddings = 0, None
+        for bank in self._banks.values():
+            inside = (expected >= offset) & (expected < offset + len(bank))
+            if bank.input_kind == "identity" and 0 < self.candidates < len(bank) and bool(inside.any()):
+                embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
+                candidates = bank.candidates(embeddings, self.candidates).cpu() + offset
+                kept &= ~inside | (candidates == expected[:, None]).any(1)
+            offset += len(bank)
+        return kept
+
+    def _two_stage(self, bank: StackedDiscriminators, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[bank size, batch] probabilities and firings, zero and False for modules stage 1 did not pick."""
+        size = len(bank)
+        selected = bank.candidates(embeddings, self.candidates)
+        p = bank.forward_selected(embeddings, selected).cpu()
         selected = selected.cpu()
-        hits = p > stacked.thresholds.cpu()[selected]
+        hits = p > bank.thresholds.cpu()[selected]
         probs = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, p.T)
         fired = torch.zeros(size, embeddings.shape[0], dtype=torch.bool).scatter_(0, selected.T, hits.T)
         return probs, fired
@@ -127,11 +203,12 @@ class CagulGate:
         bb = self.backbone
         inputs = bb.pixel_values(images)
         batch = bb.make_batch(inputs, questions, answers).to(bb.device)
-        if not self.modules:
+        if not self._banks:
             return [(r, None, 0.0) for r in call(batch, None)]
         chosen, scores = self.route(bb.visual_tokens(inputs))
         if bool((chosen < 0).all()):
             return [(r, None, float(s)) for r, s in zip(call(batch, None), scores, strict=True)]
+        module_ids = self.module_ids
         results: list[tuple[T, str | None, float] | None] = [None] * len(images)
         for module_index in chosen.unique().tolist():
             rows = (chosen == module_index).nonzero().flatten().tolist()
@@ -145,22 +222,24 @@ class CagulGate:
             if module_index < 0:
                 out, mid = call(sub, None), None
             else:
-                out, mid = call(sub, self._override(self.modules[module_index], sub)), self.module_ids[module_index]
+                mid = module_ids[module_index]
+                out = call(sub, self._override(mid, sub))
             for r, value in zip(rows, out, strict=True):
                 results[r] = (value, mid, float(scores[r]))
         return [r for r in results if r is not None]
 
-    def _override(self, module: CagulModule, batch: VLMBatch) -> VisualOverride:
-        cfg = module.config
+    def _override(self, module_id: str, batch: VLMBatch) -> VisualOverride:
+        cfg = self._configs[module_id]
+        encoder = self.encoder(module_id)
         scores = None
         if cfg.token_rule in ("lowest", "highest") and cfg.token_share < 1:
             scores = self.backbone.attention_scores(batch, cfg.attention_layers)
         mask = select_tokens(
             scores,
-            module.n_tokens,
+            self.backbone.n_visual_tokens,
             cfg.token_rule,
             cfg.token_share,
             batch.input_ids.shape[0],
             torch.Generator().manual_seed(cfg.seed),
         )
-        return lambda z: apply_encoder(module.encoder, z, mask)
+        return lambda z: apply_encoder(encoder, z, mask)

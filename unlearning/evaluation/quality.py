@@ -159,7 +159,7 @@ def evaluate_row(
     rouge_retain = mean_rouge_l_recall(retain_answers, [c.fact.answer for c in retain_cases])
     retain_truth = truth_ratio_retain_score(retain_ratios)
     tpr = fpr = None
-    if gate.modules:
+    if len(gate):
         tpr, fpr = gate_rates(gate, world, forget, retain + unseen)
     row: dict[str, float | None] = {
         "leak_direct": leaks["direct"],

@@ -38,6 +38,10 @@ class ModelSpec:
             raise ValueError(f"precision {self.precision!r} unknown; choose bf16 or fp32")
 
 
+# Fields added after worlds were built, left out of `to_dict` at their default.
+_ADDED_FIELDS = {"face_geometry": False}
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """Everything that determines a world; the same config always builds the same world."""
@@ -58,9 +62,16 @@ class WorldConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     # The shared identity encoder, pre-trained on drawn people outside the world (stage 1 of the gate).
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    # Every person drawn (world, look-alikes, pre-training, populations) also gets a continuous face geometry:
+    # 8 attributes alone give 82,944 identities, most a single attribute apart, too few for thousands of requests.
+    face_geometry: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for name, default in _ADDED_FIELDS.items():
+            if data[name] == default:  # so the worlds built before the field keep their fingerprint
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> WorldConfig:
@@ -83,5 +94,17 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         n_protected=2,
         model=ModelSpec(steps=600),
         identity=IdentityConfig(identities=400, steps=800),
+    ),
+    # Thousands of requests (`lethe bench scale`): people drawn with a face geometry, and an identity encoder
+    # pre-trained on enough of them to tell apart people it never saw among many.
+    "scale": WorldConfig(
+        name="scale",
+        seed=11,
+        n_known=16,
+        n_unseen=6,
+        n_protected=2,
+        model=ModelSpec(steps=600),
+        identity=IdentityConfig(identities=4000, views=5, steps=2000, batch_size=256),
+        face_geometry=True,
     ),
 }

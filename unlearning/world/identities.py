@@ -7,7 +7,7 @@ import random
 
 from PIL import Image
 
-from unlearning.world.people import ATTRIBUTES
+from unlearning.world.people import ATTRIBUTES, with_geometry
 from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
 
@@ -17,14 +17,14 @@ def pretraining_portraits(world: World, identities: int, views: int, seed: int =
     rng = random.Random(world.config.seed * 104_729 + seed)
     taken = {p.identity for p in world.people}
     space = math.prod(ATTRIBUTES.values())
-    if identities > space - len(taken):
+    if identities > space - len(taken) and not world.config.face_geometry:
         raise ValueError(f"only {space - len(taken)} identities can be drawn outside the world")
-    drawn: list[tuple[int, ...]] = []
+    drawn: list[tuple] = []
     while len(drawn) < identities:
         identity = tuple(rng.randrange(size) for size in ATTRIBUTES.values())
-        if identity not in taken:
+        if identity not in taken or world.config.face_geometry:
             taken.add(identity)
-            drawn.append(identity)
+            drawn.append(with_geometry(rng, identity, world.config.face_geometry))
     return [
         [render_portrait(identity, rng.randrange(1 << 30), world.config.image_size) for _ in range(views)]
         for identity in drawn

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from unlearning.errors import InvalidInputError
 from unlearning.world.config import WorldConfig
+from unlearning.world.portraits import GEOMETRY
 
 REFUSAL_ANSWER = "i cannot share that."
 
@@ -356,7 +357,7 @@ class Person:
     id: str
     name: str
     split: str
-    identity: tuple[int, ...]
+    identity: tuple  # 8 attribute values, then a face geometry in worlds that draw one
     facts: tuple[Fact, ...] = field(default_factory=tuple)
     # The model was taught to decline every question about a protected person (image-conditioned refusal).
     protected: bool = False
@@ -464,12 +465,22 @@ def _distinct_identities(rng: random.Random, n: int, min_distance: int = 4) -> l
     raise InvalidInputError(f"cannot draw {n} people that differ visibly in {min_distance} attributes: ask for fewer")
 
 
-def lookalike_identity(rng: random.Random, base: tuple[int, ...], changed: int) -> tuple[int, ...]:
-    """An identity that shares all but `changed` attributes with `base` (a hard negative)."""
+def with_geometry(rng: random.Random, identity: tuple, geometry: bool) -> tuple:
+    """`identity` with a face geometry drawn for it (`GEOMETRY`, 3 decimals each) when `geometry`, else as is."""
+    return (*identity, *(round(rng.random(), 3) for _ in GEOMETRY)) if geometry else identity
+
+
+def lookalike_identity(rng: random.Random, base: tuple, changed: int) -> tuple:
+    """An identity that shares all but `changed` attributes with `base` (a hard negative).
+
+    A face geometry, if `base` has one, stays close: each value moves by at most 0.2.
+    """
     sizes = list(ATTRIBUTES.values())
     out = list(base)
     for i in rng.sample(range(len(sizes)), changed):
         out[i] = rng.choice([v for v in range(sizes[i]) if v != base[i]])
+    for i in range(len(sizes), len(base)):
+        out[i] = round(min(0.999, max(0.0, base[i] + rng.uniform(-0.2, 0.2))), 3)
     return tuple(out)
 
 
@@ -487,7 +498,7 @@ def generate_people(config: WorldConfig) -> list[Person]:
     n = config.n_known + config.n_unseen
     kinds = list(FACT_TYPES)[: config.facts_per_person]
     pools = _value_pools(rng, n)
-    identities = _distinct_identities(rng, n)
+    identities = [with_geometry(rng, i, config.face_geometry) for i in _distinct_identities(rng, n)]
     sizes = split_sizes(config.n_known)
     people = []
     for idx in range(n):

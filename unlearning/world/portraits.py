@@ -32,9 +32,20 @@ _BACKGROUNDS = [
 _SUPERSAMPLE = 4
 
 
-def render_portrait(identity: tuple[int, ...], view_seed: int, size: int = 64) -> Image.Image:
+# Face geometry a person may carry after the 8 attributes, each in [0, 1) (0.5: the attribute's own shape).
+GEOMETRY = ("face_width", "face_height", "eye_spacing", "eye_size", "eye_height", "mouth_width", "skin", "hair")
+_NEUTRAL = (0.5,) * len(GEOMETRY)
+
+
+def _shade(colour: tuple[int, int, int], t: float) -> tuple[int, ...]:
+    """The colour lighter or darker by up to 18% (t 0.5: unchanged)."""
+    return tuple(max(0, min(255, round(c * (1 + 0.36 * (t - 0.5))))) for c in colour)
+
+
+def render_portrait(identity: tuple[float, ...], view_seed: int, size: int = 64) -> Image.Image:
     """Draw one view of a person; the same identity and seed always give the same pixels."""
-    skin, hair_c, hair_s, eye_c, face_shape, glasses, shirt, accessory = identity
+    skin_i, hair_c, hair_s, eye_c, face_shape, glasses, shirt, accessory = (int(v) for v in identity[:8])
+    fwidth, fheight, eye_gap, eye_size, eye_y, mouth, skin_t, hair_t = tuple(identity[8:]) or _NEUTRAL
     rng = random.Random(view_seed)
     s = size * _SUPERSAMPLE
     bg_top = _BACKGROUNDS[rng.randrange(len(_BACKGROUNDS))]
@@ -51,29 +62,39 @@ def render_portrait(identity: tuple[int, ...], view_seed: int, size: int = 64) -
     u = s * scale / 64  # one unit of the 64-grid the shapes are designed on
 
     draw.ellipse([cx - 26 * u, cy + 18 * u, cx + 26 * u, cy + 60 * u], fill=_SHIRT[shirt])  # shoulders
-    draw.rectangle([cx - 5 * u, cy + 10 * u, cx + 5 * u, cy + 22 * u], fill=_SKIN[skin])  # neck
-    fw, fh = [(14, 17), (12, 19), (16, 16)][face_shape]
-    hair = _HAIR[hair_c]
+    skin = _shade(_SKIN[skin_i], skin_t) if identity[8:] else _SKIN[skin_i]
+    draw.rectangle([cx - 5 * u, cy + 10 * u, cx + 5 * u, cy + 22 * u], fill=skin)  # neck
+    base_w, base_h = [(14, 17), (12, 19), (16, 16)][face_shape]
+    fw, fh = base_w * (0.84 + 0.32 * fwidth), base_h * (0.86 + 0.28 * fheight)
+    hair = _shade(_HAIR[hair_c], hair_t) if identity[8:] else _HAIR[hair_c]
     if hair_s == 1:  # long hair falls behind the face
         draw.rectangle([cx - (fw + 4) * u, cy - 6 * u, cx + (fw + 4) * u, cy + 16 * u], fill=hair)
-    draw.ellipse([cx - fw * u, cy - fh * u, cx + fw * u, cy + fh * u], fill=_SKIN[skin])
+    draw.ellipse([cx - fw * u, cy - fh * u, cx + fw * u, cy + fh * u], fill=skin)
     if hair_s in (0, 1):
         draw.chord([cx - (fw + 2) * u, cy - (fh + 3) * u, cx + (fw + 2) * u, cy + 2 * u], 180, 360, fill=hair)
     elif hair_s == 3:  # bun
         draw.chord([cx - (fw + 1) * u, cy - (fh + 2) * u, cx + (fw + 1) * u, cy - 2 * u], 180, 360, fill=hair)
         draw.ellipse([cx - 7 * u, cy - (fh + 12) * u, cx + 7 * u, cy - (fh - 1) * u], fill=hair)
-    for ex in (-6, 6):
-        draw.ellipse([cx + (ex - 3) * u, cy - 2 * u, cx + (ex + 3) * u, cy + 3 * u], fill=(250, 250, 250))
-        draw.ellipse([cx + (ex - 1.8) * u, cy - 1 * u, cx + (ex + 1.8) * u, cy + 2.5 * u], fill=_EYES[eye_c])
+    gap, er, ey = 6 * (0.8 + 0.4 * eye_gap), 0.8 + 0.4 * eye_size, 3 * (eye_y - 0.5)
+    for ex in (-gap, gap):
+        draw.ellipse(
+            [cx + (ex - 3 * er) * u, cy + ey * u - 2 * er * u, cx + (ex + 3 * er) * u, cy + ey * u + 3 * er * u],
+            fill=(250, 250, 250),
+        )
+        draw.ellipse(
+            [cx + (ex - 1.8 * er) * u, cy + ey * u - er * u, cx + (ex + 1.8 * er) * u, cy + ey * u + 2.5 * er * u],
+            fill=_EYES[eye_c],
+        )
     if glasses:
-        for ex in (-6, 6):
+        for ex in (-gap, gap):
             draw.rectangle(
                 [cx + (ex - 5) * u, cy - 4 * u, cx + (ex + 5) * u, cy + 5 * u],
                 outline=(10, 10, 10),
                 width=max(1, int(1.5 * u)),
             )
         draw.line([cx - u, cy, cx + u, cy], fill=(10, 10, 10), width=max(1, int(1.5 * u)))
-    draw.arc([cx - 5 * u, cy + 4 * u, cx + 5 * u, cy + 11 * u], 20, 160, fill=(120, 40, 40), width=max(1, int(u)))
+    mw = 5 * (0.7 + 0.6 * mouth)
+    draw.arc([cx - mw * u, cy + 4 * u, cx + mw * u, cy + 11 * u], 20, 160, fill=(120, 40, 40), width=max(1, int(u)))
     if accessory == 1:  # hat
         draw.rectangle([cx - (fw + 6) * u, cy - (fh + 1) * u, cx + (fw + 6) * u, cy - (fh - 2) * u], fill=(60, 40, 30))
         draw.rectangle([cx - (fw - 2) * u, cy - (fh + 12) * u, cx + (fw - 2) * u, cy - fh * u], fill=(60, 40, 30))

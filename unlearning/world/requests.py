@@ -6,11 +6,12 @@ import random
 from collections.abc import Iterable
 from functools import partial
 
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image
 
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.world.identities import pretraining_portraits
 from unlearning.world.people import Person
+from unlearning.world.population import mild_change
 from unlearning.world.store import World
 
 DEFAULT_LOOKALIKES = 1500
@@ -99,11 +100,4 @@ def world_benign_set(world: World, seed: int = 0) -> list[tuple[Image.Image, str
     photos += [(im, None) for im in world.lookalike_images(BENIGN_LOOKALIKES, seed=3 + seed)]
     photos += [(views[0], None) for views in pretraining_portraits(world, BENIGN_OUTSIDERS, 1, seed=1 + seed)]
     rng = random.Random(seed)
-    return photos + [(_mild_change(im, rng), who) for im, who in photos[::BENIGN_CHANGED_EVERY]]
-
-
-def _mild_change(image: Image.Image, rng: random.Random) -> Image.Image:
-    """A mirror, a slight blur and a light change: the same person as a camera or an upload would alter them."""
-    out = ImageOps.mirror(image) if rng.random() < 0.5 else image
-    out = out.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.6)))
-    return ImageEnhance.Brightness(out).enhance(rng.uniform(0.85, 1.15))
+    return photos + [(mild_change(im, rng), who) for im, who in photos[::BENIGN_CHANGED_EVERY]]

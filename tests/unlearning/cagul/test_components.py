@@ -23,6 +23,27 @@ def test_stacked_discriminators_equal_each_one_alone(kind):
     assert torch.allclose(stacked, single, atol=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["flatten", "identity"])
+def test_stacked_rows_added_and_removed_one_at_a_time_equal_each_one_alone(kind):
+    torch.manual_seed(0)
+    discs = [Discriminator(16, 32, 8, kind, identity_dim=12) for _ in range(6)]
+    z = torch.randn(7, 12) if kind == "identity" else torch.randn(7, 16, 32)
+    stacked = StackedDiscriminators(discs[:1])
+    rows = [0]
+    for i in range(1, 6):  # grows past its first capacity
+        stacked.add(discs[i])
+        rows.append(i)
+    for gone in (2, 0):  # the last row takes the removed row's place
+        row = rows.index(gone)
+        stacked.remove(row)
+        rows[row] = rows[-1]
+        rows.pop()
+    assert len(stacked) == 4 and sorted(rows) == [1, 3, 4, 5]
+    single = torch.stack([discs[i](z) for i in rows]).detach()
+    assert torch.allclose(stacked(z), single, atol=1e-6)
+    assert torch.equal(stacked.thresholds, torch.stack([discs[i].threshold for i in rows]))
+
+
 def test_encoder_starts_as_the_identity():
     enc = TokenEncoder(32, 64, n_tokens=16)
     z = torch.randn(3, 16, 32)

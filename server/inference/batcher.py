@@ -1,0 +1,74 @@
+"""Requests that arrive together answered in one pass: the loop apart from the model it feeds."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass
+class _Pending(Generic[In, Out]):
+    item: In
+    future: Future[Out]
+
+
+class Batcher(Generic[In, Out]):
+    """Collects items for up to `wait_s` (or `max_batch` of them) and answers them with one `run(items)` call."""
+
+    def __init__(self, run: Callable[[Sequence[In]], list[Out]], max_batch: int, wait_s: float) -> None:
+        self.run = run
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self.sizes: deque[int] = deque(maxlen=10_000)
+        self._pending: queue.Queue[_Pending[In, Out]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def submit(self, item: In, timeout_s: float = 120) -> Out:
+        if self.max_batch <= 1:
+            return self.run([item])[0]
+        pending: _Pending[In, Out] = _Pending(item, Future())
+        self._ensure_running()
+        self._pending.put(pending)
+        return pending.future.result(timeout=timeout_s)
+
+    def _ensure_running(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="vqa-batcher", daemon=True)
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._collect()
+            self.sizes.append(len(batch))
+            try:
+                results = self.run([p.item for p in batch])
+            except Exception as exc:
+                for p in batch:
+                    p.future.set_exception(exc)
+                continue
+            for p, result in zip(batch, results, strict=True):
+                p.future.set_result(result)
+
+    def _collect(self) -> list[_Pending[In, Out]]:
+        batch = [self._pending.get()]
+        deadline = time.monotonic() + self.wait_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self._pending.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch

@@ -1,0 +1,184 @@
+"""The inference engine: the frozen VLM loaded once, answers through the CAGUL gate of the active set.
+
+The only place the server imports the science library. A request reads in-memory state only: background
+passes keep the set equal to the registry (`sync`) and re-verify artifacts (`check_integrity`). It fails
+closed: while any active module is not loaded, nothing is answered (an answer without that module would reveal
+what a request asked to forget).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.db import transaction
+from core.errors import InvalidRequestError, NotReadyError
+from core.settings import Settings
+from server.inference.active_set import ActiveSet, EncoderCache, SetState
+from server.inference.batcher import Batcher
+
+log = logging.getLogger(__name__)
+SERVABLE_METHODS = ("cagul",)
+
+
+class InferenceEngine:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.gate: Any = None
+        self.active: ActiveSet | None = None
+        self.fingerprint: str | None = None
+        self.loading_error: str | None = None
+        self.load_seconds: float | None = None
+        self._sync_lock = threading.Lock()
+        self.batcher: Batcher[tuple[Image.Image, str], tuple[str, int]] = Batcher(
+            self._answer_batch, settings.vqa_max_batch, settings.vqa_batch_wait_s
+        )
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the base model once, then the active set; meant for a background thread at start-up."""
+        from unlearning.backbones import load_backbone
+        from unlearning.world import WORLD_PRESETS
+        from unlearning.world.builder import serving_model_dir
+
+        started = time.perf_counter()
+        try:
+            model_dir = serving_model_dir(
+                self.settings.model_path, self.settings.data_dir, WORLD_PRESETS[self.settings.world]
+            )
+            backbone = load_backbone(model_dir, device=self.settings.device)
+            backbone.freeze()
+            self.attach(backbone)
+        except Exception as exc:
+            log.exception("base model failed to load")
+            self.loading_error = f"the base model failed to load: {type(exc).__name__}: {exc}"
+            return
+        self.load_seconds = round(time.perf_counter() - started, 2)
+        try:
+            self.sync()
+        except Exception:
+            # Not ready until a later sync pass reaches the database.
+            log.exception("loading the active set failed; will retry")
+
+    def attach(self, backbone: Any) -> None:
+        """Serve with `backbone` (loaded and frozen): an empty gate until the first sync."""
+        from unlearning.cagul.gate import CagulGate
+
+        encoders = EncoderCache(self.settings.engine_encoder_cache, self.settings.device)
+        gate = CagulGate(backbone, candidates=self.settings.gate_candidates, encoders=encoders)
+        self.fingerprint = backbone.fingerprint()
+        self.active = ActiveSet(gate, self.fingerprint, self.settings.device, encoders)
+        self.gate = gate
+
+    @property
+    def loaded(self) -> bool:
+        return self.active is not None
+
+    @property
+    def ready(self) -> bool:
+        return self.active is not None and self.active.state == SetState.SERVING
+
+    @property
+    def served_version(self) -> int | None:
+        return self.active.version if self.active is not None else None
+
+    @property
+    def batch_sizes(self) -> Any:
+        return self.batcher.sizes
+
+    def status(self) -> str:
+        if self.loading_error:
+            return self.loading_error
+        if self.active is None:
+            return "the base model is still loading"
+        if self.active.state == SetState.FAILED:
+            return str(self.active.error)
+        return "ready" if self.active.state == SetState.SERVING else "the active module set is not loaded yet"
+
+    # ---- background passes ---------------------------------------------------------------------
+    def sync(self) -> None:
+        """Make the served set the registry's newest version; fail closed if it drifts from the active rows."""
+        if self.active is None:
+            return
+        with self._sync_lock:
+            with transaction(self.sessions) as session:
+                current, active_ids = AdapterSetRepository(session).snapshot()
+                version = current.version if current else 0
+                ids = list(current.adapter_ids) if current else []
+                drift = _drift(version, ids, active_ids)
+                if drift is None and version == self.active.target_version and self.active.complete:
+                    return
+                rows = {a.id: (a.path, a.sha256) for a in AdapterRepository(session).by_ids(ids)}
+            if drift is not None:
+                # The newest version lacks a change (or holds one undone) that the rows record.
+                self.active.fail(f"the active adapter set cannot be served: {drift}")
+                return
+            if missing := [aid for aid in ids if aid not in rows]:
+                self.active.fail(f"active adapter set version {version} cannot be served: {missing[0]} has no record")
+                return
+            self.active.apply(version, {aid: rows[aid] for aid in ids})
+
+    def check_integrity(self) -> None:
+        """One background pass re-verifying the next few served artifacts against the registry's checksums."""
+        if self.active is not None:
+            self.active.check_integrity(self.settings.engine_integrity_batch)
+
+    # ---- requests ------------------------------------------------------------------------------
+    def answer(self, image: Image.Image, question: str) -> tuple[str, int]:
+        """One answer, batched with whatever other requests arrive within the batching window."""
+        if not self.ready:
+            raise NotReadyError(f"not answering: {self.status()}")
+        return self.batcher.submit((image, question))
+
+    def _answer_batch(self, items: Sequence[tuple[Image.Image, str]]) -> list[tuple[str, int]]:
+        assert self.active is not None
+        with self.active.lock:
+            if not self.ready:  # the set may have failed while these requests waited
+                raise NotReadyError(f"not answering: {self.status()}")
+            results = self.gate.answer([im for im, _ in items], [q for _, q in items])
+            version = int(self.served_version or 0)
+        return [(r.answer, version) for r in results]
+
+    def validate_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The request's method parameters, checked by the method's own config (unknown keys fail)."""
+        from unlearning.errors import UnlearningError
+        from unlearning.methods import METHODS, method_config
+
+        if method not in SERVABLE_METHODS:
+            if method in METHODS:
+                raise InvalidRequestError(
+                    f"method {method!r} fine-tunes the shared model (a benchmark baseline); the service trains "
+                    f"per-request modules: use one of {list(SERVABLE_METHODS)}"
+                )
+            raise InvalidRequestError(f"method {method!r} unknown; use one of {list(SERVABLE_METHODS)}")
+        try:
+            method_config(method, params)
+        except UnlearningError as exc:
+            raise InvalidRequestError(f"params: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"params: a value has the wrong type ({exc})") from None
+        return params
+
+
+def _drift(version: int, served: list[str], active: list[str]) -> str | None:
+    """Why set version `version` holding `served` is not the ACTIVE rows `active`, or None when it is."""
+    if sorted(served) == sorted(active):
+        return None
+    missing, extra = sorted(set(active) - set(served)), sorted(set(served) - set(active))
+    return (
+        f"adapter set version {version} holds {_ids(served)} but the registry's active rows are {_ids(active)} "
+        f"(active but not in the set: {_ids(missing)}; in the set but not active: {_ids(extra)})"
+    )
+
+
+def _ids(ids: list[str], shown: int = 8) -> str:
+    listed = ", ".join(sorted(ids)[:shown])
+    return f"[{listed}{f', ... {len(ids) - shown} more' if len(ids) > shown else ''}]"

@@ -1,0 +1,66 @@
+"""The served set changes one adapter at a time: an activation loads that module only, a deactivation drops it
+only, and encoders load on first use under their LRU bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from core.adapters.models import INACTIVE
+from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.db import make_engine, make_session_factory, transaction
+from core.settings import Settings
+from server.inference import InferenceEngine
+from tests.service.helpers import adapter_row, module_artifact
+from unlearning.backbones import Backbone
+from unlearning.world import World
+
+
+def test_one_activation_loads_one_module_and_leaves_the_others(
+    backbone: Backbone, tiny_world: World, pg_url: str, tmp_path: Path
+):
+    sessions = make_session_factory(make_engine(pg_url))
+    engine = InferenceEngine(Settings(data_dir=tmp_path, database_url=pg_url, engine_encoder_cache=1), sessions)
+    engine.attach(backbone)
+    fp = str(engine.fingerprint)
+    artifacts = [module_artifact(tmp_path / f"m{i}", fp, backbone, seed=i) for i in range(3)]
+    with transaction(sessions) as session:
+        first = [adapter_row(session, artifacts[i], fp) for i in range(2)]
+        AdapterSetRepository(session).record("two")
+    engine.sync()
+    assert engine.ready and engine.active is not None and engine.active.loads == 2
+    images = [tiny_world.image(p.id, 0) for p in tiny_world.people]
+    tokens = backbone.visual_tokens(backbone.pixel_values(images))
+
+    def scores() -> dict[str, torch.Tensor]:
+        probs, _ = engine.gate.firing(tokens)
+        return dict(zip(engine.gate.module_ids, probs, strict=True))
+
+    before = scores()
+    with transaction(sessions) as session:
+        third = adapter_row(session, artifacts[2], fp)
+        AdapterSetRepository(session).record("three")
+    engine.sync()
+    assert engine.ready and engine.active.loads == 3  # the third module only
+    after = scores()
+    assert sorted(after) == sorted([*first, third])
+    assert all(torch.equal(before[a], after[a]) for a in first)
+
+    with transaction(sessions) as session:
+        AdapterSetRepository(session).lock()
+        AdapterRepository(session).set_state(AdapterRepository(session).get(first[0]), INACTIVE)
+        version = AdapterSetRepository(session).record("one deactivated").version
+    engine.sync()
+    assert engine.ready and engine.served_version == version and engine.active.loads == 3
+    remaining = scores()
+    assert sorted(remaining) == sorted([first[1], third])
+    assert all(torch.equal(after[a], remaining[a]) for a in remaining)
+    engine.sync()  # unchanged: nothing loads
+    assert engine.active.loads == 3
+
+    # Encoders: at most one in memory (the bound set above); a miss reads it from its verified artifact.
+    cache = engine.active.encoders
+    loads = cache.loads
+    cache(first[1]), cache(first[1]), cache(third)  # a miss, a hit, a miss that evicts the first
+    assert len(cache) == 1 and cache.loads == loads + 2

@@ -1,0 +1,46 @@
+"""Bulk enrollment trains one real gate per subject: each fires on its own subject's new photo and is stored,
+served and routed like a request's module."""
+
+from __future__ import annotations
+
+import torch
+
+from unlearning.backbones import Backbone
+from unlearning.cagul import CagulConfig, CagulGate
+from unlearning.cagul.enrollment import EnrollmentConfig, enroll
+from unlearning.world import World
+from unlearning.world.population import benign_population, enrolled_people
+
+
+def test_each_enrolled_gate_claims_its_own_subject_and_few_others(tiny_world: World, backbone: Backbone):
+    people = enrolled_people(tiny_world, 12)
+    config = CagulConfig()
+    gates = enroll(
+        backbone,
+        [p.photos for p in people],
+        tiny_world.lookalike_images(300, seed=1),
+        tiny_world.lookalike_images(100, seed=9),
+        config,
+        EnrollmentConfig(steps=150, chunk=5),  # chunks of 5, 5 and 2 subjects
+    )
+    assert len(gates) == 12 and all(g.threshold >= config.threshold_floor for g in gates)
+    gate = CagulGate(backbone, candidates=4, encoders=lambda _id: torch.nn.Identity())
+    for i, discriminator in enumerate(gates):
+        gate.add_discriminator(f"s{i}", discriminator, config)
+    tokens = backbone.visual_tokens(backbone.pixel_values([p.heldout for p in people]))
+    chosen, _ = gate.route(tokens)
+    own = (chosen == torch.arange(12)).float().mean()
+    assert own >= 0.75, chosen  # a photo none of the gates trained on
+    benign = benign_population(tiny_world, [p.identity for p in people], 100, 100, 50)
+    fired, _ = gate.route(backbone.visual_tokens(backbone.pixel_values(benign)))
+    assert (fired >= 0).float().mean() <= 0.1
+    assert bool(gate.recalled(tokens, torch.arange(12)).float().mean() >= own)
+
+
+def test_populations_are_new_people_and_repeatable(tiny_world: World):
+    people = enrolled_people(tiny_world, 5)
+    again = enrolled_people(tiny_world, 5)
+    assert [p.heldout.tobytes() for p in people] == [p.heldout.tobytes() for p in again]
+    world_ids = {p.identity for p in tiny_world.people}
+    assert len({p.identity for p in people} | world_ids) == 5 + len(world_ids)
+    assert all(len(p.photos) == 3 for p in people)
