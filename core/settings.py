@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15, description="How often the API looks for silent jobs.")
     vqa_max_batch: int = Field(default=16, description="Most /v1/vqa requests answered in one forward pass (1: none).")
     vqa_batch_wait_s: float = Field(default=0.005, description="How long a request waits for others to batch with.")
+    gate_system_fpr: float = Field(
+        default=0.01,
+        ge=0,
+        lt=1,
+        description="Budget of the share of benign photos (the reference world's benign set) on which any active "
+        "module fires: every threshold is raised by one margin until the set meets it. 0: per-module thresholds only.",
+    )
     gate_candidates: int = Field(
         default=0,
         ge=0,

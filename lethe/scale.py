@@ -30,6 +30,7 @@ from core.adapters.models import ACTIVE, INACTIVE
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import make_engine, make_session_factory, transaction, upgrade_database
 from core.forget_requests.repository import ForgetRequestRepository
+from core.settings import get_settings
 
 TOKEN = "lethe_0123456789ab_scale-bench-key-not-secret"
 GATES = ("two_stage", "exhaustive")
@@ -51,7 +52,8 @@ def run_scale_bench(data_dir: Path, counts: list[int], candidates: int, requests
     modules = enrolled_modules(world, backbone, plan, data_dir / "scale", log)
     log("rendering and encoding the held-out photos and the benign population")
     seen = material(world, backbone, plan)
-    accuracy = _accuracy_rows(backbone, modules, counts, candidates, seen, log)
+    system_fpr = get_settings().gate_system_fpr
+    accuracy = _accuracy_rows(backbone, modules, counts, candidates, system_fpr, seen, log)
     del seen
     torch.set_num_threads(1)  # the server process gets the cores while it is timed
     serving = _serving_rows(data_dir, world.root, modules, counts, candidates, requests, log)
@@ -69,6 +71,7 @@ def run_scale_bench(data_dir: Path, counts: list[int], candidates: int, requests
         "machine": _machine(),
         "world": "scale",
         "candidates": candidates,
+        "system_fpr_budget": system_fpr,
         "requests_per_row": requests,
         "plan": {"enrolled": plan.enrolled, "sampled": plan.sampled, "benign": seen_size(plan)},
         "module_at_llava_1_5_7b": module_bytes(),
@@ -80,7 +83,9 @@ def seen_size(plan: Any) -> int:
     return int(plan.strangers + plan.lookalikes + plan.changed)
 
 
-def _accuracy_rows(backbone: Any, modules: list, counts: list[int], candidates: int, seen: Any, log: Log) -> dict:
+def _accuracy_rows(
+    backbone: Any, modules: list, counts: list[int], candidates: int, system_fpr: float, seen: Any, log: Log
+) -> dict:
     """Per gate and N: the accuracy figures, on the gate object the server serves with (routing only)."""
     from unlearning.artifacts import load_module
     from unlearning.cagul.gate import CagulGate
@@ -97,7 +102,8 @@ def _accuracy_rows(backbone: Any, modules: list, counts: list[int], candidates: 
             for module_id, (discriminator, config) in loaded.items():
                 gate.add_discriminator(module_id, discriminator, config)
             started = time.perf_counter()
-            out[(gate_name, n)] = accuracy(gate, n, seen)
+            margin = gate.calibrate(seen.calibration, system_fpr) if system_fpr > 0 else 0.0
+            out[(gate_name, n)] = accuracy(gate, n, seen) | {"margin": round(margin, 3)}
             log(f"{gate_name} gate, {n} modules: {out[(gate_name, n)]} ({time.perf_counter() - started:.1f} s)")
     return out
 

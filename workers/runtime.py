@@ -70,11 +70,7 @@ class Runtime:
     def _benign(self) -> tuple[torch.Tensor, list[str | None]]:
         """Visual tokens of the benign set and the world person each photo shows: rendered and encoded once."""
         benign = world_benign_set(self.world)
-        bb, photos = self.backbone, [im for im, _ in benign]
-        tokens = [
-            bb.visual_tokens(bb.pixel_values(photos[i : i + 64])).float().cpu() for i in range(0, len(photos), 64)
-        ]
-        return torch.cat(tokens), [who for _, who in benign]
+        return self.backbone.tokens_of([im for im, _ in benign]), [who for _, who in benign]
 
     def benign_tokens(self, exclude: list[str]) -> torch.Tensor:
         """The benign set's tokens without photos of the `exclude` people (filed for deletion)."""

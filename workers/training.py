@@ -316,9 +316,14 @@ def _verify_and_publish(
         served = {aid: rt.module(path, digest) for aid, (path, digest) in rows.items()}
         modules = {aid: m for aid, (m, _) in served.items()}
         probes = {aid: p for aid, (_, p) in served.items() if p is not None}
+        candidate = CagulGate(rt.backbone, {**modules, adapter_id: module}, rt.settings.gate_candidates)
+        current = CagulGate(rt.backbone, modules, rt.settings.gate_candidates)
+        if rt.settings.gate_system_fpr > 0:  # as the server calibrates the set it serves
+            for gate in (candidate, current):
+                gate.calibrate(rt.benign_tokens([]), rt.settings.gate_system_fpr)
         verification = verify(
-            CagulGate(rt.backbone, {**modules, adapter_id: module}, rt.settings.gate_candidates),
-            CagulGate(rt.backbone, modules, rt.settings.gate_candidates),
+            candidate,
+            current,
             adapter_id,
             base,
             canaries,

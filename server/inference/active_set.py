@@ -87,6 +87,9 @@ class ActiveSet:
         self.loaded: dict[str, Artifact] = {}
         self.loads = 0
         self._cursor = 0
+        # Benign photos' visual tokens: after each change the set's thresholds are raised to meet `system_fpr`.
+        self.calibration: Any = None
+        self.system_fpr = 0.0
 
     @property
     def complete(self) -> bool:
@@ -112,6 +115,8 @@ class ActiveSet:
                 self.encoders.register(adapter_id, joined[adapter_id], module.encoder)
                 self.loaded[adapter_id] = joined[adapter_id]
             self.loads += len(modules)
+            if self.calibration is not None and self.system_fpr > 0:
+                self.gate.calibrate(self.calibration, self.system_fpr)
             self.target_version, self.target = version, dict(target)
             if failure is None:
                 self.state, self.version, self.error = SetState.SERVING, version, None

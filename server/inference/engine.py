@@ -76,7 +76,21 @@ class InferenceEngine:
         gate = CagulGate(backbone, candidates=self.settings.gate_candidates, encoders=encoders)
         self.fingerprint = backbone.fingerprint()
         self.active = ActiveSet(gate, self.fingerprint, self.settings.device, encoders)
+        self.active.calibration = self._calibration(backbone)
+        self.active.system_fpr = self.settings.gate_system_fpr
         self.gate = gate
+
+    def _calibration(self, backbone: Any) -> Any:
+        """Visual tokens of the reference world's benign set, which the set's thresholds are calibrated on."""
+        if self.settings.model_path is not None or self.settings.gate_system_fpr <= 0:
+            return None  # a real checkpoint has no reference world: per-module thresholds only
+        from unlearning.world import WORLD_PRESETS, World
+        from unlearning.world.builder import world_dir
+        from unlearning.world.requests import world_benign_set
+
+        world = World(world_dir(self.settings.data_dir, WORLD_PRESETS[self.settings.world]))
+        photos = [im for im, _ in world_benign_set(world)]
+        return backbone.tokens_of(photos)
 
     @property
     def loaded(self) -> bool:

@@ -210,6 +210,11 @@ class Backbone(ABC):
     def _run_vision(self, image_inputs: dict[str, torch.Tensor]) -> None:
         self.model.get_image_features(pixel_values=image_inputs["pixel_values"])
 
+    def tokens_of(self, images: Sequence[Image.Image], batch: int = 64) -> torch.Tensor:
+        """Projected visual tokens of many images, in batches: [n_images, n_visual, hidden] fp32 on the CPU."""
+        parts = [self.visual_tokens(self.pixel_values(images[i : i + batch])) for i in range(0, len(images), batch)]
+        return torch.cat(parts).float().cpu()
+
     def augmented_inputs(
         self, images: Sequence[Image.Image], config: AugmentConfig, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:

@@ -154,6 +154,11 @@ class StackedDiscriminators:
     @torch.no_grad()
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """[batch, ...] tokens (or identity embeddings) -> [M, batch] probabilities."""
+        return torch.sigmoid(self.logits(z))
+
+    @torch.no_grad()
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """[batch, ...] tokens (or identity embeddings) -> [M, batch] logits."""
         if self.input_kind == "identity":
             return self._head(torch.einsum("bd,mdh->mbh", z, self.w1))
         z = F.layer_norm(z, z.shape[-1:])
@@ -166,6 +171,10 @@ class StackedDiscriminators:
             h = torch.einsum("mbd,mdh->mbh", torch.einsum("mbn,bnd->mbd", weights, z), self.w1)
         return self._head(h)
 
+    @property
+    def threshold_logits(self) -> torch.Tensor:
+        return torch.logit(self.thresholds, eps=1e-7)
+
     @torch.no_grad()
     def candidates(self, embeddings: torch.Tensor, k: int) -> torch.Tensor:
         """Stage 1: per image, the `k` modules whose prototypes lie nearest its identity embedding: [batch, k]."""
@@ -175,9 +184,13 @@ class StackedDiscriminators:
     @torch.no_grad()
     def forward_selected(self, embeddings: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
         """Stage 2: probabilities [batch, k] of the selected modules [batch, k] only (k weight sets per image)."""
+        return torch.sigmoid(self.logits_selected(embeddings, selected))
+
+    @torch.no_grad()
+    def logits_selected(self, embeddings: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
         h = torch.einsum("bd,bkdh->bkh", embeddings, self.w1[selected]) + self.b1[selected]
-        return torch.sigmoid(torch.einsum("bkh,bkh->bk", F.gelu(h), self.w2[selected]) + self.b2[selected])
+        return torch.einsum("bkh,bkh->bk", F.gelu(h), self.w2[selected]) + self.b2[selected]
 
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         h = F.gelu(h + self.b1[:, None, :])
-        return torch.sigmoid(torch.einsum("mbh,mh->mb", h, self.w2) + self.b2[:, None])
+        return torch.einsum("mbh,mh->mb", h, self.w2) + self.b2[:, None]

@@ -30,8 +30,13 @@ class EnrollmentConfig:
     mild_views: int = 4
     negative_views: int = 1
     steps: int = 200
+    # Each step, per subject: its own views, the shared pool, other subjects' views, its own look-alikes. Trained
+    # against a pool of world look-alikes alone, 1,000 gates fired on 99.9% of strangers' photos: a gate learns
+    # "not those people", so the negatives must be as varied as the people it will be shown.
     positives_per_step: int = 32
-    negatives_per_step: int = 96
+    pool_per_step: int = 48
+    others_per_step: int = 24
+    lookalikes_per_step: int = 24
     chunk: int = 1000  # subjects trained side by side in one stacked op
     seed: int = 0
 
@@ -68,8 +73,13 @@ def enroll(
     module_config: CagulConfig,
     config: EnrollmentConfig = EnrollmentConfig(),
     progress: ProgressFn | None = None,
+    lookalikes: Sequence[Sequence[Image.Image]] | None = None,
 ) -> list[Discriminator]:
-    """One calibrated identity discriminator (with its prototype) per subject, from the subject's photos."""
+    """One calibrated identity discriminator (with its prototype) per subject, from the subject's photos.
+
+    `negatives` are shared by every subject; `lookalikes[i]` (as many per subject) are subject i's own hard
+    negatives; within a chunk, every other subject's views are negatives too.
+    """
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     views = [(None, 1), (STRONG_VIEWS, config.strong_views), (MILD_VIEWS, config.mild_views)]
@@ -81,10 +91,16 @@ def enroll(
         group = subjects[start : start + config.chunk]
         flat = [im for photos in group for im in photos]
         pos = embed_views(backbone, flat, views, generator).view(len(group), -1, neg.shape[1])
+        hard = None
+        if lookalikes:
+            alike = [im for photos in lookalikes[start : start + config.chunk] for im in photos]
+            hard = embed_views(backbone, alike, [(None, 1), (STRONG_VIEWS, 1)], generator).view(
+                len(group), -1, neg.shape[1]
+            )
         if progress is not None:
             progress("embedded", start + len(group), len(subjects))
         shape = (backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
-        out += _train_group(pos, neg, neg_heldout, module_config, config, generator, shape)
+        out += _train_group(pos, hard, neg, neg_heldout, module_config, config, generator, shape)
         if progress is not None:
             progress("trained", start + len(group), len(subjects))
     return out
@@ -92,6 +108,7 @@ def enroll(
 
 def _train_group(
     pos: torch.Tensor,
+    hard: torch.Tensor | None,
     neg: torch.Tensor,
     neg_heldout: torch.Tensor,
     cfg: CagulConfig,
@@ -112,7 +129,10 @@ def _train_group(
     b2 = torch.zeros(m).requires_grad_()
     params = [w1, b1, w2, b2]
     optimizer = torch.optim.AdamW(params, lr=cfg.discriminator_lr, weight_decay=1e-2)
-    p, n = config.positives_per_step, config.negatives_per_step
+    p = config.positives_per_step
+    n_hard = config.lookalikes_per_step if hard is not None else 0
+    n_others = config.others_per_step if m > 1 else 0
+    n = config.pool_per_step + n_others + n_hard
     labels = torch.cat([torch.ones(m, p), torch.zeros(m, n)], dim=1)
     # As the request trainer weighs them: the negatives' share over the positives' in what is trained on.
     pos_weight = torch.tensor(len(neg) / n_views)
@@ -123,11 +143,16 @@ def _train_group(
 
     rows = torch.arange(m)[:, None]
     for _ in range(config.steps):
-        x_pos = pos[rows, torch.randint(n_views, (m, p), generator=generator)]
-        x_neg = neg[torch.randint(len(neg), (m, n), generator=generator)]
-        loss = F.binary_cross_entropy_with_logits(
-            logits(torch.cat([x_pos, x_neg], dim=1)), labels, pos_weight=pos_weight
-        )
+        parts = [
+            pos[rows, torch.randint(n_views, (m, p), generator=generator)],
+            neg[torch.randint(len(neg), (m, config.pool_per_step), generator=generator)],
+        ]
+        if n_others:
+            other = (rows + torch.randint(1, m, (m, n_others), generator=generator)) % m
+            parts.append(pos[other, torch.randint(n_views, (m, n_others), generator=generator)])
+        if hard is not None:
+            parts.append(hard[rows, torch.randint(hard.shape[1], (m, n_hard), generator=generator)])
+        loss = F.binary_cross_entropy_with_logits(logits(torch.cat(parts, dim=1)), labels, pos_weight=pos_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -58,6 +58,8 @@ class CagulGate:
         self._bank_of: dict[str, tuple] = {}
         self._configs: dict[str, CagulConfig] = {}
         self._held: dict[str, CagulModule] = {}
+        # Added to every threshold (in logits) by `calibrate`, so the set as a whole meets a false-fire budget.
+        self.offset = 0.0
         self.set_modules(modules or {})
 
     @property
@@ -125,21 +127,31 @@ class CagulGate:
 
     @torch.no_grad()
     def route(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image: index (into `module_ids`) of the highest-scoring firing module (-1 if none) and its score."""
+        """Per image: index (into `module_ids`) of the firing module furthest past its threshold (-1 if none) and
+        its probability."""
         batch = z.shape[0]
         if not self._banks:
             return torch.full((batch,), -1, dtype=torch.long), torch.zeros(batch)
-        probs, fired = self.firing(z)
-        masked = torch.where(fired, probs, torch.full_like(probs, -1.0))
-        best_score, best = masked.max(0)
-        return torch.where(best_score >= 0, best, torch.full_like(best, -1)), best_score.clamp(min=0)
+        logits, margins = self.scores(z)
+        best_margin, best = margins.max(0)
+        fired = best_margin > self.offset
+        score = torch.sigmoid(logits.gather(0, best[None])[0])
+        return torch.where(fired, best, torch.full_like(best, -1)), torch.where(fired, score, torch.zeros_like(score))
 
     @torch.no_grad()
     def firing(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[modules, batch] probabilities and firings; zero and False where stage 1 did not pick the module."""
+        logits, margins = self.scores(z)
+        picked = margins > float("-inf")
+        return torch.where(picked, torch.sigmoid(logits), torch.zeros_like(logits)), margins > self.offset
+
+    @torch.no_grad()
+    def scores(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[modules, batch] logits and margins over each module's threshold (in logits); -inf margins where stage
+        1 did not pick the module."""
         batch = z.shape[0]
-        probs = torch.zeros(len(self), batch)
-        fired = torch.zeros(len(self), batch, dtype=torch.bool)
+        logits = torch.zeros(len(self), batch)
+        margins = torch.full((len(self), batch), float("-inf"))
         embeddings = None
         offset = 0
         for bank in self._banks.values():
@@ -148,11 +160,25 @@ class CagulGate:
             if bank.input_kind == "identity":
                 embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
                 if 0 < self.candidates < len(bank):
-                    probs[rows], fired[rows] = self._two_stage(bank, embeddings)
+                    logits[rows], margins[rows] = self._two_stage(bank, embeddings)
                     continue
-            p = bank(embeddings if embeddings is not None and bank.input_kind == "identity" else z.float()).cpu()
-            probs[rows], fired[rows] = p, p > bank.thresholds.cpu()[:, None]
-        return probs, fired
+            x = embeddings if embeddings is not None and bank.input_kind == "identity" else z.float()
+            logits[rows] = bank.logits(x).cpu()
+            margins[rows] = logits[rows] - bank.threshold_logits.cpu()[:, None]
+        return logits, margins
+
+    def calibrate(self, z: torch.Tensor, system_fpr: float, batch: int = 256) -> float:
+        """Raise every threshold by one margin so that any module fires on at most `system_fpr` of `z`.
+
+        `z`: visual tokens of benign photos (people no module is for). The share that matters at N modules is
+        the system's, 1-(1-p)^N for independent gates, not one module's p. Returns the margin (logits, >= 0).
+        """
+        self.offset = 0.0
+        if not self._banks or len(z) == 0:
+            return 0.0
+        best = torch.cat([self.scores(z[i : i + batch])[1].max(0).values for i in range(0, len(z), batch)])
+        self.offset = max(0.0, float(torch.quantile(best, 1 - system_fpr, interpolation="higher")))
+        return self.offset
 
     @torch.no_grad()
     def recalled(self, z: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
@@ -169,15 +195,15 @@ class CagulGate:
         return kept
 
     def _two_stage(self, bank: StackedDiscriminators, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[bank size, batch] probabilities and firings, zero and False for modules stage 1 did not pick."""
+        """[bank size, batch] logits and margins, -inf margins for modules stage 1 did not pick."""
         size = len(bank)
         selected = bank.candidates(embeddings, self.candidates)
-        p = bank.forward_selected(embeddings, selected).cpu()
+        picked = bank.logits_selected(embeddings, selected).cpu()
         selected = selected.cpu()
-        hits = p > bank.thresholds.cpu()[selected]
-        probs = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, p.T)
-        fired = torch.zeros(size, embeddings.shape[0], dtype=torch.bool).scatter_(0, selected.T, hits.T)
-        return probs, fired
+        logits = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, picked.T)
+        over = picked - bank.threshold_logits.cpu()[selected]
+        margins = torch.full((size, embeddings.shape[0]), float("-inf")).scatter_(0, selected.T, over.T)
+        return logits, margins
 
     @torch.no_grad()
     def answer(

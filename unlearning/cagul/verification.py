@@ -409,11 +409,16 @@ def capture_criterion(candidate: CagulGate, module_id: str, probes: dict[str, to
 def benign_criterion(
     candidate: CagulGate, module_id: str, benign: torch.Tensor, config: VerifyConfig, batch: int = 256
 ) -> Criterion:
-    """The share of the benign set the new module's gate fires on (the gate alone: no answer is generated)."""
+    """The share of the benign set the new module's gate fires on (the gate alone: no answer is generated).
+
+    Against the module's own threshold: the set's calibration margin would hide a gate that fires widely by
+    raising every other gate's bar instead.
+    """
     new = candidate.module_ids.index(module_id)
     device = candidate.backbone.device
     fires = sum(
-        int(candidate.firing(benign[i : i + batch].to(device))[1][new].sum()) for i in range(0, len(benign), batch)
+        int((candidate.scores(benign[i : i + batch].to(device))[1][new] > 0).sum())
+        for i in range(0, len(benign), batch)
     )
     n = len(benign)
     bound = upper_bound(fires, n, config.confidence)

@@ -24,8 +24,9 @@ from unlearning.cagul.gate import CagulGate
 from unlearning.cagul.module import CagulModule
 from unlearning.cagul.trainer import CagulTrainer
 from unlearning.cagul.verification import upper_bound
+from unlearning.world.people import lookalike_identity
 from unlearning.world.population import benign_population, draw_identities, enrolled_people, photos_of, stream
-from unlearning.world.requests import forget_data, world_retain_set
+from unlearning.world.requests import forget_data, world_benign_set, world_retain_set
 from unlearning.world.store import World
 
 Progress = Callable[[str], None]
@@ -39,11 +40,19 @@ class ScalePlan:
     lookalikes: int = 800
     changed: int = 400
     calibration: int = 500
+    negatives: int = 3000
     sampled: int = 1000  # enrolled subjects whose held-out photo measures the TPR at each N
     enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
 
     def key(self, fingerprint: str) -> str:
-        data = {"fingerprint": fingerprint, "enrolled": self.enrolled, "enrollment": asdict(self.enrollment)}
+        data = {
+            "fingerprint": fingerprint,
+            "enrolled": self.enrolled,
+            "negatives": self.negatives,
+            "calibration": self.calibration,
+            "enrollment": asdict(self.enrollment),
+            "version": 2,
+        }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -68,7 +77,14 @@ def enrolled_modules(
         return [tuple(row) for row in json.loads(index.read_text())["modules"]]  # type: ignore[misc]
     template = template_module(world, backbone, root, log)
     people = enrolled_people(world, plan.enrolled)
-    negatives = world.lookalike_images(1500, seed=1) + [im for p in world.split("retain") for im in _views(world, p.id)]
+    # Streams of their own: no enrollment negative is a benign photo the figures are measured on.
+    rng = stream(world, 0, "enrollment-negatives")
+    negatives = [photos_of(world, i, 1, rng)[0] for i in draw_identities(world, plan.negatives, 0, "negatives")]
+    negatives += world.lookalike_images(1500, seed=1)
+    lookalikes = [
+        [photos_of(world, lookalike_identity(rng, p.identity, rng.choice([3, 4, 5])), 1, rng)[0] for _ in range(2)]
+        for p in people
+    ]
     rng = stream(world, 0, "calibration-views")
     calibration = [photos_of(world, i, 1, rng)[0] for i in draw_identities(world, plan.calibration, 0, "calibration")]
     started = time.perf_counter()
@@ -80,6 +96,7 @@ def enrolled_modules(
         template.config,
         plan.enrollment,
         lambda phase, done, total: log(f"enrollment: {phase} {done}/{total} ({time.perf_counter() - started:.0f} s)"),
+        lookalikes,
     )
     rows = []
     for i, discriminator in enumerate(gates):
@@ -104,10 +121,6 @@ def module_bytes(n_tokens: int = 576, hidden_size: int = 4096, identity_dim: int
     return {"n_tokens": n_tokens, "hidden_size": hidden_size, "parameters": params, "artifact_bytes": stored}
 
 
-def _views(world: World, person_id: str) -> list:
-    return [world.image(person_id, v) for v in world.train_views()]
-
-
 @dataclass
 class Material:
     """Visual tokens of the sampled subjects' held-out photos and of the benign population."""
@@ -115,6 +128,7 @@ class Material:
     heldout: torch.Tensor
     heldout_owner: torch.Tensor  # index of each held-out photo's enrolled module
     benign: torch.Tensor
+    calibration: torch.Tensor  # the world's benign set, which a served set's thresholds are calibrated on
 
 
 def material(world: World, backbone: Backbone, plan: ScalePlan) -> Material:
@@ -123,13 +137,11 @@ def material(world: World, backbone: Backbone, plan: ScalePlan) -> Material:
     owners = list(range(0, plan.enrolled, step))[: plan.sampled]
     benign = benign_population(world, [p.identity for p in people], plan.strangers, plan.lookalikes, plan.changed)
     return Material(
-        _tokens(backbone, [people[i].heldout for i in owners]), torch.tensor(owners), _tokens(backbone, benign)
+        backbone.tokens_of([people[i].heldout for i in owners]),
+        torch.tensor(owners),
+        backbone.tokens_of(benign),
+        backbone.tokens_of([im for im, _ in world_benign_set(world)]),
     )
-
-
-def _tokens(backbone: Backbone, images: list, batch: int = 256) -> torch.Tensor:
-    parts = [backbone.visual_tokens(backbone.pixel_values(images[i : i + batch])) for i in range(0, len(images), batch)]
-    return torch.cat(parts).float()
 
 
 def accuracy(gate: CagulGate, n: int, material: Material, batch: int = 256) -> dict[str, Any]:

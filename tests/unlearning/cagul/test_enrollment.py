@@ -9,17 +9,19 @@ from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig, CagulGate
 from unlearning.cagul.enrollment import EnrollmentConfig, enroll
 from unlearning.world import World
-from unlearning.world.population import benign_population, enrolled_people
+from unlearning.world.population import benign_population, draw_identities, enrolled_people, photos_of, stream
 
 
 def test_each_enrolled_gate_claims_its_own_subject_and_few_others(tiny_world: World, backbone: Backbone):
     people = enrolled_people(tiny_world, 12)
     config = CagulConfig()
+    rng = stream(tiny_world, 0, "test-negatives")
+    strangers = [photos_of(tiny_world, i, 1, rng)[0] for i in draw_identities(tiny_world, 400, 0, "test-negatives")]
     gates = enroll(
         backbone,
         [p.photos for p in people],
-        tiny_world.lookalike_images(300, seed=1),
-        tiny_world.lookalike_images(100, seed=9),
+        strangers[:300] + tiny_world.lookalike_images(300, seed=1),
+        strangers[300:],
         config,
         EnrollmentConfig(steps=150, chunk=5),  # chunks of 5, 5 and 2 subjects
     )
@@ -32,9 +34,19 @@ def test_each_enrolled_gate_claims_its_own_subject_and_few_others(tiny_world: Wo
     own = (chosen == torch.arange(12)).float().mean()
     assert own >= 0.75, chosen  # a photo none of the gates trained on
     benign = benign_population(tiny_world, [p.identity for p in people], 100, 100, 50)
-    fired, _ = gate.route(backbone.visual_tokens(backbone.pixel_values(benign)))
-    assert (fired >= 0).float().mean() <= 0.1
+    benign_tokens = backbone.tokens_of(benign)
+    fired, _ = gate.route(benign_tokens)
+    assert (fired >= 0).float().mean() < own / 2  # uncalibrated, 12 gates on the tiny world: about 0.2
     assert bool(gate.recalled(tokens, torch.arange(12)).float().mean() >= own)
+
+    # Calibrated for the set: any gate fires on at most the budget of the benign photos, and on no photo the
+    # uncalibrated set did not fire on.
+    before = gate.firing(tokens)[1]
+    margin = gate.calibrate(benign_tokens, 0.01)
+    assert margin >= 0 and (gate.route(benign_tokens)[0] >= 0).float().mean() <= 0.01
+    after = gate.firing(tokens)[1]
+    assert bool((before | ~after).all())
+    assert gate.calibrate(benign_tokens, 0.99) == 0.0  # a budget the set already meets changes nothing
 
 
 def test_populations_are_new_people_and_repeatable(tiny_world: World):
