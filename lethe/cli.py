@@ -308,6 +308,9 @@ def bench_scale(
     ] = None,
     requests: Annotated[int, typer.Option(help="/v1/vqa requests timed per row.")] = 100,
     data_dir: DataDir = None,
+    world: Annotated[
+        str, typer.Option("--world", help="World preset (tiny: a smoke run, not for reporting).")
+    ] = "scale",
 ) -> None:
     """The gate at 0 to 10,000 enrolled requests on the scale world: two-stage and exhaustive side by side."""
     from lethe.scale import markdown, run_scale_bench, write
@@ -321,7 +324,8 @@ def bench_scale(
     k = get_settings().gate_candidates if candidates is None else candidates
     if k <= 0:
         raise typer.BadParameter("the two-stage gate needs at least one candidate", param_hint="--candidates")
-    result = run_scale_bench(_data_dir(data_dir), wanted, k, requests, lambda line: err.print(line))
+    _config(world)  # an unknown preset is a usage error before anything is built
+    result = run_scale_bench(_data_dir(data_dir), wanted, k, requests, lambda line: err.print(line), world)
     write(result, json_path, markdown_path)
     Console().print(markdown(result))
 

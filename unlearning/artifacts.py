@@ -20,7 +20,7 @@ from safetensors.torch import save as save_bytes
 
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.encoder import TokenEncoder
-from unlearning.cagul.module import CagulModule
+from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
 from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
 from unlearning.files import write_atomic
 
@@ -69,7 +69,8 @@ def save_module(
         raise ValueError(f"extra manifest keys {sorted(clash)} are reserved")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    blobs = {WEIGHTS: module.state_dict()} | {tensors_file(n): t for n, t in (tensors or {}).items()}
+    weights = {k: v.to(ENCODER_DTYPE) if k.startswith("encoder.") else v for k, v in module.state_dict().items()}
+    blobs = {WEIGHTS: weights} | {tensors_file(n): t for n, t in (tensors or {}).items()}
     files = {}
     for filename, state in blobs.items():
         data = save_bytes({k: v.detach().cpu().contiguous() for k, v in state.items()})
@@ -84,6 +85,7 @@ def save_module(
         "hidden_size": module.hidden_size,
         "identity_dim": module.identity_dim,
         "threshold": module.threshold,
+        "encoder_dtype": str(ENCODER_DTYPE).removeprefix("torch."),
         "trainable_params": module.num_parameters(),
         "base_model_fingerprint": base_fingerprint,
         "library_versions": _library_versions(),

@@ -26,6 +26,7 @@ from server.inference.batcher import Batcher
 
 log = logging.getLogger(__name__)
 SERVABLE_METHODS = ("cagul",)
+_CALIBRATION: dict[tuple[str, str], Any] = {}
 
 
 class InferenceEngine:
@@ -74,11 +75,12 @@ class InferenceEngine:
 
         encoders = EncoderCache(self.settings.engine_encoder_cache, self.settings.device)
         gate = CagulGate(backbone, candidates=self.settings.gate_candidates, encoders=encoders)
-        self.fingerprint = backbone.fingerprint()
-        self.active = ActiveSet(gate, self.fingerprint, self.settings.device, encoders)
-        self.active.calibration = self._calibration(backbone)
-        self.active.system_fpr = self.settings.gate_system_fpr
-        self.gate = gate
+        fingerprint = backbone.fingerprint()
+        active = ActiveSet(gate, fingerprint, self.settings.device, encoders)
+        active.calibration = self._calibration(backbone)
+        active.system_fpr = self.settings.gate_system_fpr
+        # The active set last: background passes and requests start using the engine once it is there.
+        self.gate, self.fingerprint, self.active = gate, fingerprint, active
 
     def _calibration(self, backbone: Any) -> Any:
         """Visual tokens of the reference world's benign set, which the set's thresholds are calibrated on."""
@@ -88,9 +90,11 @@ class InferenceEngine:
         from unlearning.world.builder import world_dir
         from unlearning.world.requests import world_benign_set
 
-        world = World(world_dir(self.settings.data_dir, WORLD_PRESETS[self.settings.world]))
-        photos = [im for im, _ in world_benign_set(world)]
-        return backbone.tokens_of(photos)
+        root = world_dir(self.settings.data_dir, WORLD_PRESETS[self.settings.world])
+        key = (str(root.resolve()), backbone.fingerprint())
+        if key not in _CALIBRATION:  # seconds to render and encode: once per process and model
+            _CALIBRATION[key] = backbone.tokens_of([im for im, _ in world_benign_set(World(root))])
+        return _CALIBRATION[key]
 
     @property
     def loaded(self) -> bool:

@@ -19,9 +19,10 @@ from unlearning.errors import IncompatibleModuleError
 
 T = TypeVar("T")
 EncoderSource = Callable[[str], nn.Module]
-# Stage 1 keeps this many candidate modules per image; stage 2 runs only their discriminators. 0: every module,
-# the default until the two-stage gate's recall and false-fire rate are measured at thousands of modules.
-DEFAULT_CANDIDATES = 0
+# Stage 1 keeps this many candidate modules per image; stage 2 runs only their discriminators (0: every module).
+# Scale world, 1,000 enrolled: the subject's own module is among the nearest 8 prototypes for 99.3% of new photos,
+# among 16 for 99.8% (`lethe bench scale`); stage 2 reads k weight sets per image, so k costs little.
+DEFAULT_CANDIDATES = 32
 
 
 @dataclass(frozen=True)
@@ -181,15 +182,17 @@ class CagulGate:
         return self.offset
 
     @torch.no_grad()
-    def recalled(self, z: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-        """Per image: does stage 1 keep module `expected[i]` (a `module_ids` index) among its candidates?"""
+    def recalled(self, z: torch.Tensor, expected: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """Per image: does stage 1 keep module `expected[i]` (a `module_ids` index) among its `k` (default: the
+        gate's) candidates?"""
+        k = self.candidates if k is None else k
         kept = torch.ones(len(z), dtype=torch.bool)
         offset, embeddings = 0, None
         for bank in self._banks.values():
             inside = (expected >= offset) & (expected < offset + len(bank))
-            if bank.input_kind == "identity" and 0 < self.candidates < len(bank) and bool(inside.any()):
+            if bank.input_kind == "identity" and 0 < k < len(bank) and bool(inside.any()):
                 embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
-                candidates = bank.candidates(embeddings, self.candidates).cpu() + offset
+                candidates = bank.candidates(embeddings, k).cpu() + offset
                 kept &= ~inside | (candidates == expected[:, None]).any(1)
             offset += len(bank)
         return kept

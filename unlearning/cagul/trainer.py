@@ -14,7 +14,7 @@ from transformers import get_cosine_schedule_with_warmup
 from unlearning.augment import MILD_VIEWS, STRONG_VIEWS, AugmentConfig
 from unlearning.backbones import Backbone, VLMBatch
 from unlearning.cagul.config import CagulConfig
-from unlearning.cagul.module import CagulModule
+from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
 from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.errors import UnlearningError
@@ -97,6 +97,9 @@ class CagulTrainer:
         started = time.perf_counter()
         loss, forget_loss = self._train_encoder(module, forget, retain)
         module.eval()
+        with torch.no_grad():  # as stored (`module.ENCODER_DTYPE`): what verification checks is what is served
+            for p in module.encoder.parameters():
+                p.copy_(p.to(ENCODER_DTYPE).float())
         peak = torch.cuda.max_memory_allocated() / 2**20 if bb.device.type == "cuda" else _rss_peak_mb()
         report = TrainReport(
             threshold=module.threshold,

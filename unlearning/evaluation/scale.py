@@ -150,13 +150,14 @@ def accuracy(gate: CagulGate, n: int, material: Material, batch: int = 256) -> d
     own = {m: i for i, m in enumerate(ids)}
     sample = material.heldout_owner < n
     tokens, owners = material.heldout[sample], material.heldout_owner[sample]
-    hits = recalled = 0
+    hits = recalled = nearest = 0
     for start in range(0, len(tokens), batch):
         chunk = tokens[start : start + batch]
         expected = torch.tensor([own[f"m{int(o):05d}"] for o in owners[start : start + batch]])
         chosen, _ = gate.route(chunk)
         hits += int((chosen == expected).sum())
         recalled += int(gate.recalled(chunk, expected).sum())
+        nearest += int(gate.recalled(chunk, expected, k=1).sum())
     fires = sum(
         int((gate.route(material.benign[i : i + batch])[0] >= 0).sum()) for i in range(0, len(material.benign), batch)
     )
@@ -164,6 +165,8 @@ def accuracy(gate: CagulGate, n: int, material: Material, batch: int = 256) -> d
     return {
         "tpr": round(hits / n_sampled, 4) if n_sampled else None,
         "recall_at_k": round(recalled / n_sampled, 4) if n_sampled and 0 < gate.candidates < n else None,
+        # The identity embedding alone: is the subject's own prototype the nearest of all n?
+        "identification_at_1": round(nearest / n_sampled, 4) if n_sampled and n > 1 else None,
         "fpr": round(fires / n_benign, 4),
         "fpr_upper95": round(upper_bound(fires, n_benign, 0.95), 4),
         "sampled": n_sampled,
