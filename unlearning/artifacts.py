@@ -19,6 +19,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from unlearning.cagul.config import CagulConfig
+from unlearning.cagul.discriminator import Discriminator
 from unlearning.cagul.encoder import TokenEncoder
 from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
 from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
@@ -192,6 +193,33 @@ def load_module(
     module = CagulModule(config, manifest["n_tokens"], manifest["hidden_size"], manifest.get("identity_dim", 0))
     module.load_state_dict(load_bytes(data))
     return module.to(device).eval()
+
+
+def load_gate(
+    directory: str | Path, base_fingerprint: str, expected_digest: str, device: str = "cpu"
+) -> tuple[Discriminator, CagulConfig, dict[str, int]]:
+    """A module's discriminator and config alone, every file checked as `load_module` checks them: what a gate
+    needs of a module; its encoder loads when first used (`load_encoder`). Also the module's token shape."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, expected_digest)
+    if manifest["base_model_fingerprint"] != base_fingerprint:
+        raise IncompatibleModuleError(
+            f"module at {directory} was trained on base model {manifest['base_model_fingerprint'][:12]}, "
+            f"not on the loaded base model {base_fingerprint[:12]}: retrain it on this model"
+        )
+    weights = load_bytes(_verified_file(directory, manifest, WEIGHTS))
+    config = CagulConfig.from_dict(manifest["config"])
+    shape = {k: int(manifest.get(k, 0)) for k in ("n_tokens", "hidden_size", "identity_dim")}
+    discriminator = Discriminator(
+        shape["n_tokens"],
+        shape["hidden_size"],
+        config.discriminator_hidden,
+        config.discriminator_input,
+        shape["identity_dim"],
+    )
+    prefix = "discriminator."
+    discriminator.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+    return discriminator.to(device).eval(), config, shape
 
 
 def load_encoder(directory: str | Path, expected_digest: str, device: str = "cpu") -> TokenEncoder:

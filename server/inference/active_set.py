@@ -97,24 +97,26 @@ class ActiveSet:
 
     def apply(self, version: int, target: dict[str, Artifact]) -> None:
         """Serve registry version `version` holding `target`: load what joined, drop what left, then swap."""
-        from unlearning.artifacts import load_module
+        from unlearning.artifacts import load_gate
 
         joined = {aid: art for aid, art in target.items() if self.loaded.get(aid) != art}
-        modules, failure = {}, None
+        gates, failure = {}, None
         for adapter_id, (path, digest) in joined.items():  # the slow part, outside the lock
             try:
-                modules[adapter_id] = load_module(path, self.fingerprint, device=self.device, expected_digest=digest)
+                # The gate's part only (tens of KB): encoders load on first use, so 10,000 joining modules do
+                # not pass through memory whole.
+                gates[adapter_id] = load_gate(path, self.fingerprint, digest, self.device)
             except Exception as exc:
                 failure = f"active adapter set version {version} cannot be served: adapter {adapter_id}: {exc}"
                 break
         with self.lock:
             for adapter_id in [a for a in self.loaded if a not in target or a in joined]:
                 self._drop(adapter_id)
-            for adapter_id, module in modules.items():
-                self.gate.add_module(adapter_id, module)
-                self.encoders.register(adapter_id, joined[adapter_id], module.encoder)
+            for adapter_id, (discriminator, config, shape) in gates.items():
+                self.gate.add_discriminator(adapter_id, discriminator, config, shape["identity_dim"])
+                self.encoders.register(adapter_id, joined[adapter_id])
                 self.loaded[adapter_id] = joined[adapter_id]
-            self.loads += len(modules)
+            self.loads += len(gates)
             if self.calibration is not None and self.system_fpr > 0:
                 self.gate.calibrate(self.calibration, self.system_fpr)
             self.target_version, self.target = version, dict(target)
@@ -123,7 +125,7 @@ class ActiveSet:
         if failure is not None:
             self.fail(failure)
         else:
-            log.info("serving adapter set version %s (%d modules, %d loaded)", version, len(target), len(modules))
+            log.info("serving adapter set version %s (%d modules, %d loaded)", version, len(target), len(gates))
 
     def fail(self, error: str) -> None:
         """Stop serving: every answer is refused until a later `apply` succeeds."""

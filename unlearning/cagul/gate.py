@@ -87,17 +87,20 @@ class CagulGate:
 
     def add_module(self, module_id: str, module: CagulModule) -> None:
         """Start gating with `module` (replacing a module of the same id); the others are not touched."""
-        bb = self.backbone
-        if (module.n_tokens, module.hidden_size) != (bb.n_visual_tokens, bb.hidden_size):
-            raise IncompatibleModuleError(f"module {module_id} was built for another visual token shape")
-        if module.config.discriminator_input == "identity" and module.identity_dim != bb.identity_dim:
-            raise IncompatibleModuleError(f"module {module_id} was built for another identity encoder")
-        self.add_discriminator(module_id, module.discriminator, module.config)
+        self.add_discriminator(module_id, module.discriminator, module.config, module.identity_dim)
         if self._encoders is None:
-            self._held[module_id] = module.to(bb.device).eval()
+            self._held[module_id] = module.to(self.backbone.device).eval()
 
-    def add_discriminator(self, module_id: str, discriminator: Discriminator, config: CagulConfig) -> None:
+    def add_discriminator(
+        self, module_id: str, discriminator: Discriminator, config: CagulConfig, identity_dim: int | None = None
+    ) -> None:
         """Gate with a module's discriminator alone: for a gate whose encoders come from its encoder source."""
+        bb = self.backbone
+        if (discriminator.n_tokens, discriminator.hidden_size) != (bb.n_visual_tokens, bb.hidden_size):
+            raise IncompatibleModuleError(f"module {module_id} was built for another visual token shape")
+        identity_dim = discriminator.fc1.in_features if identity_dim is None else identity_dim
+        if config.discriminator_input == "identity" and identity_dim != bb.identity_dim:
+            raise IncompatibleModuleError(f"module {module_id} was built for another identity encoder")
         if module_id in self._bank_of:
             self.remove_module(module_id)
         key = shape_key(discriminator)

@@ -133,8 +133,9 @@ class Material:
 
 def material(world: World, backbone: Backbone, plan: ScalePlan) -> Material:
     people = enrolled_people(world, plan.enrolled)
+    # Every one of the first `sampled // 5` subjects and then an even spread: each N has its share of samples.
     step = max(1, plan.enrolled // plan.sampled)
-    owners = list(range(0, plan.enrolled, step))[: plan.sampled]
+    owners = sorted(set(range(min(plan.enrolled, plan.sampled // 5))) | set(range(0, plan.enrolled, step)))
     benign = benign_population(world, [p.identity for p in people], plan.strangers, plan.lookalikes, plan.changed)
     return Material(
         backbone.tokens_of([people[i].heldout for i in owners]),
