@@ -143,6 +143,7 @@ def _serving_rows(
     queries = _queries(world_root)
     rows = []
     for gate, k in (("two_stage", candidates), ("exhaustive", 0)):
+        _deactivate_all(sessions)  # each server starts from an empty set, as the first does
         with _server(data_dir, world_name, url, k, work / f"serve-{gate}.log") as (client, pid):
             for n in counts:
                 load_s = _set_active(sessions, client, adapter_ids, n)
@@ -205,6 +206,15 @@ def _register(sessions: Any, modules: list, count: int) -> list[str]:
             ids.append(adapter.id)
         AdapterSetRepository(session).record("scale bench: none active")
     return ids
+
+
+def _deactivate_all(sessions: Any) -> None:
+    with transaction(sessions) as session:
+        sets, adapters = AdapterSetRepository(session), AdapterRepository(session)
+        sets.lock()
+        for adapter in adapters.active():
+            adapters.set_state(adapter, INACTIVE)
+        sets.record("scale bench: none active")
 
 
 def _set_active(sessions: Any, client: httpx.Client, adapter_ids: list[str], n: int) -> float:

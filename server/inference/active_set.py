@@ -17,6 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 Artifact = tuple[str, str]  # (path, registry checksum)
+JOIN_CHUNK = 256
 
 
 class SetState(StrEnum):
@@ -96,27 +97,39 @@ class ActiveSet:
         return self.state == SetState.SERVING and self.loaded == self.target
 
     def apply(self, version: int, target: dict[str, Artifact]) -> None:
-        """Serve registry version `version` holding `target`: load what joined, drop what left, then swap."""
+        """Serve registry version `version` holding `target`: load what joined, drop what left, then swap.
+
+        Joining modules are added in chunks as they load (only their gate: tens of KB each), so 10,000 of them
+        never pass through memory at once; until the swap the old version is served, with some joined modules
+        already gating (more forgetting, never less). What left is dropped at the swap, with the version.
+        """
         from unlearning.artifacts import load_gate
 
         joined = {aid: art for aid, art in target.items() if self.loaded.get(aid) != art}
-        gates, failure = {}, None
-        for adapter_id, (path, digest) in joined.items():  # the slow part, outside the lock
-            try:
-                # The gate's part only (tens of KB): encoders load on first use, so 10,000 joining modules do
-                # not pass through memory whole.
-                gates[adapter_id] = load_gate(path, self.fingerprint, digest, self.device)
-            except Exception as exc:
-                failure = f"active adapter set version {version} cannot be served: adapter {adapter_id}: {exc}"
+        with self.lock:  # a changed artifact is dropped first and loads again below
+            for adapter_id in [a for a in joined if a in self.loaded]:
+                self._drop(adapter_id)
+        failure = None
+        pending = list(joined.items())
+        for start in range(0, len(pending), JOIN_CHUNK):
+            gates = {}
+            for adapter_id, (path, digest) in pending[start : start + JOIN_CHUNK]:  # outside the lock: disk reads
+                try:
+                    gates[adapter_id] = load_gate(path, self.fingerprint, digest, self.device)
+                except Exception as exc:
+                    failure = f"active adapter set version {version} cannot be served: adapter {adapter_id}: {exc}"
+                    break
+            with self.lock:
+                for adapter_id, (discriminator, config, shape) in gates.items():
+                    self.gate.add_discriminator(adapter_id, discriminator, config, shape["identity_dim"])
+                    self.encoders.register(adapter_id, joined[adapter_id])
+                    self.loaded[adapter_id] = joined[adapter_id]
+                self.loads += len(gates)
+            if failure is not None:
                 break
         with self.lock:
-            for adapter_id in [a for a in self.loaded if a not in target or a in joined]:
+            for adapter_id in [a for a in self.loaded if a not in target]:
                 self._drop(adapter_id)
-            for adapter_id, (discriminator, config, shape) in gates.items():
-                self.gate.add_discriminator(adapter_id, discriminator, config, shape["identity_dim"])
-                self.encoders.register(adapter_id, joined[adapter_id])
-                self.loaded[adapter_id] = joined[adapter_id]
-            self.loads += len(gates)
             if self.calibration is not None and self.system_fpr > 0:
                 self.gate.calibrate(self.calibration, self.system_fpr)
             self.target_version, self.target = version, dict(target)
@@ -125,7 +138,7 @@ class ActiveSet:
         if failure is not None:
             self.fail(failure)
         else:
-            log.info("serving adapter set version %s (%d modules, %d loaded)", version, len(target), len(gates))
+            log.info("serving adapter set version %s (%d modules, %d joined)", version, len(target), len(joined))
 
     def fail(self, error: str) -> None:
         """Stop serving: every answer is refused until a later `apply` succeeds."""
