@@ -345,7 +345,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"benign photos; {result['requests_per_row']} /v1/vqa requests per row through one server process.",
         "",
         f"One module at LLaVA-1.5-7B shapes (576 visual tokens x 4096): {llava['parameters']:,} parameters, "
-        f"{llava['artifact_bytes'] / 2**20:.1f} MiB on disk (fp32).",
+        f"{llava['artifact_bytes'] / 2**20:.1f} MiB on disk (encoder in bf16, gate in fp32).",
         "",
         "| gate | N | p50 ms | p95 ms | p50 vs N=0 | RSS MB | TPR | recall@k | nearest is own | FPR | FPR 95% upper "
         "| margin | TPR / FPR calibrated to 1% | activation s |",
