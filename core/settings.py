@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     verify_canaries: int = Field(default=96, description="Canary questions asked per verification.")
     verify_max_benign_fire: float = Field(
         default=0.01,
-        description="Highest share (upper bound) of the benign set (people no request filed) a new gate may fire on.",
+        description="Highest share of the benign set (people no request filed) a new gate may fire on.",
     )
     verify_max_new_tokens: int = Field(default=48, description="Answers are generated to their end, at most this long.")
     verify_min_photos_to_hold_out: int = Field(
