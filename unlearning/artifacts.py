@@ -177,17 +177,23 @@ def _verified_file(directory: Path, manifest: dict[str, Any], filename: str) -> 
     return data
 
 
-def load_module(
-    directory: str | Path, base_fingerprint: str, device: str = "cpu", expected_digest: str | None = None
-) -> CagulModule:
-    """Load a module, refusing any checksum mismatch or a module trained on another base model."""
-    directory = Path(directory)
+def _manifest_for(directory: Path, base_fingerprint: str, expected_digest: str | None) -> dict[str, Any]:
+    """The manifest, refused if its checksum differs or the module was trained on another base model."""
     manifest = read_manifest(directory, expected_digest)
     if manifest["base_model_fingerprint"] != base_fingerprint:
         raise IncompatibleModuleError(
             f"module at {directory} was trained on base model {manifest['base_model_fingerprint'][:12]}, "
             f"not on the loaded base model {base_fingerprint[:12]}: retrain it on this model"
         )
+    return manifest
+
+
+def load_module(
+    directory: str | Path, base_fingerprint: str, device: str = "cpu", expected_digest: str | None = None
+) -> CagulModule:
+    """Load a module, refusing any checksum mismatch or a module trained on another base model."""
+    directory = Path(directory)
+    manifest = _manifest_for(directory, base_fingerprint, expected_digest)
     data = _verified_file(directory, manifest, WEIGHTS)
     config = CagulConfig.from_dict(manifest["config"])
     module = CagulModule(config, manifest["n_tokens"], manifest["hidden_size"], manifest.get("identity_dim", 0))
@@ -201,12 +207,7 @@ def load_gate(
     """A module's discriminator and config alone, every file checked as `load_module` checks them: what a gate
     needs of a module; its encoder loads when first used (`load_encoder`). Also the module's token shape."""
     directory = Path(directory)
-    manifest = read_manifest(directory, expected_digest)
-    if manifest["base_model_fingerprint"] != base_fingerprint:
-        raise IncompatibleModuleError(
-            f"module at {directory} was trained on base model {manifest['base_model_fingerprint'][:12]}, "
-            f"not on the loaded base model {base_fingerprint[:12]}: retrain it on this model"
-        )
+    manifest = _manifest_for(directory, base_fingerprint, expected_digest)
     weights = load_bytes(_verified_file(directory, manifest, WEIGHTS))
     config = CagulConfig.from_dict(manifest["config"])
     shape = {k: int(manifest.get(k, 0)) for k in ("n_tokens", "hidden_size", "identity_dim")}
