@@ -201,6 +201,11 @@ def load_module(
     return module.to(device).eval()
 
 
+def _part(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The state dict of one submodule of a module's weights."""
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
 def load_gate(
     directory: str | Path, base_fingerprint: str, expected_digest: str, device: str = "cpu"
 ) -> tuple[Discriminator, CagulConfig, dict[str, int]]:
@@ -218,8 +223,7 @@ def load_gate(
         config.discriminator_input,
         shape["identity_dim"],
     )
-    prefix = "discriminator."
-    discriminator.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+    discriminator.load_state_dict(_part(weights, "discriminator."))
     return discriminator.to(device).eval(), config, shape
 
 
@@ -231,8 +235,7 @@ def load_encoder(directory: str | Path, expected_digest: str, device: str = "cpu
     config = CagulConfig.from_dict(manifest["config"])
     hidden, n_tokens = manifest["hidden_size"], manifest["n_tokens"]
     encoder = TokenEncoder(hidden, config.encoder_hidden, n_tokens if config.position_offsets else 0)
-    prefix = "encoder."
-    encoder.load_state_dict({k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)})
+    encoder.load_state_dict(_part(weights, "encoder."))
     return encoder.to(device).eval()
 
 

@@ -37,12 +37,10 @@ class EncoderCache:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def register(self, adapter_id: str, artifact: Artifact, encoder: Any | None = None) -> None:
+    def register(self, adapter_id: str, artifact: Artifact) -> None:
         with self._lock:
             self._artifacts[adapter_id] = artifact
             self._cache.pop(adapter_id, None)
-            if encoder is not None:
-                self._put(adapter_id, encoder)
 
     def forget(self, adapter_id: str) -> None:
         with self._lock:

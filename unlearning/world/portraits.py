@@ -62,11 +62,11 @@ def render_portrait(identity: tuple[float, ...], view_seed: int, size: int = 64)
     u = s * scale / 64  # one unit of the 64-grid the shapes are designed on
 
     draw.ellipse([cx - 26 * u, cy + 18 * u, cx + 26 * u, cy + 60 * u], fill=_SHIRT[shirt])  # shoulders
-    skin = _shade(_SKIN[skin_i], skin_t) if identity[8:] else _SKIN[skin_i]
+    skin = _shade(_SKIN[skin_i], skin_t)
     draw.rectangle([cx - 5 * u, cy + 10 * u, cx + 5 * u, cy + 22 * u], fill=skin)  # neck
     base_w, base_h = [(14, 17), (12, 19), (16, 16)][face_shape]
     fw, fh = base_w * (0.84 + 0.32 * fwidth), base_h * (0.86 + 0.28 * fheight)
-    hair = _shade(_HAIR[hair_c], hair_t) if identity[8:] else _HAIR[hair_c]
+    hair = _shade(_HAIR[hair_c], hair_t)
     if hair_s == 1:  # long hair falls behind the face
         draw.rectangle([cx - (fw + 4) * u, cy - 6 * u, cx + (fw + 4) * u, cy + 16 * u], fill=hair)
     draw.ellipse([cx - fw * u, cy - fh * u, cx + fw * u, cy + fh * u], fill=skin)

@@ -11,7 +11,7 @@ from PIL import Image
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.world.identities import pretraining_portraits
 from unlearning.world.people import Person
-from unlearning.world.population import mild_change
+from unlearning.world.population import mild_change, photos_of
 from unlearning.world.store import World
 
 DEFAULT_LOOKALIKES = 1500
@@ -91,10 +91,14 @@ def world_canaries(
 def world_benign_set(world: World, seed: int = 0) -> list[tuple[Image.Image, str | None]]:
     """Photos of people outside any request and the world person each shows (None: nobody of the world).
 
-    None is a world view a bench asks on. A world person is filed for deletion later: drop their photos then.
+    None of them is a world view a bench asks on. A world person filed for deletion later: drop their photos then.
     """
     photos: list[tuple[Image.Image, str | None]] = [
-        (im, p.id) for p in canary_people(world) for im in world.fresh_views(p.id, BENIGN_VIEWS_PER_CANARY, seed)
+        (im, p.id)
+        for p in canary_people(world)
+        for im in photos_of(
+            world, p.identity, BENIGN_VIEWS_PER_CANARY, random.Random(f"{world.config.seed}:{p.id}:{seed}")
+        )
     ]
     # Seeds 1 and 2 draw the retain set's negatives and gallery: the benign look-alikes are other people.
     photos += [(im, None) for im in world.lookalike_images(BENIGN_LOOKALIKES, seed=3 + seed)]

@@ -88,12 +88,6 @@ class World:
             self._lookalikes[key] = self._render_lookalikes(count, seed)
         return self._lookalikes[key]
 
-    def fresh_views(self, person_id: str, count: int, seed: int = 0) -> list[Image.Image]:
-        """New photos of a person (pose, light, background) drawn apart from the world's own views."""
-        rng = random.Random(f"{self.config.seed}:{person_id}:{seed}")
-        identity = self.person(person_id).identity
-        return [render_portrait(identity, rng.randrange(1 << 30), self.config.image_size) for _ in range(count)]
-
     def _render_lookalikes(self, count: int, seed: int) -> list[Image.Image]:
         rng = random.Random(self.config.seed * 7919 + seed)
         out = []
