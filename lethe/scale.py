@@ -30,6 +30,7 @@ from core.adapters.models import ACTIVE, INACTIVE
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import make_engine, make_session_factory, transaction, upgrade_database
 from core.forget_requests.repository import ForgetRequestRepository
+from core.keys.repository import ApiKeyRepository
 from core.settings import get_settings
 
 TOKEN = "lethe_0123456789ab_scale-bench-key-not-secret"
@@ -90,21 +91,23 @@ def _accuracy_rows(
     backbone: Any, modules: list, counts: list[int], candidates: int, system_fpr: float, seen: Any, log: Log
 ) -> dict:
     """Per gate and N: the accuracy figures, on the gate object the server serves with (routing only)."""
-    from unlearning.artifacts import load_module
+    from unlearning.artifacts import load_gate
     from unlearning.cagul.gate import CagulGate
     from unlearning.evaluation.scale import accuracy
 
     out = {}
-    loaded: dict[str, Any] = {}
+    # One gate of each kind, growing with N as the server's does; loaded as the server loads (the gate part only).
+    gates = {name: CagulGate(backbone, candidates=k, encoders=_routing_only) for name, k in _gates(candidates)}
+    fingerprint, added = backbone.fingerprint(), 0
     for n in counts:
-        for i in range(len(loaded), n):
-            module = load_module(modules[i][0], backbone.fingerprint())
-            loaded[f"m{i:05d}"] = (module.discriminator, module.config)
-        for gate_name, k in (("two_stage", candidates), ("exhaustive", 0)):
-            gate = CagulGate(backbone, candidates=k, encoders=_routing_only)
-            for module_id, (discriminator, config) in loaded.items():
-                gate.add_discriminator(module_id, discriminator, config)
+        for i in range(added, n):
+            discriminator, config, shape = load_gate(modules[i][0], fingerprint, modules[i][1])
+            for gate in gates.values():
+                gate.add_discriminator(f"m{i:05d}", discriminator, config, shape["identity_dim"])
+        added = max(added, n)
+        for gate_name, gate in gates.items():
             started = time.perf_counter()
+            gate.offset = 0.0  # the last N's calibration does not carry over
             served = gate.calibrate(seen.calibration, system_fpr) if system_fpr > 0 else 0.0
             row = accuracy(gate, n, seen) | {"margin": round(served, 3)}
             # The alternative, side by side: the set calibrated to a 1% budget on the world's benign set.
@@ -116,6 +119,11 @@ def _accuracy_rows(
             out[(gate_name, n)] = row
             log(f"{gate_name} gate, {n} modules: {out[(gate_name, n)]} ({time.perf_counter() - started:.1f} s)")
     return out
+
+
+def _gates(candidates: int) -> tuple[tuple[str, int], ...]:
+    """Each gate of the bench and its stage-1 candidates (0: every module)."""
+    return (("two_stage", candidates), ("exhaustive", 0))
 
 
 def _routing_only(module_id: str) -> Any:
@@ -142,7 +150,7 @@ def _serving_rows(
     adapter_ids = _register(sessions, modules, max(counts))
     queries = _queries(world_root)
     rows = []
-    for gate, k in (("two_stage", candidates), ("exhaustive", 0)):
+    for gate, k in _gates(candidates):
         _deactivate_all(sessions)  # each server starts from an empty set, as the first does
         with _server(data_dir, world_name, url, k, work / f"serve-{gate}.log") as (client, pid):
             for n in counts:
@@ -179,8 +187,6 @@ def _register(sessions: Any, modules: list, count: int) -> list[str]:
     ids = []
     with transaction(sessions) as session:
         requests, adapters = ForgetRequestRepository(session), AdapterRepository(session)
-        from core.keys.repository import ApiKeyRepository
-
         ApiKeyRepository(session).create("scale bench", ["admin"], token=TOKEN)
         for i, (path, digest) in enumerate(modules[:count]):
             request = requests.create(
@@ -222,8 +228,9 @@ def _set_active(sessions: Any, client: httpx.Client, adapter_ids: list[str], n: 
     with transaction(sessions) as session:
         sets, adapters = AdapterSetRepository(session), AdapterRepository(session)
         sets.lock()
+        first = set(adapter_ids[:n])
         for adapter in adapters.by_ids(adapter_ids):
-            wanted = ACTIVE if adapter_ids.index(adapter.id) < n else INACTIVE
+            wanted = ACTIVE if adapter.id in first else INACTIVE
             if adapter.state != wanted:
                 adapters.set_state(adapter, wanted)
         version = sets.record(f"scale bench: {n} active").version
