@@ -23,9 +23,21 @@ _POPULATION_STREAM = 7_777
 
 @dataclass(frozen=True)
 class Enrolled:
+    """A person with request photos and one held-out photo, rendered when asked for (thousands are drawn)."""
+
     identity: tuple
-    photos: list[Image.Image]  # what a deletion request would carry
-    heldout: Image.Image  # a photo no module trains on
+    view_seeds: tuple[int, ...]  # the request photos', then the held-out photo's
+    size: int
+
+    @property
+    def photos(self) -> list[Image.Image]:
+        """What a deletion request would carry."""
+        return [render_portrait(self.identity, seed, self.size) for seed in self.view_seeds[:-1]]
+
+    @property
+    def heldout(self) -> Image.Image:
+        """A photo no module trains on."""
+        return render_portrait(self.identity, self.view_seeds[-1], self.size)
 
 
 def stream(world: World, seed: int, part: str) -> random.Random:
@@ -48,11 +60,11 @@ def photos_of(world: World, identity: tuple, count: int, rng: random.Random) -> 
 def enrolled_people(world: World, count: int, photos: int = 3, seed: int = 0) -> list[Enrolled]:
     """`count` people, each with `photos` request photos and one held-out photo."""
     rng = stream(world, seed, "enrolled-views")
-    out = []
-    for identity in draw_identities(world, count, seed, "enrolled"):
-        views = photos_of(world, identity, photos + 1, rng)
-        out.append(Enrolled(identity, views[:-1], views[-1]))
-    return out
+    size = world.config.image_size
+    return [
+        Enrolled(identity, tuple(rng.randrange(1 << 30) for _ in range(photos + 1)), size)
+        for identity in draw_identities(world, count, seed, "enrolled")
+    ]
 
 
 def benign_population(
