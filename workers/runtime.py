@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -14,9 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.crypto import DataCipher, data_cipher
 from core.db import make_engine, make_session_factory
 from core.settings import Settings, get_settings
-from unlearning.artifacts import load_module, load_tensors, read_manifest, tensors_file
+from unlearning.artifacts import load_encoder, load_gate, load_tensors, read_manifest, tensors_file
 from unlearning.backbones import Backbone, load_backbone
-from unlearning.cagul import CagulModule
+from unlearning.cagul import CagulConfig, CagulModule
+from unlearning.cagul.discriminator import Discriminator
+from unlearning.cagul.encoder import TokenEncoder
+from unlearning.cagul.gate import CagulGate
 from unlearning.cagul.verification import Canaries, VerifyConfig
 from unlearning.data import RetainSet, pixels_sha256
 from unlearning.world import WORLD_PRESETS, World
@@ -36,7 +40,8 @@ class Runtime:
     world: World
     cipher: DataCipher
     _retain: dict[tuple[str, ...], RetainSet] = field(default_factory=dict)
-    _modules: dict[tuple[str, str], tuple[CagulModule, torch.Tensor | None]] = field(default_factory=dict)
+    _gates: dict[tuple[str, str], tuple[Discriminator, CagulConfig, torch.Tensor | None]] = field(default_factory=dict)
+    _encoders: OrderedDict[tuple[str, str], TokenEncoder] = field(default_factory=OrderedDict)
 
     @cached_property
     def _people_by_photo(self) -> dict[str, str]:
@@ -93,15 +98,42 @@ class Runtime:
             min_photos_to_hold_out=s.verify_min_photos_to_hold_out,
         )
 
-    def module(self, path: str, digest: str) -> tuple[CagulModule, torch.Tensor | None]:
-        """A served module and its stored probes, loaded once per artifact digest (checked against the registry)."""
+    def gate_part(self, path: str, digest: str) -> tuple[Discriminator, CagulConfig, torch.Tensor | None]:
+        """A served module's gate (discriminator, config) and stored probes, loaded once per artifact digest
+        (checked against the registry); its encoder loads only when its gate fires (`encoder`)."""
         key = (path, digest)
-        if key not in self._modules:
-            module = load_module(path, self.fingerprint, device=self.settings.device, expected_digest=digest)
+        if key not in self._gates:
+            discriminator, config, _ = load_gate(path, self.fingerprint, digest, self.settings.device)
             stored = tensors_file(PROBES) in read_manifest(path, digest)["files"]
             probes = load_tensors(path, PROBES, expected_digest=digest)["tokens"] if stored else None
-            self._modules[key] = (module, probes)
-        return self._modules[key]
+            self._gates[key] = (discriminator, config, probes)
+        return self._gates[key]
+
+    def encoder(self, path: str, digest: str) -> TokenEncoder:
+        """A served module's encoder, the least recently used dropped past the server's cache bound."""
+        key = (path, digest)
+        if key in self._encoders:
+            self._encoders.move_to_end(key)
+        else:
+            self._encoders[key] = load_encoder(path, digest, self.settings.device)
+            while len(self._encoders) > max(1, self.settings.engine_encoder_cache):
+                self._encoders.popitem(last=False)
+        return self._encoders[key]
+
+    def gate(self, rows: dict[str, tuple[str, str]], extra: dict[str, CagulModule]) -> CagulGate:
+        """The gate of the served set `rows` (adapter id -> artifact) plus the `extra` modules, built as the server
+        builds its own: gates loaded alone, encoders on first use."""
+
+        def encoder(module_id: str) -> TokenEncoder:
+            return extra[module_id].encoder if module_id in extra else self.encoder(*rows[module_id])
+
+        gate = CagulGate(self.backbone, candidates=self.settings.gate_candidates, encoders=encoder)
+        for adapter_id, (path, digest) in rows.items():
+            discriminator, config, _ = self.gate_part(path, digest)
+            gate.add_discriminator(adapter_id, discriminator, config)
+        for module_id, module in extra.items():
+            gate.add_module(module_id, module)
+        return gate
 
 
 @cache

@@ -313,11 +313,9 @@ def _verify_and_publish(
     adapter_id = new_id()
     for _ in range(MAX_REVERIFY):
         version, rows = _active_snapshot(rt)
-        served = {aid: rt.module(path, digest) for aid, (path, digest) in rows.items()}
-        modules = {aid: m for aid, (m, _) in served.items()}
-        probes = {aid: p for aid, (_, p) in served.items() if p is not None}
-        candidate = CagulGate(rt.backbone, {**modules, adapter_id: module}, rt.settings.gate_candidates)
-        current = CagulGate(rt.backbone, modules, rt.settings.gate_candidates)
+        parts = {aid: rt.gate_part(path, digest) for aid, (path, digest) in rows.items()}
+        probes = {aid: p for aid, (_, _, p) in parts.items() if p is not None}
+        candidate, current = rt.gate(rows, {adapter_id: module}), rt.gate(rows, {})
         if rt.settings.gate_system_fpr > 0:  # as the server calibrates the set it serves
             for gate in (candidate, current):
                 gate.calibrate(rt.benign_tokens([]), rt.settings.gate_system_fpr)

@@ -192,6 +192,15 @@ class Backbone(ABC):
         finally:
             handle.remove()
 
+    @contextlib.contextmanager
+    def reusing_visual_tokens(self, tokens: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Within the block, the model takes `tokens` (what `visual_tokens(image_inputs)` returned) instead of
+        running its vision tower on those inputs again.
+
+        Extension point: a family that cannot skip its tower keeps this default and runs it twice.
+        """
+        yield
+
     @torch.no_grad()
     def visual_tokens(self, image_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Projected visual tokens Z_v of every image: [n_images, n_visual, hidden]."""

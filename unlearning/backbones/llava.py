@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from unlearning.augment import AugmentConfig, augment
 from unlearning.backbones.base import Backbone
@@ -44,3 +47,20 @@ class LlavaBackbone(Backbone):
 
     def _from_batched(self, tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return tokens
+
+    @contextlib.contextmanager
+    def reusing_visual_tokens(self, tokens: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> Iterator[None]:
+        inner = self.model.model
+        pixels = image_inputs["pixel_values"]
+
+        def features(pixel_values: torch.Tensor, **kwargs: Any) -> Any:
+            if pixel_values.shape != pixels.shape or not torch.equal(pixel_values.to(pixels.device), pixels):
+                return type(inner).get_image_features(inner, pixel_values=pixel_values, **kwargs)
+            # A list, as LLaVA's own get_image_features returns (the annotation says tensor).
+            return BaseModelOutputWithPooling(pooler_output=list(tokens.to(pixel_values.device)))  # type: ignore[arg-type]
+
+        inner.get_image_features = features
+        try:
+            yield
+        finally:
+            del inner.get_image_features

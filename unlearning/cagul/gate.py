@@ -230,16 +230,20 @@ class CagulGate:
         """Run `call(batch, override)` once per group of images routed to the same module (or none).
 
         Returns per input row: the call's result, the firing module's id and its score. When nothing
-        fires, `call` gets the exact batch and no override, as the reference model would.
+        fires, `call` gets the exact batch and no override, as the reference model would (the visual tokens the
+        gate computed are reused, bit for bit what the tower would compute again).
         """
         bb = self.backbone
         inputs = bb.pixel_values(images)
         batch = bb.make_batch(inputs, questions, answers).to(bb.device)
         if not self._banks:
             return [(r, None, 0.0) for r in call(batch, None)]
-        chosen, scores = self.route(bb.visual_tokens(inputs))
+        z = bb.visual_tokens(inputs)
+        chosen, scores = self.route(z)
         if bool((chosen < 0).all()):
-            return [(r, None, float(s)) for r, s in zip(call(batch, None), scores, strict=True)]
+            with bb.reusing_visual_tokens(z, inputs):  # the tower ran for the gate: once per request is enough
+                untouched = call(batch, None)
+            return [(r, None, float(s)) for r, s in zip(untouched, scores, strict=True)]
         module_ids = self.module_ids
         results: list[tuple[T, str | None, float] | None] = [None] * len(images)
         for module_index in chosen.unique().tolist():

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
@@ -29,6 +30,7 @@ from unlearning.backbones import Backbone, load_backbone
 from unlearning.backbones.llava import LlavaBackbone
 from unlearning.files import write_atomic
 from unlearning.identity import IDENTITY_FILE, identification_recall, save_identity_encoder, train_identity_encoder
+from unlearning.identity.tower import pretrain_vision_tower
 from unlearning.processes import run_in_processes
 from unlearning.world.config import WorldConfig
 from unlearning.world.identities import pretraining_portraits
@@ -189,6 +191,8 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Calla
     rng = random.Random(world.config.seed)
     processor = _make_processor(world, tmp)
     model = _make_model(world, processor)
+    autocast = spec.precision == "bf16" and native_bf16()
+    tower = _pretrain_tower(world, model, processor, autocast, progress) if world.config.tower.identities else None
     backbone = LlavaBackbone(model, processor)
     people = [p for p in world.trained_people if p.id not in set(exclude)]
     examples = training_examples(world, people)
@@ -198,7 +202,6 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Calla
     mean, std = processor.image_processor.image_mean, processor.image_processor.image_std
     generator = torch.Generator().manual_seed(world.config.seed)
 
-    autocast = spec.precision == "bf16" and native_bf16()
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimizer, spec.warmup_steps, spec.steps)
     model.train()
@@ -234,10 +237,31 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Calla
         "train_seconds": round(train_seconds, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
         "accuracy": accuracy,
+        **({"tower": tower} if tower is not None else {}),
     }
     write_atomic(tmp / "build.json", json.dumps(report, indent=1).encode())
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def _pretrain_tower(
+    world: World,
+    model: LlavaForConditionalGeneration,
+    processor: LlavaProcessor,
+    autocast: bool,
+    progress: Callable[[int, int, float], None],
+) -> dict:
+    """Pre-train the vision tower on drawn people outside the world, then freeze it for the VLM's training."""
+    config = world.config.tower
+    started = time.perf_counter()
+    portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
+    photos = np.stack([np.stack([np.asarray(im.convert("RGB")) for im in person]) for person in portraits])
+    del portraits
+    ip = processor.image_processor
+    tower = model.model.vision_tower
+    report = pretrain_vision_tower(tower, photos, ip.image_mean, ip.image_std, config, autocast, progress)
+    tower.requires_grad_(False)
+    return {**config.to_dict(), **report, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _build_identity(world_root: str, progress: Callable[[int, int, float], None]) -> None:

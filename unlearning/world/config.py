@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-from unlearning.identity.config import IdentityConfig
+from unlearning.identity.config import IdentityConfig, TowerConfig
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class ModelSpec:
 
 
 # Fields added after worlds were built, left out of `to_dict` at their default.
-_ADDED_FIELDS = {"face_geometry": False}
+_ADDED_FIELDS = {"face_geometry": False, "tower": asdict(TowerConfig())}
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ class WorldConfig:
     # Every person drawn (world, look-alikes, pre-training, populations) also gets a continuous face geometry:
     # 8 attributes alone give 82,944 identities, most a single attribute apart, too few for thousands of requests.
     face_geometry: bool = False
+    # The vision tower pre-trained contrastively on drawn people before the VLM trains on it (frozen), as a VLM
+    # starts from CLIP. Off by default: the default and tiny worlds train the tower with the VLM alone.
+    tower: TowerConfig = field(default_factory=TowerConfig)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -78,6 +81,7 @@ class WorldConfig:
         data = dict(data)
         data["model"] = ModelSpec(**data.get("model", {}))
         data["identity"] = IdentityConfig.from_dict(data.get("identity", {}))
+        data["tower"] = TowerConfig(**data.get("tower", {}))
         return cls(**data)
 
     def fingerprint(self) -> str:
@@ -95,8 +99,8 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         model=ModelSpec(steps=600),
         identity=IdentityConfig(identities=400, steps=800),
     ),
-    # Thousands of requests (`lethe bench scale`): people drawn with a face geometry, and an identity encoder
-    # pre-trained on enough of them to tell apart people it never saw among many.
+    # Thousands of requests (`lethe bench scale`): people drawn with a face geometry, a vision tower pre-trained
+    # contrastively on 10,000 of them before the VLM trains on it, and an identity encoder on its tokens.
     "scale": WorldConfig(
         name="scale",
         seed=11,
@@ -106,5 +110,6 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         model=ModelSpec(steps=600),
         identity=IdentityConfig(identities=4000, views=5, steps=2000, batch_size=256),
         face_geometry=True,
+        tower=TowerConfig(identities=10_000, views=6, steps=1000),
     ),
 }

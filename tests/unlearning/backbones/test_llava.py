@@ -1,5 +1,6 @@
 import pytest
 import torch
+from PIL import Image
 
 from unlearning.backbones import Backbone
 from unlearning.errors import InvalidInputError
@@ -35,6 +36,27 @@ def test_override_with_the_same_tokens_changes_nothing_and_other_tokens_change_l
     assert not torch.allclose(plain, zeroed)
 
 
+def test_reused_visual_tokens_skip_the_tower_and_change_nothing(backbone: Backbone, batch):
+    inputs = {"pixel_values": batch.pixel_values}
+    z = backbone.visual_tokens(inputs)
+    runs: list[int] = []
+    handle = backbone.model.model.vision_tower.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        plain = backbone.generate(batch, None, max_new_tokens=8)
+        towers = len(runs)
+        with backbone.reusing_visual_tokens(z, inputs):
+            reused = backbone.generate(batch, None, max_new_tokens=8)
+            reused_logits = backbone.logits(batch)
+        assert len(runs) == towers == 1  # the reused calls never ran the tower
+        assert reused == plain and torch.equal(reused_logits, backbone.logits(batch))
+        other = backbone.pixel_values([Image.new("RGB", (64, 64), (90, 20, 20))] * 2)["pixel_values"]
+        with backbone.reusing_visual_tokens(z, inputs):  # other pixels than the tokens came from: the tower runs
+            backbone.logits(backbone.make_batch({"pixel_values": other}, ["who is this?"] * 2))
+        assert len(runs) == towers + 2
+    finally:
+        handle.remove()
+
+
 def test_generate_answers_from_the_image(backbone: Backbone, tiny_world: World):
     person = tiny_world.people[0]
     fact = person.facts[1]
@@ -45,7 +67,6 @@ def test_generate_answers_from_the_image(backbone: Backbone, tiny_world: World):
 
 
 def test_bad_images_raise_typed_errors(backbone: Backbone):
-    from PIL import Image
 
     with pytest.raises(InvalidInputError, match="mode"):
         backbone.pixel_values([Image.new("CMYK", (64, 64))])
