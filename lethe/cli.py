@@ -24,7 +24,9 @@ app.add_typer(bench_app, name="bench")
 err = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default: LETHE_DATA_DIR or .lethe).")]
-Preset = Annotated[str | None, typer.Option("--world", help="World preset: default, tiny or scale (default: LETHE_WORLD).")]
+Preset = Annotated[
+    str | None, typer.Option("--world", help="World preset: default, tiny or scale (default: LETHE_WORLD).")
+]
 
 
 class _Bars:
