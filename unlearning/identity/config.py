@@ -8,6 +8,8 @@ from typing import Any
 from unlearning.config import check_known_fields
 from unlearning.errors import InvalidInputError
 
+AUGMENTATIONS = ("fixed", "fresh")
+
 
 @dataclass(frozen=True)
 class IdentityConfig:
@@ -22,8 +24,13 @@ class IdentityConfig:
     lr: float = 1e-3
     temperature: float = 0.07
     seed: int = 0
+    # "fixed": each photo as drawn, once strongly and once mildly changed, encoded once before training. "fresh":
+    # each step a new mild view of one photo against another photo as drawn, as the vision tower is pre-trained.
+    augmentation: str = "fixed"
 
     def __post_init__(self) -> None:
+        if self.augmentation not in AUGMENTATIONS:
+            raise InvalidInputError(f"identity augmentation must be one of {AUGMENTATIONS}")
         for name in ("identities", "width", "dim", "steps", "batch_size"):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"identity {name} must be positive")
@@ -33,7 +40,10 @@ class IdentityConfig:
             raise InvalidInputError("identity batch_size cannot exceed the number of identities")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["augmentation"] == "fixed":  # added later: configs from before keep their fingerprint
+            del data["augmentation"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IdentityConfig:

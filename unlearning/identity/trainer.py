@@ -55,18 +55,19 @@ def train_identity_encoder(
         raise InvalidInputError(f"{len(portraits)} identities is fewer than the batch size {config.batch_size}")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    tokens = identity_tokens(backbone, portraits, generator)
-    n_ids, n_views = tokens.shape[:2]
     encoder = IdentityEncoder(backbone.n_visual_tokens, backbone.hidden_size, config.width, config.dim)
+    pairs = _fixed_pairs(backbone, portraits, generator) if config.augmentation == "fixed" else None
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=1e-2)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, config.steps // 10), config.steps)
     labels = torch.arange(config.batch_size)
     encoder.train()
     for step in range(config.steps):
-        who = torch.randperm(n_ids, generator=generator)[: config.batch_size]
-        first = torch.randint(n_views, (config.batch_size,), generator=generator)
-        second = (first + torch.randint(1, n_views, (config.batch_size,), generator=generator)) % n_views
-        logits = encoder(tokens[who, first]) @ encoder(tokens[who, second]).T / config.temperature
+        who = torch.randperm(len(portraits), generator=generator)[: config.batch_size]
+        if pairs is not None:
+            first, second = pairs(who)
+        else:
+            first, second = _fresh_pair(backbone, portraits, who, generator)
+        logits = encoder(first) @ encoder(second).T / config.temperature
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,3 +76,33 @@ def train_identity_encoder(
         if progress is not None and (step % 25 == 0 or step == config.steps - 1):
             progress(step + 1, config.steps, float(loss.detach()))
     return encoder.frozen()
+
+
+def _fixed_pairs(
+    backbone: Backbone, portraits: Sequence[Sequence[Image.Image]], generator: torch.Generator
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Tokens of every photo's fixed copies, encoded once; returns a sampler of two copies per identity."""
+    tokens = identity_tokens(backbone, portraits, generator)
+    n_views = tokens.shape[1]
+
+    def pairs(who: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first = torch.randint(n_views, (len(who),), generator=generator)
+        second = (first + torch.randint(1, n_views, (len(who),), generator=generator)) % n_views
+        return tokens[who, first], tokens[who, second]
+
+    return pairs
+
+
+@torch.no_grad()
+def _fresh_pair(
+    backbone: Backbone, portraits: Sequence[Sequence[Image.Image]], who: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per identity: a new mild view of one photo and another photo as drawn, encoded now."""
+    views = len(portraits[0])
+    first = torch.randint(views, (len(who),), generator=generator)
+    second = (first + torch.randint(1, views, (len(who),), generator=generator)) % views
+    changed = backbone.augmented_inputs(
+        [portraits[i][v] for i, v in zip(who.tolist(), first.tolist(), strict=True)], MILD_VIEWS, generator
+    )
+    drawn = backbone.pixel_values([portraits[i][v] for i, v in zip(who.tolist(), second.tolist(), strict=True)])
+    return backbone.visual_tokens(changed).float(), backbone.visual_tokens(drawn).float()

@@ -71,6 +71,7 @@ class WorldConfig:
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["identity"] = self.identity.to_dict()
         for name, default in _ADDED_FIELDS.items():
             if data[name] == default:  # so the worlds built before the field keep their fingerprint
                 del data[name]

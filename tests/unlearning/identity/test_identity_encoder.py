@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearning.backbones import Backbone, load_backbone
-from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
+from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError, InvalidInputError
 from unlearning.identity import (
     IDENTITY_FILE,
     IdentityConfig,
@@ -16,6 +16,7 @@ from unlearning.identity import (
     identification_recall,
     load_identity_encoder,
     save_identity_encoder,
+    train_identity_encoder,
 )
 from unlearning.world import World
 from unlearning.world.identities import pretraining_portraits
@@ -37,6 +38,20 @@ def test_the_world_s_held_out_photos_find_their_person(tiny_world: World, backbo
     images = [tiny_world.image(p.id, v) for p in tiny_world.people for v in range(views)]
     embeddings = backbone.identity_embeddings(backbone.visual_tokens(backbone.pixel_values(images)))
     assert identification_recall(embeddings.view(len(tiny_world.people), views, -1), (3,))["recall_at_3"] >= 0.95
+
+
+def test_fresh_views_train_an_encoder_that_finds_never_seen_people(tiny_world: World, backbone: Backbone):
+    config = IdentityConfig(identities=64, views=4, width=128, dim=32, steps=40, batch_size=32, augmentation="fresh")
+    portraits = pretraining_portraits(tiny_world, config.identities, config.views, seed=5)
+    encoder = train_identity_encoder(backbone, portraits, config)
+    people = pretraining_portraits(tiny_world, 60, 4, seed=6)
+    tokens = backbone.visual_tokens(backbone.pixel_values([im for p in people for im in p]))
+    raw = F.normalize(F.layer_norm(tokens, tokens.shape[-1:]).flatten(1), dim=-1).view(60, 4, -1)
+    learned = identification_recall(encoder(tokens).view(60, 4, -1), (1,))["recall_at_1"]
+    assert learned > identification_recall(raw, (1,))["recall_at_1"]
+    with pytest.raises(InvalidInputError, match="augmentation"):
+        IdentityConfig(augmentation="strong")
+    assert "augmentation" not in IdentityConfig().to_dict() and config.to_dict()["augmentation"] == "fresh"
 
 
 def test_modules_are_bound_to_the_encoder(tiny_world: World, backbone: Backbone):
