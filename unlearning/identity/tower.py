@@ -12,6 +12,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.identity.config import TowerConfig
+from unlearning.identity.trainer import two_views
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -59,8 +60,7 @@ def pretrain_vision_tower(
     loss_value = float("nan")
     for step in range(config.steps):
         who = torch.randperm(n_ids, generator=generator)[: config.batch_size].numpy()
-        first = torch.randint(n_views, (config.batch_size,), generator=generator)
-        second = (first + torch.randint(1, n_views, (config.batch_size,), generator=generator)) % n_views
+        first, second = two_views(n_views, config.batch_size, generator)
         changed = augment(pixels(who, first), mean, std, MILD_VIEWS, generator)
         logits = embed(changed) @ embed(pixels(who, second)).T / config.temperature
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

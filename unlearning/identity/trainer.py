@@ -44,6 +44,12 @@ def identity_tokens(
     return torch.cat(copies, dim=1)
 
 
+def two_views(views: int, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of `count` people, two different view indices out of `views`: a positive pair."""
+    first = torch.randint(views, (count,), generator=generator)
+    return first, (first + torch.randint(1, views, (count,), generator=generator)) % views
+
+
 def train_identity_encoder(
     backbone: Backbone,
     portraits: Sequence[Sequence[Image.Image]],
@@ -86,8 +92,7 @@ def _fixed_pairs(
     n_views = tokens.shape[1]
 
     def pairs(who: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        first = torch.randint(n_views, (len(who),), generator=generator)
-        second = (first + torch.randint(1, n_views, (len(who),), generator=generator)) % n_views
+        first, second = two_views(n_views, len(who), generator)
         return tokens[who, first], tokens[who, second]
 
     return pairs
@@ -98,9 +103,7 @@ def _fresh_pair(
     backbone: Backbone, portraits: Sequence[Sequence[Image.Image]], who: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per identity: a new mild view of one photo and another photo as drawn, encoded now."""
-    views = len(portraits[0])
-    first = torch.randint(views, (len(who),), generator=generator)
-    second = (first + torch.randint(1, views, (len(who),), generator=generator)) % views
+    first, second = two_views(len(portraits[0]), len(who), generator)
     changed = backbone.augmented_inputs(
         [portraits[i][v] for i, v in zip(who.tolist(), first.tolist(), strict=True)], MILD_VIEWS, generator
     )
