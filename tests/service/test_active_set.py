@@ -45,7 +45,10 @@ def test_one_activation_loads_one_module_and_leaves_the_others(
     assert engine.ready and engine.active.loads == 3  # the third module only
     after = scores()
     assert sorted(after) == sorted([*first, third])
-    assert all(torch.equal(before[a], after[a]) for a in first)
+    # Equal up to rounding, not bit for bit: how a stacked matmul blocks depends on how many modules it stacks (CI
+    # saw last-bit differences on one CPU and none on another). A reloaded or mixed-up module differs far more.
+    for a in first:
+        torch.testing.assert_close(after[a], before[a], rtol=1e-5, atol=1e-6)
 
     with transaction(sessions) as session:
         AdapterSetRepository(session).lock()
@@ -55,7 +58,8 @@ def test_one_activation_loads_one_module_and_leaves_the_others(
     assert engine.ready and engine.served_version == version and engine.active.loads == 3
     remaining = scores()
     assert sorted(remaining) == sorted([first[1], third])
-    assert all(torch.equal(after[a], remaining[a]) for a in remaining)
+    for a in remaining:
+        torch.testing.assert_close(remaining[a], after[a], rtol=1e-5, atol=1e-6)
     engine.sync()  # unchanged: nothing loads
     assert engine.active.loads == 3
 
