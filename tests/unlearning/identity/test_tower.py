@@ -65,5 +65,5 @@ def test_tower_config_is_checked_and_off_by_default():
         TowerConfig(identities=10, batch_size=11)
     # Worlds built before the tower existed keep their fingerprint; a world that pre-trains its tower does not.
     assert "tower" not in WorldConfig().to_dict()
-    assert WORLD_PRESETS["scale"].tower.identities > 0
+    assert WORLD_PRESETS["scale"].tower.identities > 0 and WORLD_PRESETS["default"].tower.identities > 0
     assert WorldConfig.from_dict(WORLD_PRESETS["scale"].to_dict()) == WORLD_PRESETS["scale"]
