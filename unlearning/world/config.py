@@ -66,7 +66,8 @@ class WorldConfig:
     # 8 attributes alone give 82,944 identities, most a single attribute apart, too few for thousands of requests.
     face_geometry: bool = False
     # The vision tower pre-trained contrastively on drawn people before the VLM trains on it (frozen), as a VLM
-    # starts from CLIP. Off by default: the default and tiny worlds train the tower with the VLM alone.
+    # starts from CLIP. Off unless set (worlds built before it keep their fingerprint): the tiny world trains the
+    # tower with the VLM alone; the default and scale presets pre-train it.
     tower: TowerConfig = field(default_factory=TowerConfig)
 
     def to_dict(self) -> dict:
