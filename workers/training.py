@@ -198,21 +198,22 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             repo.add_event(request.id, job_id=job.id, kind="status", status=TRAINING, message="redelivered; restarting")
         repo.set_status(request, TRAINING, job_id=job.id)
         sealed = [im.ciphertext for im in request.images]
-        if request.qa_ciphertext is None or None in sealed:
+        if request.key is None or request.qa_ciphertext is None or request.subject_ciphertext is None or None in sealed:
             repo.set_status(request, FAILED, "the request's uploaded data was purged before training", job_id=job.id)
             return FAILED
-        images = [Image.open(io.BytesIO(rt.cipher.decrypt(c))).convert("RGB") for c in sealed if c is not None]
+        cipher = rt.master_key.open(request.key.wrapped_key)
+        images = [Image.open(io.BytesIO(cipher.decrypt(c))).convert("RGB") for c in sealed if c is not None]
         qa_pairs = [
-            QA(q["question"], q["answer"], q.get("keyword"))
-            for q in json.loads(rt.cipher.decrypt(request.qa_ciphertext))
+            QA(q["question"], q["answer"], q.get("keyword")) for q in json.loads(cipher.decrypt(request.qa_ciphertext))
         ]
+        subject = cipher.decrypt(request.subject_ciphertext).decode()
         # People filed for deletion (active or in flight, this request included) are never retain data or canaries.
         own = {pixels_sha256(im) for im in images}
         filed = repo.image_hashes(IN_FLIGHT | {ACTIVE}) | own
         work = Job(
             request.id,
             job.id,
-            ForgetData(subject=request.subject, images=images, qa_pairs=qa_pairs),
+            ForgetData(subject=subject, images=images, qa_pairs=qa_pairs),
             CagulConfig.from_dict(dict(request.params)),
             rt.people_in(filed),
             rt.people_in(own),

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
-from core.crypto import data_cipher
+from core.crypto import master_key
 from core.db import make_engine, make_session_factory, transaction
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
@@ -31,7 +31,7 @@ def service(tiny_world: World, backbone: Backbone, tmp_path: Path, pg_url: str, 
     settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, verify_max_attempts=2)
     engine = make_engine(pg_url)
     sessions = make_session_factory(engine)
-    rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), tiny_world, data_cipher(settings))
+    rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), tiny_world, master_key(settings))
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
         yield client, rt
     # Closed before pg_url drops the database, so no pooled connection outlives it.
