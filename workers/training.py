@@ -415,10 +415,28 @@ def _reject(
     verification: Verification,
     attempts: list[dict[str, Any]],
 ) -> str:
-    """Every attempt failed: keep the last module (rejected, never served) and say what the operator can do."""
+    """Every attempt failed: record the last module (rejected, its weights deleted) and say what the operator can do."""
     adapter_id = new_id()
     directory = Path(rt.settings.resolved_artifact_root()) / adapter_id
-    manifest = save_module(module, directory, rt.fingerprint, {"request_id": job.request_id})
+    # Saved only for the registry's checksum: a rejected module's weights still encode the subject, never served.
+    try:
+        manifest = save_module(module, directory, rt.fingerprint, {"request_id": job.request_id})
+        return _record_rejection(rt, job, adapter_id, directory, manifest, train_report, verification, attempts)
+    finally:
+        _discard(directory)
+
+
+def _record_rejection(
+    rt: Runtime,
+    job: Job,
+    adapter_id: str,
+    directory: Path,
+    manifest: dict[str, Any],
+    train_report: TrainReport,
+    verification: Verification,
+    attempts: list[dict[str, Any]],
+) -> str:
+    """The rejected module's registry row and the request's final status, in one transaction."""
     advice = (
         f"verification failed in all {len(attempts)} attempts ({attempts[-1]['strengthened']} at the last); "
         "raise LETHE_VERIFY_MAX_ATTEMPTS, or file more photos and question phrasings of the subject"

@@ -74,6 +74,14 @@ def test_too_few_steps_is_rejected_with_leaking_cases_after_recorded_retries(ser
     events = client.get(f"/v1/forget-requests/{payload.request_id}/events").json()
     assert any(f"attempt 2 of 2 after {', '.join(failed)} failed" in (e["message"] or "") for e in events)
     assert client.get("/v1/adapter-set").json()["adapter_ids"] == []
+    # The rejected module is on record (checksum, report), but its weights, which still encode the subject, are gone.
+    with transaction(rt.sessions) as session:
+        adapter_id = ForgetRequestRepository(session).get(payload.request_id).adapter_id
+        assert adapter_id is not None
+        rejected = AdapterRepository(session).get(adapter_id)
+        assert rejected.state == "rejected" and len(rejected.sha256) == 64
+    assert not Path(rejected.path).exists()
+    assert not list(Path(rt.settings.resolved_artifact_root()).rglob("*.safetensors"))
 
 
 def test_keywords_the_reference_never_says_are_nothing_to_forget(service, tiny_world: World):
