@@ -1,4 +1,4 @@
-"""Keys the service holds: the data key (uploads encrypted at rest) and the certificate signing key."""
+"""Keys the service holds: the master key wrapping each request's data key, and the certificate signing key."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ class DataKeyError(LetheError):
     code = "data_key_error"
 
 
+log = logging.getLogger(__name__)
+
+
 class DataCipher:
     """Authenticated symmetric encryption (Fernet: AES-128-CBC + HMAC-SHA256)."""
 
@@ -31,7 +36,7 @@ class DataCipher:
         try:
             self._fernet = Fernet(key)
         except (ValueError, TypeError) as exc:
-            raise DataKeyError("the data key is not a Fernet key (32 url-safe base64-encoded bytes)") from exc
+            raise DataKeyError("the key is not a Fernet key (32 url-safe base64-encoded bytes)") from exc
 
     def encrypt(self, data: bytes) -> bytes:
         return self._fernet.encrypt(data)
@@ -40,7 +45,72 @@ class DataCipher:
         try:
             return self._fernet.decrypt(token)
         except InvalidToken:
-            raise DataKeyError("stored request data cannot be decrypted with the configured data key") from None
+            raise DataKeyError("stored request data cannot be decrypted with this request's data key") from None
+
+
+class MasterKey:
+    """Wraps and unwraps per-request data keys; never stored beside the data it protects."""
+
+    def __init__(self, key: bytes | str) -> None:
+        raw = key.encode() if isinstance(key, str) else key
+        try:
+            self._fernet = Fernet(raw)
+        except (ValueError, TypeError) as exc:
+            raise DataKeyError("the master key is not a Fernet key (32 url-safe base64-encoded bytes)") from exc
+        self.key_id = hashlib.sha256(raw.strip()).hexdigest()[:16]
+
+    @staticmethod
+    def generate() -> bytes:
+        return Fernet.generate_key()
+
+    def wrap(self, data_key: bytes) -> bytes:
+        return self._fernet.encrypt(data_key)
+
+    def unwrap(self, wrapped: bytes) -> bytes:
+        try:
+            return self._fernet.decrypt(wrapped)
+        except InvalidToken:
+            raise DataKeyError(
+                f"a request's data key does not open with master key {self.key_id}: configure the master key it "
+                "was wrapped under (LETHE_MASTER_KEY or LETHE_MASTER_KEY_FILE)"
+            ) from None
+
+    def open(self, wrapped: bytes) -> DataCipher:
+        """The cipher of a request whose data key was wrapped under this master key."""
+        return DataCipher(self.unwrap(wrapped))
+
+
+def subject_label(data_key: bytes, subject: str) -> str:
+    """HMAC-SHA256 of the subject under its request's data key: unlinkable to the name once that key is destroyed."""
+    return hmac.new(data_key, subject.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class SealedRequest:
+    """A request's uploads encrypted under its own data key, and that key wrapped by the master key."""
+
+    wrapped_key: bytes
+    master_key_id: str
+    subject_label: str
+    subject: bytes
+    qa_pairs: bytes
+    images: list[tuple[str, str, bytes]]  # (media type, sha256 of the plaintext, ciphertext)
+
+
+def seal_request(
+    master: MasterKey, subject: str, qa_pairs: bytes, images: Sequence[tuple[str, str, bytes]]
+) -> SealedRequest:
+    """Encrypt one request under a fresh random data key; `images` are (media type, sha256, plaintext)."""
+    data_key = Fernet.generate_key()
+    cipher = DataCipher(data_key)
+    return SealedRequest(
+        wrapped_key=master.wrap(data_key),
+        master_key_id=master.key_id,
+        subject_label=subject_label(data_key, subject),
+        subject=cipher.encrypt(subject.encode()),
+        qa_pairs=cipher.encrypt(qa_pairs),
+        images=[(media, digest, cipher.encrypt(data)) for media, digest, data in images],
+    )
 
 
 def _secret_file(path: Path, generate: Callable[[], bytes]) -> bytes:
@@ -62,11 +132,34 @@ def _secret_file(path: Path, generate: Callable[[], bytes]) -> bytes:
     return path.read_bytes().strip()
 
 
-def data_cipher(settings: Settings) -> DataCipher:
-    """The cipher of LETHE_DATA_KEY, else of DATA_DIR/secrets/data.key."""
-    if settings.data_key:
-        return DataCipher(settings.data_key)
-    return DataCipher(_secret_file(Path(settings.data_dir) / "secrets" / "data.key", Fernet.generate_key))
+def outside_data_dir(path: Path, settings: Settings) -> Path:
+    """`path`, resolved; refused inside the data dir (a copy or backup of the data would carry its key)."""
+    path, data_dir = path.expanduser().resolve(), Path(settings.data_dir).expanduser().resolve()
+    if path.is_relative_to(data_dir):
+        raise DataKeyError(
+            f"the master key file {path} lies inside the data dir {data_dir}: a copy or backup of the data would "
+            "carry the key that opens it; set LETHE_MASTER_KEY_FILE to a path outside it, or LETHE_MASTER_KEY"
+        )
+    return path
+
+
+def master_key_file(settings: Settings) -> Path:
+    return outside_data_dir(settings.resolved_master_key_file(), settings)
+
+
+def master_key_at(path: Path, settings: Settings) -> MasterKey:
+    """The master key in `path` (outside the data dir), generated there if absent."""
+    path = outside_data_dir(path, settings)
+    if not path.is_file():
+        log.warning("master key: generating %s; keep it out of the data dir's backups", path)
+    return MasterKey(_secret_file(path, MasterKey.generate))
+
+
+def master_key(settings: Settings) -> MasterKey:
+    """The master key of LETHE_MASTER_KEY, else of the key file (created on first start outside the data dir)."""
+    if settings.master_key is not None:
+        return MasterKey(settings.master_key.get_secret_value())
+    return master_key_at(settings.resolved_master_key_file(), settings)
 
 
 def canonical_json(document: dict[str, Any]) -> bytes:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,8 +29,15 @@ class Settings(BaseSettings):
         default=None, description="Where module artifacts go; default: DATA_DIR/modules."
     )
 
-    data_key: str | None = Field(
-        default=None, description="Fernet key encrypting uploads at rest; default: DATA_DIR/secrets/data.key."
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key wrapping each request's data key; never stored beside the data. "
+        "Default: the key in LETHE_MASTER_KEY_FILE.",
+    )
+    master_key_file: Path | None = Field(
+        default=None,
+        description="File holding the master key, created on first start, refused inside DATA_DIR; "
+        "default: $XDG_CONFIG_HOME/lethe/master.key (~/.config/lethe/master.key).",
     )
     signing_key: str | None = Field(
         default=None, description="Ed25519 private key (base64, raw 32 bytes) signing erasure certificates."
@@ -121,6 +129,10 @@ class Settings(BaseSettings):
 
     def resolved_artifact_root(self) -> Path:
         return self.artifact_root or self.data_dir / "modules"
+
+    def resolved_master_key_file(self) -> Path:
+        config_home = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+        return self.master_key_file or Path(config_home) / "lethe" / "master.key"
 
 
 def get_settings() -> Settings:

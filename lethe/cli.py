@@ -423,6 +423,56 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `
     err.print(f"key {key_id} revoked")
 
 
+@keys_app.command("rotate-data-key")
+def keys_rotate_data_key(
+    old_key_file: Annotated[
+        Path | None,
+        typer.Option(help="The master key the data keys are wrapped under now; default: the configured one."),
+    ] = None,
+    new_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The new master key, generated there if absent; default: a new key replaces the configured key file."
+        ),
+    ] = None,
+) -> None:
+    """Re-wrap every request's data key under a new master key (payloads untouched); stop the service first."""
+    import os
+
+    from core.audit.repository import AuditRepository
+    from core.crypto import DataKeyError, MasterKey, master_key, master_key_at, master_key_file
+    from core.db import transaction
+    from core.forget_requests.repository import ForgetRequestRepository
+
+    settings = get_settings()
+    try:
+        if old_key_file is not None:
+            old = MasterKey(old_key_file.read_bytes().strip())
+        elif settings.master_key is None and not master_key_file(settings).is_file():
+            raise DataKeyError(f"no master key at {master_key_file(settings)}: give --old-key-file")
+        else:
+            old = master_key(settings)
+        replaced = None
+        if new_key_file is None:
+            if settings.master_key is not None:
+                raise DataKeyError("LETHE_MASTER_KEY is set: give --new-key-file, then set LETHE_MASTER_KEY to it")
+            replaced = master_key_file(settings)
+            new_key_file = replaced.with_name(replaced.name + ".new")  # kept until the re-wrap is committed
+        new = master_key_at(new_key_file, settings)
+        with transaction(_sessions()) as session:
+            moved = ForgetRequestRepository(session).rewrap_keys(old, new)
+            AuditRepository(session).record("cli", "master_key.rotate", old=old.key_id, new=new.key_id, rewrapped=moved)
+    except (DataKeyError, OSError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if replaced is not None:
+        os.replace(new_key_file, replaced)
+        new_key_file = replaced
+    err.print(
+        f"{moved} data keys re-wrapped from master key {old.key_id} to {new.key_id} (in {new_key_file}); restart "
+        "the API and workers with it, then destroy every copy of the old key: backups taken before now open nothing"
+    )
+
+
 @app.command("verify-certificate")
 def verify_certificate_command(
     path: Annotated[Path, typer.Argument(help="A certificate as returned by GET .../certificate (JSON).")],
@@ -490,6 +540,18 @@ def _bootstrap_admin(settings) -> None:  # type: ignore[no-untyped-def]
         err.print(f"first admin key (shown once; store it): {token}")
 
 
+def _master_key_ready(settings) -> None:  # type: ignore[no-untyped-def]
+    """The master key exists (created once, before the API and the worker both read it) and says where it is."""
+    from core.crypto import DataKeyError, master_key, master_key_file
+
+    try:
+        master_key(settings)
+        where = "LETHE_MASTER_KEY" if settings.master_key is not None else str(master_key_file(settings))
+    except DataKeyError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    err.print(f"master key from {where} (keep it out of the data dir's backups)")
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -517,6 +579,7 @@ def serve(
         _built_world(settings.data_dir, settings.world, with_retain_model=False)
     upgrade_database(settings.resolved_database_url())
     _bootstrap_admin(settings)
+    _master_key_ready(settings)
     worker = subprocess.Popen(
         [
             sys.executable,

@@ -28,6 +28,7 @@ import httpx
 
 from core.adapters.models import ACTIVE, INACTIVE
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.crypto import MasterKey, seal_request
 from core.db import make_engine, make_session_factory, transaction, upgrade_database
 from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import ApiKeyRepository
@@ -188,14 +189,13 @@ def _register(sessions: Any, modules: list, count: int) -> list[str]:
     with transaction(sessions) as session:
         requests, adapters = ForgetRequestRepository(session), AdapterRepository(session)
         ApiKeyRepository(session).create("scale bench", ["admin"], token=TOKEN)
+        master = MasterKey(MasterKey.generate())  # enrolled requests carry no uploads anyone reads back
         for i, (path, digest) in enumerate(modules[:count]):
             request = requests.create(
-                subject=f"enrolled {i}",
+                seal_request(master, f"enrolled {i}", b"[]", []),
                 method="cagul",
                 params={},
-                qa_ciphertext=b"",
                 qa_sha256=[],
-                images=[],
                 callback_url=None,
                 status="active",
             )

@@ -17,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from core.crypto import callback_signer, data_cipher, signing_key
+from core.crypto import callback_signer, master_key, signing_key
 from core.db import make_engine, make_session_factory, transaction
 from core.errors import InvalidRequestError, LetheError, UnauthorizedError
 from core.keys.repository import ApiKeyRepository
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         app.state.settings = settings
         app.state.sessions = make_session_factory(db)
         app.state.celery = make_celery(settings)
-        app.state.cipher = data_cipher(settings)
+        app.state.master_key = master_key(settings)
         app.state.signer = signing_key(settings)
         app.state.metrics = Metrics()
         app.state.engine = InferenceEngine(settings, app.state.sessions)

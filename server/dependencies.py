@@ -13,7 +13,9 @@ from server.vqa.service import VQAService
 
 def forget_request_service(request: Request) -> ForgetRequestService:
     state = request.app.state
-    return ForgetRequestService(state.sessions, state.settings, state.celery, state.engine, state.cipher, state.signer)
+    return ForgetRequestService(
+        state.sessions, state.settings, state.celery, state.engine, state.master_key, state.signer
+    )
 
 
 def adapter_service(request: Request) -> AdapterService:

@@ -12,7 +12,7 @@ from functools import cache, cached_property
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.crypto import DataCipher, data_cipher
+from core.crypto import MasterKey, master_key
 from core.db import make_engine, make_session_factory
 from core.settings import Settings, get_settings
 from unlearning.artifacts import load_encoder, load_gate, load_tensors, read_manifest, tensors_file
@@ -38,7 +38,7 @@ class Runtime:
     backbone: Backbone
     fingerprint: str
     world: World
-    cipher: DataCipher
+    master_key: MasterKey
     _retain: dict[tuple[str, ...], RetainSet] = field(default_factory=dict)
     _gates: dict[tuple[str, str], tuple[Discriminator, CagulConfig, torch.Tensor | None]] = field(default_factory=dict)
     _encoders: OrderedDict[tuple[str, str], TokenEncoder] = field(default_factory=OrderedDict)
@@ -148,5 +148,5 @@ def runtime() -> Runtime:
         backbone=backbone,
         fingerprint=backbone.fingerprint(),
         world=World(world_dir(settings.data_dir, config)),
-        cipher=data_cipher(settings),
+        master_key=master_key(settings),
     )

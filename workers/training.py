@@ -198,21 +198,22 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             repo.add_event(request.id, job_id=job.id, kind="status", status=TRAINING, message="redelivered; restarting")
         repo.set_status(request, TRAINING, job_id=job.id)
         sealed = [im.ciphertext for im in request.images]
-        if request.qa_ciphertext is None or None in sealed:
+        if request.key is None or request.qa_ciphertext is None or request.subject_ciphertext is None or None in sealed:
             repo.set_status(request, FAILED, "the request's uploaded data was purged before training", job_id=job.id)
             return FAILED
-        images = [Image.open(io.BytesIO(rt.cipher.decrypt(c))).convert("RGB") for c in sealed if c is not None]
+        cipher = rt.master_key.open(request.key.wrapped_key)
+        images = [Image.open(io.BytesIO(cipher.decrypt(c))).convert("RGB") for c in sealed if c is not None]
         qa_pairs = [
-            QA(q["question"], q["answer"], q.get("keyword"))
-            for q in json.loads(rt.cipher.decrypt(request.qa_ciphertext))
+            QA(q["question"], q["answer"], q.get("keyword")) for q in json.loads(cipher.decrypt(request.qa_ciphertext))
         ]
+        subject = cipher.decrypt(request.subject_ciphertext).decode()
         # People filed for deletion (active or in flight, this request included) are never retain data or canaries.
         own = {pixels_sha256(im) for im in images}
         filed = repo.image_hashes(IN_FLIGHT | {ACTIVE}) | own
         work = Job(
             request.id,
             job.id,
-            ForgetData(subject=request.subject, images=images, qa_pairs=qa_pairs),
+            ForgetData(subject=subject, images=images, qa_pairs=qa_pairs),
             CagulConfig.from_dict(dict(request.params)),
             rt.people_in(filed),
             rt.people_in(own),
@@ -414,10 +415,28 @@ def _reject(
     verification: Verification,
     attempts: list[dict[str, Any]],
 ) -> str:
-    """Every attempt failed: keep the last module (rejected, never served) and say what the operator can do."""
+    """Every attempt failed: record the last module (rejected, its weights deleted) and say what the operator can do."""
     adapter_id = new_id()
     directory = Path(rt.settings.resolved_artifact_root()) / adapter_id
-    manifest = save_module(module, directory, rt.fingerprint, {"request_id": job.request_id})
+    # Saved only for the registry's checksum: a rejected module's weights still encode the subject, never served.
+    try:
+        manifest = save_module(module, directory, rt.fingerprint, {"request_id": job.request_id})
+        return _record_rejection(rt, job, adapter_id, directory, manifest, train_report, verification, attempts)
+    finally:
+        _discard(directory)
+
+
+def _record_rejection(
+    rt: Runtime,
+    job: Job,
+    adapter_id: str,
+    directory: Path,
+    manifest: dict[str, Any],
+    train_report: TrainReport,
+    verification: Verification,
+    attempts: list[dict[str, Any]],
+) -> str:
+    """The rejected module's registry row and the request's final status, in one transaction."""
     advice = (
         f"verification failed in all {len(attempts)} attempts ({attempts[-1]['strengthened']} at the last); "
         "raise LETHE_VERIFY_MAX_ATTEMPTS, or file more photos and question phrasings of the subject"

@@ -50,11 +50,14 @@ class ForgetRequest(Base):
     __tablename__ = "forget_requests"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    subject: Mapped[str] = mapped_column(Text)
+    # The name itself is only in `subject_ciphertext`; the label is what lists show.
+    subject_label: Mapped[str] = mapped_column(String(64))
+    subject_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(32), index=True)
     method: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]]
-    # Uploaded data is kept encrypted, and only until the request is terminal; then only hashes remain.
+    # Uploaded data is kept encrypted under the request's own data key, and only until the request is terminal;
+    # then the key is destroyed and only hashes remain.
     qa_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     qa_sha256: Mapped[list[Any]]
     n_qa_pairs: Mapped[int]
@@ -70,6 +73,20 @@ class ForgetRequest(Base):
     images: Mapped[list[RequestImage]] = relationship(
         back_populates="request", order_by="RequestImage.position", cascade="all, delete-orphan"
     )
+    key: Mapped[RequestKey | None] = relationship(cascade="all, delete-orphan")
+
+
+class RequestKey(Base):
+    """A request's data key, wrapped by the master key; deleting the row is the erasure (crypto-shredding)."""
+
+    __tablename__ = "request_keys"
+
+    # A table of its own, written once and deleted once: as a column of forget_requests, every status update
+    # would leave one more copy of the wrapped key in PostgreSQL's dead row versions.
+    request_id: Mapped[str] = mapped_column(ForeignKey("forget_requests.id", ondelete="CASCADE"), primary_key=True)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    master_key_id: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RequestImage(Base):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,8 +10,9 @@ from sqlalchemy.orm import Session
 
 from core.audit.repository import AuditRepository
 from core.callbacks.repository import CallbackRepository
+from core.crypto import DataKeyError, MasterKey, SealedRequest
 from core.db import fetch_one, paginate, utcnow
-from core.forget_requests.models import IN_FLIGHT, TERMINAL, ForgetRequest, Job, JobEvent, RequestImage
+from core.forget_requests.models import IN_FLIGHT, TERMINAL, ForgetRequest, Job, JobEvent, RequestImage, RequestKey
 
 
 class ForgetRequestRepository:
@@ -21,30 +21,30 @@ class ForgetRequestRepository:
 
     def create(
         self,
+        sealed: SealedRequest,
         *,
-        subject: str,
         method: str,
         params: dict[str, Any],
-        qa_ciphertext: bytes,
         qa_sha256: list[str],
-        images: Sequence[tuple[str, str, bytes]],
         callback_url: str | None,
         status: str,
     ) -> ForgetRequest:
-        """A new request with its encrypted QA pairs and images as (media type, plaintext sha256, ciphertext)."""
+        """A new request with its uploads sealed under its own data key, and that key wrapped."""
         request = ForgetRequest(
-            subject=subject,
+            subject_label=sealed.subject_label,
+            subject_ciphertext=sealed.subject,
             method=method,
             params=params,
-            qa_ciphertext=qa_ciphertext,
+            qa_ciphertext=sealed.qa_pairs,
             qa_sha256=qa_sha256,
             n_qa_pairs=len(qa_sha256),
             callback_url=callback_url,
             status=status,
             images=[
                 RequestImage(position=i, media_type=media, sha256=digest, ciphertext=data)
-                for i, (media, digest, data) in enumerate(images)
+                for i, (media, digest, data) in enumerate(sealed.images)
             ],
+            key=RequestKey(wrapped_key=sealed.wrapped_key, master_key_id=sealed.master_key_id),
         )
         self.session.add(request)
         self.session.flush()
@@ -74,7 +74,11 @@ class ForgetRequestRepository:
             self.purge(request)
 
     def purge(self, request: ForgetRequest) -> None:
-        """Delete the uploaded photos and QA pairs; their hashes stay."""
+        """Destroy the request's data key and delete its sealed subject, photos and QA pairs; hashes stay."""
+        # Copies of the ciphertext live on in dead row versions, WAL and backups: the key's deletion is what
+        # makes them unreadable, the NULLs only keep the live tables small.
+        request.key = None
+        request.subject_ciphertext = None
         request.qa_ciphertext = None
         for image in request.images:
             image.ciphertext = None
@@ -108,6 +112,20 @@ class ForgetRequestRepository:
             .limit(limit)
         )
         return list(self.session.scalars(query).all())
+
+    def rewrap_keys(self, old: MasterKey, new: MasterKey) -> int:
+        """Re-wrap every data key under `new` (payloads untouched); keys already under `new` are skipped."""
+        keys = list(self.session.scalars(select(RequestKey).with_for_update()).all())
+        foreign = {k.master_key_id for k in keys} - {old.key_id, new.key_id}
+        if foreign:
+            raise DataKeyError(
+                f"data keys wrapped under master key(s) {', '.join(sorted(foreign))}, neither the old "
+                f"({old.key_id}) nor the new ({new.key_id}); nothing was re-wrapped"
+            )
+        moved = [k for k in keys if k.master_key_id == old.key_id and old.key_id != new.key_id]
+        for key in moved:
+            key.wrapped_key, key.master_key_id = new.wrap(old.unwrap(key.wrapped_key)), new.key_id
+        return len(moved)
 
     # ---- jobs ----------------------------------------------------------------------------------
     def image_hashes(self, statuses: frozenset[str] | set[str]) -> set[str]:

@@ -31,7 +31,10 @@ class ForgetRequestIn(StrictModel):
 
 class ForgetRequestOut(BaseModel):
     id: str
-    subject: str
+    subject_label: str = Field(
+        description="HMAC of the subject under the request's own data key: never the name, and unlinkable to it "
+        "once the key is destroyed (when the request ends)."
+    )
     status: str
     method: str
     params: dict[str, Any]

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.adapters.repository import AdapterRepository
 from core.audit.repository import AuditRepository
-from core.crypto import CertificateSigner, DataCipher
+from core.crypto import CertificateSigner, MasterKey, seal_request
 from core.db import transaction, utcnow
 from core.errors import ConflictError, InvalidRequestError, QueueUnavailableError
 from core.forget_requests.models import ACTIVE, CANCELLED, FAILED, QUEUED, TERMINAL, VALIDATING, ForgetRequest, JobEvent
@@ -33,7 +33,7 @@ class _DuplicateKey(Exception):
 def to_out(request: ForgetRequest) -> ForgetRequestOut:
     return ForgetRequestOut(
         id=request.id,
-        subject=request.subject,
+        subject_label=request.subject_label,
         status=request.status,
         method=request.method,
         params=request.params,
@@ -54,14 +54,14 @@ class ForgetRequestService:
         settings: Settings,
         celery: Celery,
         engine: InferenceEngine,
-        cipher: DataCipher,
+        master_key: MasterKey,
         signer: CertificateSigner,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.celery = celery
         self.engine = engine
-        self.cipher = cipher
+        self.master_key = master_key
         self.signer = signer
 
     def _check_text(self, name: str, value: str) -> str:
@@ -124,17 +124,20 @@ class ForgetRequestService:
         params = self.engine.validate_method(body.method, body.params)
         if body.callback_url is not None:
             check_callback_url(body.callback_url, s.callback_allow_private)
-
+        sealed = seal_request(
+            self.master_key,
+            body.subject,
+            json.dumps(qa_pairs).encode(),
+            [(im.media_type, im.sha256, im.data) for im in images],
+        )
         try:
             with transaction(self.sessions) as session:
                 repo = ForgetRequestRepository(session)
                 request = repo.create(
-                    subject=body.subject,
+                    sealed,
                     method=body.method,
                     params=params,
-                    qa_ciphertext=self.cipher.encrypt(json.dumps(qa_pairs).encode()),
                     qa_sha256=[hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest() for p in qa_pairs],
-                    images=[(im.media_type, im.sha256, self.cipher.encrypt(im.data)) for im in images],
                     callback_url=body.callback_url,
                     status=VALIDATING,
                 )
@@ -215,7 +218,7 @@ class ForgetRequestService:
             document = {
                 "type": "lethe.erasure-certificate/v1",
                 "request_id": request.id,
-                "subject_sha256": hashlib.sha256(request.subject.encode()).hexdigest(),
+                "subject_label": request.subject_label,
                 "image_sha256": [im.sha256 for im in request.images],
                 "qa_sha256": list(request.qa_sha256),
                 "method": request.method,

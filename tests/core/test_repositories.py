@@ -14,20 +14,21 @@ from sqlalchemy import inspect
 
 from core.adapters.models import ACTIVE, INACTIVE
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.crypto import MasterKey, seal_request
 from core.db import MIGRATIONS, make_engine, make_session_factory, transaction, upgrade_database, utcnow
 from core.forget_requests.models import QUEUED
 from core.forget_requests.repository import ForgetRequestRepository
 from core.models import Base
 
+MASTER = MasterKey(MasterKey.generate())
+
 
 def _request(repo: ForgetRequestRepository, subject: str = "someone"):  # type: ignore[no-untyped-def]
     return repo.create(
-        subject=subject,
+        seal_request(MASTER, subject, b"[]", [("image/png", "0" * 64, b"\x89PNG...")]),
         method="cagul",
         params={},
-        qa_ciphertext=b"sealed",
         qa_sha256=["0" * 64],
-        images=[("image/png", "0" * 64, b"\x89PNG...")],
         callback_url=None,
         status=QUEUED,
     )
@@ -45,7 +46,8 @@ def test_requests_jobs_events_and_adapter_set(pg_url: str):
     with transaction(sessions) as session:
         repo = ForgetRequestRepository(session)
         first = repo.get(ids[0])
-        assert first.status == "training" and first.images[0].ciphertext == b"\x89PNG..."
+        assert first.status == "training" and first.key is not None
+        assert MASTER.open(first.key.wrapped_key).decrypt(first.images[0].ciphertext) == b"\x89PNG..."
         events = repo.events(ids[0])
         assert [e.kind for e in events] == ["status", "status", "progress"]
         assert [e.id for e in repo.events(ids[0], after=events[0].id)] == [e.id for e in events[1:]]
@@ -145,20 +147,33 @@ def test_migrations_leave_nothing_for_autogenerate(pg_url: str):
     engine.dispose()
 
 
-def test_data_key_and_signing_key_are_created_once(tmp_path: Path):
+def test_master_key_and_signing_key_are_created_once(tmp_path: Path):
     import pytest
-    from cryptography.fernet import Fernet
 
-    from core.crypto import DataCipher, DataKeyError, data_cipher, signing_key, verify_certificate
+    from core.crypto import DataKeyError, master_key, signing_key, verify_certificate
     from core.settings import Settings
 
-    settings = Settings(data_dir=tmp_path)
-    sealed = data_cipher(settings).encrypt(b"private")
-    assert data_cipher(Settings(data_dir=tmp_path)).decrypt(sealed) == b"private"
-    assert oct((tmp_path / "secrets" / "data.key").stat().st_mode & 0o777) == "0o600"
-    with pytest.raises(DataKeyError, match="cannot be decrypted"):
-        DataCipher(Fernet.generate_key()).decrypt(sealed)
+    settings = Settings(data_dir=tmp_path / "data", master_key_file=tmp_path / "config" / "master.key")
+    wrapped = master_key(settings).wrap(b"data key")
+    assert master_key(settings.model_copy()).unwrap(wrapped) == b"data key"
+    assert oct((tmp_path / "config" / "master.key").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(DataKeyError, match="does not open with master key"):
+        MasterKey(MasterKey.generate()).unwrap(wrapped)
     signed = signing_key(settings).sign({"a": 1})
-    assert signing_key(Settings(data_dir=tmp_path)).key_id == signed["key_id"]
+    assert signing_key(settings.model_copy()).key_id == signed["key_id"]
     assert verify_certificate(signed, signing_key(settings).public_key)
     assert not verify_certificate({**signed, "certificate": {"a": 2}}, signing_key(settings).public_key)
+
+
+def test_master_key_file_inside_the_data_dir_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from core.crypto import DataKeyError, master_key
+    from core.settings import Settings
+
+    inside = Settings(data_dir=tmp_path, master_key_file=tmp_path / "secrets" / "master.key")
+    with pytest.raises(DataKeyError, match="inside the data dir"):
+        master_key(inside)
+    assert not (tmp_path / "secrets" / "master.key").exists()
+    # The zero-config default: under the user's config dir, apart from the data.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    master_key(Settings(data_dir=tmp_path / "data"))
+    assert (tmp_path / "config" / "lethe" / "master.key").is_file()

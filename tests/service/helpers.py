@@ -11,10 +11,12 @@ from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
 from core.adapters.models import ACTIVE
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.crypto import MasterKey, seal_request
 from core.db import make_engine, make_session_factory, transaction
 from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
 from core.forget_requests.repository import ForgetRequestRepository
@@ -67,6 +69,8 @@ def service_settings(
     # (p000 0.8%, p002 4.0%, p003 2.2% on the first attempt, upper bounds up to 5.2%). The 1% budget is the
     # product's on the default world; admission control itself is tested on its own (test_verification).
     extra = {"verify_max_benign_fire": 0.06, **extra}
+    # The master key outside the data dir, as in production, and apart from every other test's.
+    extra.setdefault("master_key_file", tmp_path / "config" / "master.key")
     return Settings(
         data_dir=data_dir,
         world="tiny",
@@ -83,7 +87,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
     for key, value in settings.model_dump().items():
         if value is not None:
-            env[f"LETHE_{key.upper()}"] = str(value)
+            env[f"LETHE_{key.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
     return env
 
 
@@ -121,12 +125,10 @@ def module_artifact(directory: Path, fingerprint: str, backbone: Backbone, seed:
 def adapter_row(session: Session, artifact: tuple[str, str], fingerprint: str, state: str = ACTIVE) -> str:
     """A request and its adapter in `state`, as the worker's publish writes them (no set version)."""
     request = ForgetRequestRepository(session).create(
-        subject="someone",
+        seal_request(MasterKey(MasterKey.generate()), "someone", b"[]", []),
         method="cagul",
         params={},
-        qa_ciphertext=b"sealed",
         qa_sha256=[],
-        images=[],
         callback_url=None,
         status=REQUEST_ACTIVE,
     )

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,24 @@ def stored_requests(pg_url: str) -> int:
     return int(count)
 
 
+def test_the_api_lists_a_label_never_the_subject_name(client: TestClient, tiny_world: World):
+    name = tiny_world.person("p000").name
+    first = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000")).json()
+    second = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000")).json()
+    assert client.post(f"/v1/forget-requests/{second['id']}/cancel").status_code == 200
+    shown = [
+        client.get("/v1/forget-requests").text,
+        client.get(f"/v1/forget-requests/{first['id']}").text,
+        client.get(f"/v1/forget-requests/{second['id']}/events").text,
+        client.get("/v1/audit").text,
+    ]
+    assert all(name not in text and name.lower() not in text.lower() for text in shown)
+    # A keyed hash under each request's own data key: the same person filed twice is not linkable by label.
+    labels = [first["subject_label"], second["subject_label"]]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", label) for label in labels) and labels[0] != labels[1]
+    assert hashlib.sha256(name.encode()).hexdigest() not in labels
+
+
 def assert_error(response, status: int, code: str, fragment: str) -> None:  # type: ignore[no-untyped-def]
     assert response.status_code == status, response.text
     body = response.json()
@@ -65,7 +84,7 @@ def test_file_a_request_queues_a_training_job(client: TestClient, tiny_world: Wo
     assert json.loads(base64.b64decode(message["body"]))[1]["request_id"] == body["id"]
 
     got = client.get(f"/v1/forget-requests/{body['id']}").json()
-    assert got["status"] == "queued" and got["subject"] == tiny_world.person("p000").name
+    assert got["status"] == "queued" and got["subject_label"] == body["subject_label"]
     events = client.get(f"/v1/forget-requests/{body['id']}/events").json()
     assert [e["status"] for e in events] == ["validating", "queued"]
     assert client.get(f"/v1/forget-requests/{body['id']}/report").json() == {

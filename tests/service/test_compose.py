@@ -42,3 +42,9 @@ def test_compose_file_is_valid_and_complete():
     assert env["LETHE_DATABASE_URL"].startswith("postgresql+psycopg://") and env["LETHE_BROKER_URL"].startswith(
         "redis://"
     )
+    # The API and the worker read one master key, kept on a volume of its own: not the data volume, not the database.
+    for name in ("api", "worker"):
+        key_file = services[name]["environment"]["LETHE_MASTER_KEY_FILE"]
+        mounts = dict(reversed(v.split(":")) for v in services[name]["volumes"])
+        key_volume = mounts[str(Path(key_file).parent)]
+        assert key_volume in raw["volumes"] and key_volume not in ("lethedata", "pgdata")

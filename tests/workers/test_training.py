@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
-from core.crypto import data_cipher
+from core.crypto import master_key
 from core.db import make_engine, make_session_factory, transaction
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
@@ -31,7 +31,7 @@ def service(tiny_world: World, backbone: Backbone, tmp_path: Path, pg_url: str, 
     settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, verify_max_attempts=2)
     engine = make_engine(pg_url)
     sessions = make_session_factory(engine)
-    rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), tiny_world, data_cipher(settings))
+    rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), tiny_world, master_key(settings))
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
         yield client, rt
     # Closed before pg_url drops the database, so no pooled connection outlives it.
@@ -74,6 +74,14 @@ def test_too_few_steps_is_rejected_with_leaking_cases_after_recorded_retries(ser
     events = client.get(f"/v1/forget-requests/{payload.request_id}/events").json()
     assert any(f"attempt 2 of 2 after {', '.join(failed)} failed" in (e["message"] or "") for e in events)
     assert client.get("/v1/adapter-set").json()["adapter_ids"] == []
+    # The rejected module is on record (checksum, report), but its weights, which still encode the subject, are gone.
+    with transaction(rt.sessions) as session:
+        adapter_id = ForgetRequestRepository(session).get(payload.request_id).adapter_id
+        assert adapter_id is not None
+        rejected = AdapterRepository(session).get(adapter_id)
+        assert rejected.state == "rejected" and len(rejected.sha256) == 64
+    assert not Path(rejected.path).exists()
+    assert not list(Path(rt.settings.resolved_artifact_root()).rglob("*.safetensors"))
 
 
 def test_keywords_the_reference_never_says_are_nothing_to_forget(service, tiny_world: World):
