@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,7 +25,7 @@ from core.settings import Settings, get_settings
 from server.adapters.router import router as adapters_router
 from server.audit.router import router as audit_router
 from server.background import PeriodicTask
-from server.callbacks import deliver_due_callbacks
+from server.callbacks import callback_client, deliver_due_callbacks
 from server.forget_requests.router import router as forget_requests_router
 from server.forget_requests.schemas import ForgetRequestIn
 from server.inference import InferenceEngine
@@ -91,7 +90,7 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         if load_model:
             # Loading takes seconds to minutes: /healthz answers meanwhile, /readyz says not yet.
             threading.Thread(target=app.state.engine.load, name="engine-load", daemon=True).start()
-        http = httpx.Client(timeout=10, follow_redirects=False)
+        http = callback_client(settings)
         signer = callback_signer(settings)
         background = [
             PeriodicTask(
