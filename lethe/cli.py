@@ -481,7 +481,8 @@ def _bootstrap_admin(settings) -> None:  # type: ignore[no-untyped-def]
     from core.keys.repository import ApiKeyRepository
 
     with transaction(make_session_factory(make_engine(settings.resolved_database_url()))) as session:
-        token = ApiKeyRepository(session).ensure_admin(settings.bootstrap_admin_key)
+        configured = settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
+        token = ApiKeyRepository(session).ensure_admin(configured)
     if token is None:
         return
     if settings.bootstrap_admin_key:
