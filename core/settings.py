@@ -11,7 +11,8 @@ from core.keys.tokens import TOKEN_FORMAT, split_token
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore")
+    # A malformed secret is named in errors, never echoed.
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(default=Path(".lethe"), description="Where worlds, models and module artifacts live.")
     world: str = Field(default="default", description="Reference world preset: 'default', 'tiny' or 'scale'.")
