@@ -194,7 +194,8 @@ def signing_key(settings: Settings) -> CertificateSigner:
         )
         return base64.b64encode(raw)
 
-    encoded = settings.signing_key or _secret_file(Path(settings.data_dir) / "secrets" / "signing.key", generate)
+    configured = settings.signing_key.get_secret_value() if settings.signing_key else None
+    encoded = configured or _secret_file(Path(settings.data_dir) / "secrets" / "signing.key", generate)
     try:
         return CertificateSigner(Ed25519PrivateKey.from_private_bytes(base64.b64decode(encoded)))
     except ValueError as exc:
@@ -234,6 +235,6 @@ class CallbackSigner:
 def callback_signer(settings: Settings) -> CallbackSigner:
     """The signer of LETHE_CALLBACK_SECRET, else of DATA_DIR/secrets/callback.key."""
     if settings.callback_secret:
-        return CallbackSigner(settings.callback_secret.encode())
+        return CallbackSigner(settings.callback_secret.get_secret_value().encode())
     path = Path(settings.data_dir) / "secrets" / "callback.key"
     return CallbackSigner(_secret_file(path, lambda: base64.b64encode(os.urandom(32))))

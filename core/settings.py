@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, computed_field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.keys.tokens import TOKEN_FORMAT, split_token
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore")
+    # A malformed secret is named in errors, never echoed.
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(default=Path(".lethe"), description="Where worlds, models and module artifacts live.")
     world: str = Field(default="default", description="Reference world preset: 'default', 'tiny' or 'scale'.")
@@ -39,10 +42,10 @@ class Settings(BaseSettings):
         description="File holding the master key, created on first start, refused inside DATA_DIR; "
         "default: $XDG_CONFIG_HOME/lethe/master.key (~/.config/lethe/master.key).",
     )
-    signing_key: str | None = Field(
+    signing_key: SecretStr | None = Field(
         default=None, description="Ed25519 private key (base64, raw 32 bytes) signing erasure certificates."
     )
-    callback_secret: str | None = Field(
+    callback_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key signing callbacks; default: DATA_DIR/secrets/callback.key."
     )
     callback_max_attempts: int = Field(default=8, description="Deliveries of one callback before giving up.")
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
     callback_allow_private: bool = Field(
         default=False, description="Allow callback URLs on loopback/private addresses (tests, single-host setups)."
     )
-    bootstrap_admin_key: str | None = Field(
+    bootstrap_admin_key: SecretStr | None = Field(
         default=None, description="On a database without keys, the first admin key (else one is generated and printed)."
     )
     max_images: int = Field(default=16, description="Most images one deletion request may carry.")
@@ -58,6 +61,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, description="Largest accepted image (width x height).")
     max_qa_pairs: int = Field(default=200, description="Most QA pairs one deletion request may carry.")
     max_text_chars: int = Field(default=1000, description="Longest accepted question, answer or subject.")
+    max_body_bytes: int = Field(
+        default=8 * 2**20,
+        gt=0,
+        description="Largest request body on any route but filing a deletion request (whose limit follows from "
+        "max_images and max_image_bytes); counted as it arrives, chunked uploads included.",
+    )
 
     verify_max_leak: float = Field(
         default=0.05,
@@ -120,6 +129,20 @@ class Settings(BaseSettings):
     engine_encoder_cache: int = Field(
         default=256, description="Module encoders kept in memory (least recently used dropped first)."
     )
+
+    @field_validator("bootstrap_admin_key")
+    @classmethod
+    def _admin_key_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked with the settings, so a bad key stops a start before minutes of world building, not after.
+        if value is not None and split_token(value.get_secret_value()) is None:
+            raise ValueError(f"LETHE_BOOTSTRAP_ADMIN_KEY must look like {TOKEN_FORMAT} (e.g. from `lethe keys create`)")
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def max_forget_request_bytes(self) -> int:
+        """Largest body filing a deletion request: every image at its limit, base64 or multipart, plus the text."""
+        return self.max_images * self.max_image_bytes * 2 + 1_000_000
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'lethe.db').resolve()}"

@@ -531,7 +531,8 @@ def _bootstrap_admin(settings) -> None:  # type: ignore[no-untyped-def]
     from core.keys.repository import ApiKeyRepository
 
     with transaction(make_session_factory(make_engine(settings.resolved_database_url()))) as session:
-        token = ApiKeyRepository(session).ensure_admin(settings.bootstrap_admin_key)
+        configured = settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
+        token = ApiKeyRepository(session).ensure_admin(configured)
     if token is None:
         return
     if settings.bootstrap_admin_key:
@@ -552,6 +553,21 @@ def _master_key_ready(settings) -> None:  # type: ignore[no-untyped-def]
     err.print(f"master key from {where} (keep it out of the data dir's backups)")
 
 
+def _checked_settings():  # type: ignore[no-untyped-def]
+    """The settings, or exit 2 naming each bad one: before any minutes-long start-up work, never after it."""
+    from pydantic import ValidationError
+
+    from core.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "LETHE_" + "_".join(str(part) for part in error["loc"]).upper()
+            err.print(f"invalid setting {name}: {error['msg']}")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -566,20 +582,19 @@ def serve(
     import uvicorn
 
     from core.db import upgrade_database
-    from core.settings import Settings
 
     # The worker process reads the same settings from the environment.
     if data_dir is not None:
         os.environ["LETHE_DATA_DIR"] = str(data_dir)
     if world is not None:
         os.environ["LETHE_WORLD"] = world
-    settings = Settings()
+    settings = _checked_settings()
+    _master_key_ready(settings)  # a misplaced key file is reported before the minutes-long build, not after
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.model_path is None:
         _built_world(settings.data_dir, settings.world, with_retain_model=False)
     upgrade_database(settings.resolved_database_url())
     _bootstrap_admin(settings)
-    _master_key_ready(settings)
     worker = subprocess.Popen(
         [
             sys.executable,

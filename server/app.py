@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import Scope
 
 from core.crypto import callback_signer, master_key, signing_key
 from core.db import make_engine, make_session_factory, transaction
@@ -26,7 +26,8 @@ from core.settings import Settings, get_settings
 from server.adapters.router import router as adapters_router
 from server.audit.router import router as audit_router
 from server.background import PeriodicTask
-from server.callbacks import deliver_due_callbacks
+from server.body_limit import BodyLimitMiddleware
+from server.callbacks import callback_client, deliver_due_callbacks
 from server.forget_requests.router import router as forget_requests_router
 from server.forget_requests.schemas import ForgetRequestIn
 from server.inference import InferenceEngine
@@ -34,6 +35,7 @@ from server.ops.router import router as ops_router
 from server.ops.service import Metrics
 from server.reconciler import resend_silent_jobs
 from server.vqa.router import router as vqa_router
+from server.vqa.schemas import VQAIn
 
 log = logging.getLogger(__name__)
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -72,6 +74,17 @@ def reject_unknown_query(request: Request) -> None:
         )
 
 
+def _body_limit(settings: Settings) -> Callable[[Scope], tuple[int, str]]:
+    """Filing a deletion request carries photos; every other body is small."""
+
+    def limit_for(scope: Scope) -> tuple[int, str]:
+        if scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/forget-requests":
+            return settings.max_forget_request_bytes, "2 x LETHE_MAX_IMAGES x LETHE_MAX_IMAGE_BYTES + 1 MB"
+        return settings.max_body_bytes, "LETHE_MAX_BODY_BYTES"
+
+    return limit_for
+
+
 def create_app(settings: Settings | None = None, load_model: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
@@ -87,11 +100,11 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         app.state.engine = InferenceEngine(settings, app.state.sessions)
         if settings.bootstrap_admin_key:
             with transaction(app.state.sessions) as session:
-                ApiKeyRepository(session).ensure_admin(settings.bootstrap_admin_key)
+                ApiKeyRepository(session).ensure_admin(settings.bootstrap_admin_key.get_secret_value())
         if load_model:
             # Loading takes seconds to minutes: /healthz answers meanwhile, /readyz says not yet.
             threading.Thread(target=app.state.engine.load, name="engine-load", daemon=True).start()
-        http = httpx.Client(timeout=10, follow_redirects=False)
+        http = callback_client(settings)
         signer = callback_signer(settings)
         background = [
             PeriodicTask(
@@ -156,6 +169,9 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         log.exception("unhandled error")
         return _error(500, "internal_error", "an internal error occurred; it has been logged")
 
+    # Inside the metrics middleware, so refused bodies are counted too.
+    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limit(settings))
+
     @app.middleware("http")
     async def _metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
@@ -171,10 +187,12 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
     base_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:
-        # The create route parses its body itself (JSON or multipart), so its schema is added here.
+        # These routes parse their bodies themselves (after the key check), so their schemas are added here.
         if app.openapi_schema is None:
             schema = base_openapi()
-            _, defs = models_json_schema([(ForgetRequestIn, "validation")], ref_template="#/components/schemas/{model}")
+            _, defs = models_json_schema(
+                [(ForgetRequestIn, "validation"), (VQAIn, "validation")], ref_template="#/components/schemas/{model}"
+            )
             schema["components"]["schemas"].update(defs["$defs"])
             app.openapi_schema = schema
         return app.openapi_schema

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Generic, TypeVar
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import InvalidRequestError
 
@@ -20,6 +20,15 @@ def check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> str 
     if value is not None and value not in choices:
         raise InvalidRequestError(f"{name} {value!r} unknown; choose one of {', '.join(choices)}")
     return value
+
+
+def validation_message(exc: ValidationError) -> str:
+    """Every problem of a body a route parses itself, each with where it is."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
 
 
 class StrictModel(BaseModel):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,24 +10,7 @@ from sqlalchemy.orm import Session
 from core.db import fetch_one, utcnow
 from core.errors import InvalidRequestError
 from core.keys.models import ADMIN, SCOPES, ApiKey, IdempotencyRecord
-
-TOKEN_PREFIX = "lethe"
-
-
-def token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    return f"{TOKEN_PREFIX}_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
-
-
-def split_token(token: str) -> str | None:
-    """The prefix of a well-formed token, else None."""
-    parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or len(parts[1]) != 12 or len(parts[2]) < 16:
-        return None
-    return parts[1]
+from core.keys.tokens import TOKEN_FORMAT, new_token, split_token, token_sha256
 
 
 class ApiKeyRepository:
@@ -44,7 +25,7 @@ class ApiKeyRepository:
         token = token or new_token()
         prefix = split_token(token)
         if prefix is None:
-            raise InvalidRequestError(f"a key looks like {TOKEN_PREFIX}_<12 hex>_<secret of 16+ characters>")
+            raise InvalidRequestError(f"a key looks like {TOKEN_FORMAT}")
         key = ApiKey(prefix=prefix, token_sha256=token_sha256(token), name=name, scopes=sorted(set(scopes)))
         self.session.add(key)
         self.session.flush()

@@ -10,14 +10,14 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from core.errors import InvalidRequestError, PayloadTooLargeError
+from core.errors import InvalidRequestError
 from core.forget_requests.models import STATUSES
 from core.keys.models import FORGET_READ, FORGET_WRITE
 from server.auth import Principal, require
 from server.dependencies import forget_request_service
 from server.forget_requests.schemas import CertificateOut, EventOut, ForgetRequestIn, ForgetRequestOut, ReportOut
 from server.forget_requests.service import ForgetRequestService
-from server.schemas import ERROR_RESPONSES, Limit, Offset, Page, UUIDPath, check_choice
+from server.schemas import ERROR_RESPONSES, Limit, Offset, Page, UUIDPath, check_choice, validation_message
 
 router = APIRouter(prefix="/v1/forget-requests", tags=["forget requests"], responses=ERROR_RESPONSES)
 Service = Annotated[ForgetRequestService, Depends(forget_request_service)]
@@ -42,19 +42,8 @@ _MULTIPART_SCHEMA = {
 }
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
 async def _parse_body(request: Request, service: ForgetRequestService) -> tuple[ForgetRequestIn, list[bytes] | None]:
-    limit = service.settings.max_images * service.settings.max_image_bytes * 2 + 1_000_000
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLargeError(f"the request body is {length} bytes; the limit is {limit}")
+    # The body's size is limited as it arrives (server.body_limit), before this parses it.
     content_type = request.headers.get("content-type", "")
     try:
         if content_type.startswith("multipart/form-data"):
@@ -71,7 +60,7 @@ async def _parse_body(request: Request, service: ForgetRequestService) -> tuple[
             raise InvalidRequestError("send application/json (base64 images) or multipart/form-data")
         return ForgetRequestIn.model_validate_json(await request.body()), None
     except ValidationError as exc:
-        raise InvalidRequestError(_validation_message(exc)) from None
+        raise InvalidRequestError(validation_message(exc)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
 

@@ -121,6 +121,16 @@ class InferenceEngine:
             return str(self.active.error)
         return "ready" if self.active.state == SetState.SERVING else "the active module set is not loaded yet"
 
+    def public_status(self) -> str:
+        """The state without the reasons, which name files and exceptions: for anonymous probes."""
+        if self.loading_error:
+            return "the base model failed to load; the reason is in the server log and shown to admin keys here"
+        if self.active is not None and self.active.state == SetState.FAILED:
+            return (
+                "the active module set cannot be served; the reason is in the server log and shown to admin keys here"
+            )
+        return self.status()
+
     # ---- background passes ---------------------------------------------------------------------
     def sync(self) -> None:
         """Make the served set the registry's newest version; fail closed if it drifts from the active rows."""

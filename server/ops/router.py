@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.keys.models import ADMIN
-from server.auth import require
+from server.auth import optional_admin, require
 from server.dependencies import ops_service
 from server.ops.schemas import HealthOut, ReadyOut, SigningKeyOut
 from server.ops.service import OpsService
@@ -30,8 +30,9 @@ def healthz() -> HealthOut:
     responses={503: {"model": ReadyOut, "description": "Not ready"}},
     summary="Ready only when the model and the whole active set are loaded",
 )
-def readyz(service: Service) -> JSONResponse:
-    result = service.readiness()
+def readyz(service: Service, admin: Annotated[bool, Depends(optional_admin)]) -> JSONResponse:
+    # Anonymous probes learn the state; why it failed (file paths, exception text) only an admin key sees.
+    result = service.readiness(detailed=admin)
     return JSONResponse(result.model_dump(), status_code=200 if result.ready else 503)
 
 

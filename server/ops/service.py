@@ -37,7 +37,7 @@ class OpsService:
         self.metrics = metrics
         self.signer = signer
 
-    def readiness(self) -> ReadyOut:
+    def readiness(self, detailed: bool = True) -> ReadyOut:
         try:
             with self.sessions() as session:
                 session.execute(text("SELECT 1"))
@@ -47,4 +47,5 @@ class OpsService:
         self.metrics.ready.set(1 if ready else 0)
         if self.engine.served_version is not None:
             self.metrics.served_version.set(self.engine.served_version)
-        return ReadyOut(ready=ready, detail=self.engine.status(), adapter_set_version=self.engine.served_version)
+        detail = self.engine.status() if detailed else self.engine.public_status()
+        return ReadyOut(ready=ready, detail=detail, adapter_set_version=self.engine.served_version)

@@ -1,4 +1,10 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -6,6 +12,7 @@ from typer.testing import CliRunner
 from lethe.cli import app
 
 runner = CliRunner()
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def _run(*args: str, data_dir) -> str:
@@ -127,3 +134,29 @@ def test_serve_bootstrap_prints_a_first_admin_key_once(tmp_path, capsys):
         assert key is not None and key.scopes == ["admin"]
     _bootstrap_admin(settings)  # keys exist now: nothing new, nothing printed
     assert "admin key" not in capsys.readouterr().err
+
+
+def test_serve_with_a_malformed_bootstrap_key_exits_at_once_naming_the_setting(tmp_path):
+    """Validated before the world is built (minutes on a first start), and the bad value is never echoed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    env.update({"LETHE_BOOTSTRAP_ADMIN_KEY": "admin-password-123", "LETHE_WORLD": "default", "PYTHONPATH": ROOT})
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lethe.cli", "serve", "--data-dir", str(tmp_path / "data"), "--port", "0"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, errors = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("lethe serve went on starting with a malformed LETHE_BOOTSTRAP_ADMIN_KEY")
+    assert proc.returncode != 0 and time.monotonic() - started < 30
+    assert "LETHE_BOOTSTRAP_ADMIN_KEY" in errors and "lethe_<12 hex>" in errors, errors
+    assert "admin-password-123" not in out + errors
+    assert not (tmp_path / "data" / "worlds").exists()

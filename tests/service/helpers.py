@@ -85,7 +85,7 @@ def service_settings(
 def settings_env(settings: Settings) -> dict[str, str]:
     """The same settings as environment variables, for a worker or server process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
-    for key, value in settings.model_dump().items():
+    for key, value in settings.model_dump(exclude=set(type(settings).model_computed_fields)).items():
         if value is not None:
             env[f"LETHE_{key.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
     return env

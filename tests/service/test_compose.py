@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import yaml
@@ -48,3 +49,16 @@ def test_compose_file_is_valid_and_complete():
         mounts = dict(reversed(v.split(":")) for v in services[name]["volumes"])
         key_volume = mounts[str(Path(key_file).parent)]
         assert key_volume in raw["volumes"] and key_volume not in ("lethedata", "pgdata")
+
+
+def test_flower_needs_a_password_and_listens_on_the_hosts_loopback_only():
+    """Flower can revoke tasks and stop workers: compose refuses to start it open, and never publishes it widely."""
+    flower = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["flower"]
+    # `${VAR:?message}`: Compose stops with the message when the variable is unset or empty.
+    required = re.fullmatch(r"\$\{(LETHE_FLOWER_BASIC_AUTH):\?(.+)\}", flower["environment"]["FLOWER_BASIC_AUTH"])
+    assert required is not None and "user:password" in required.group(2), flower["environment"]
+    # From the environment, not the command line, where any process on the host could read it.
+    assert not any(arg.startswith(("--basic-auth", "--basic_auth")) for arg in flower["command"])
+    for port in flower.get("ports", []):
+        host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).rsplit(":", 2)[0]
+        assert host_ip == "127.0.0.1", f"Flower published beyond the host's loopback: {port}"

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
+from core.audit.repository import AuditRepository
 from core.crypto import master_key
 from core.db import make_engine, make_session_factory, transaction
 from core.forget_requests.repository import ForgetRequestRepository
@@ -120,3 +121,21 @@ def test_cancel_during_verification_is_honoured(service, tiny_world: World):
         assert current is None or list(current.adapter_ids) == []
         assert ForgetRequestRepository(session).get(payload.request_id).adapter_id is None
     assert not list(Path(rt.settings.resolved_artifact_root()).glob("*/manifest.json"))
+
+
+def test_a_worker_with_a_long_host_name_still_finishes_its_job_and_is_audited(
+    service, tiny_world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The audit actor "worker:<host>:<pid>" outgrew its 64-character column and failed the finished job."""
+    client, rt = service
+    host = "h" * 63 + "." + "n" * 63 + "." + "o" * 63 + ".example1"  # 200 characters, as DNS allows
+    assert len(host) == 200
+    monkeypatch.setattr("workers.training.socket.gethostname", lambda: host)
+    payload = file(service, request_body(tiny_world, "p000", params={"steps": 1, "discriminator_steps": 20}))
+    assert run_training_job(rt, payload) == "rejected_verification"
+    with transaction(rt.sessions) as session:
+        job = ForgetRequestRepository(session).get_job(payload.job_id)
+        assert job.status == "finished" and job.worker.startswith(f"{host}:")
+        (event,) = [e for e in AuditRepository(session).page(limit=10, offset=0)[0] if e.action == "adapter.rejected"]
+        assert event.actor.startswith("worker:hhhh") and len(event.actor) == 64
+        assert event.target == client.get(f"/v1/forget-requests/{payload.request_id}").json()["adapter_id"]
