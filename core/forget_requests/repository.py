@@ -76,6 +76,7 @@ class ForgetRequestRepository:
     def purge(self, request: ForgetRequest) -> None:
         """Delete the uploaded photos and QA pairs; their hashes stay."""
         request.qa_ciphertext = None
+        request.commitment_salt_ciphertext = None
         for image in request.images:
             image.ciphertext = None
         request.purged_at = utcnow()
