@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     signing_key: SecretStr | None = Field(
         default=None, description="Ed25519 private key (base64, raw 32 bytes) signing erasure certificates."
     )
+    certificate_validity_s: int = Field(
+        default=7 * 24 * 3600,
+        gt=0,
+        description="How long an erasure certificate or signed status answer holds after issue; then fetch a new one.",
+    )
     callback_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key signing callbacks; default: DATA_DIR/secrets/callback.key."
     )

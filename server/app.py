@@ -28,6 +28,7 @@ from server.audit.router import router as audit_router
 from server.background import PeriodicTask
 from server.body_limit import BodyLimitMiddleware
 from server.callbacks import callback_client, deliver_due_callbacks
+from server.certificates.router import router as certificates_router
 from server.forget_requests.router import router as forget_requests_router
 from server.forget_requests.schemas import ForgetRequestIn
 from server.inference import InferenceEngine
@@ -138,7 +139,8 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         lifespan=lifespan,
         dependencies=[Depends(reject_unknown_query)],
     )
-    for router in (forget_requests_router, adapters_router, vqa_router, audit_router, ops_router):
+    routers = (forget_requests_router, certificates_router, adapters_router, vqa_router, audit_router, ops_router)
+    for router in routers:
         app.include_router(router)
 
     @app.exception_handler(LetheError)

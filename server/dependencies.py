@@ -6,6 +6,7 @@ from fastapi import Request
 
 from server.adapters.service import AdapterService
 from server.audit.service import AuditService
+from server.certificates.service import CertificateService
 from server.forget_requests.service import ForgetRequestService
 from server.ops.service import OpsService
 from server.vqa.service import VQAService
@@ -13,9 +14,12 @@ from server.vqa.service import VQAService
 
 def forget_request_service(request: Request) -> ForgetRequestService:
     state = request.app.state
-    return ForgetRequestService(
-        state.sessions, state.settings, state.celery, state.engine, state.master_key, state.signer
-    )
+    return ForgetRequestService(state.sessions, state.settings, state.celery, state.engine, state.master_key)
+
+
+def certificate_service(request: Request) -> CertificateService:
+    state = request.app.state
+    return CertificateService(state.sessions, state.settings, state.signer)
 
 
 def adapter_service(request: Request) -> AdapterService:

@@ -67,6 +67,12 @@ class ForgetRequest(Base):
     error: Mapped[str | None] = mapped_column(Text)
     report: Mapped[dict[str, Any] | None]
     adapter_id: Mapped[str | None] = mapped_column(String(36))
+    # The API key that filed the request: the only one shown the commitment salt.
+    filed_by: Mapped[str | None] = mapped_column(String(36))
+    # Salted commitments (core.certificates.verify) the certificate states instead of reversible bare hashes.
+    commitments: Mapped[dict[str, Any] | None]
+    # The salt, encrypted, until the purge: afterwards only the requester, who was given it, can open a commitment.
+    commitment_salt_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -80,6 +80,7 @@ class ForgetRequestRepository:
         request.key = None
         request.subject_ciphertext = None
         request.qa_ciphertext = None
+        request.commitment_salt_ciphertext = None
         for image in request.images:
             image.ciphertext = None
         request.purged_at = utcnow()

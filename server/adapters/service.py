@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.adapters.models import ACTIVE, INACTIVE, Adapter
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.audit.repository import AuditRepository
+from core.certificates.repository import CertificateRepository
 from core.db import transaction
 from core.errors import ConflictError
 from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
@@ -53,6 +54,10 @@ class AdapterService:
             requests.set_status(request, REQUEST_ACTIVE if active else REVOKED, f"adapter {adapter_id} {wanted}")
             if active:
                 request.adapter_id = adapter.id
+            else:
+                CertificateRepository(session).revoke(
+                    request.id, adapter.id, actor, f"module {adapter_id} deactivated (rolled back) by {actor}"
+                )
             version = sets.record(f"adapter {adapter_id} {'activated' if active else 'deactivated'}")
             AuditRepository(session).record(
                 actor, f"adapter.{'activate' if active else 'deactivate'}", adapter_id, set_version=version.version

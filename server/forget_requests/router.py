@@ -14,8 +14,10 @@ from core.errors import InvalidRequestError
 from core.forget_requests.models import STATUSES
 from core.keys.models import FORGET_READ, FORGET_WRITE
 from server.auth import Principal, require
-from server.dependencies import forget_request_service
-from server.forget_requests.schemas import CertificateOut, EventOut, ForgetRequestIn, ForgetRequestOut, ReportOut
+from server.certificates.schemas import SignedOut
+from server.certificates.service import CertificateService
+from server.dependencies import certificate_service, forget_request_service
+from server.forget_requests.schemas import EventOut, ForgetRequestIn, ForgetRequestOut, ReportOut
 from server.forget_requests.service import ForgetRequestService
 from server.schemas import ERROR_RESPONSES, Limit, Offset, Page, UUIDPath, check_choice, validation_message
 
@@ -108,8 +110,8 @@ def list_forget_requests(
 
 
 @router.get("/{request_id}", response_model=ForgetRequestOut, summary="One deletion request")
-def get_forget_request(request_id: UUIDPath, service: Service, _: Reader) -> ForgetRequestOut:
-    return service.get(str(request_id))
+def get_forget_request(request_id: UUIDPath, service: Service, principal: Reader) -> ForgetRequestOut:
+    return service.get(str(request_id), principal.key_id)
 
 
 @router.get("/{request_id}/events", response_model=list[EventOut], summary="Status changes and training progress")
@@ -136,8 +138,11 @@ def get_report(request_id: UUIDPath, service: Service, _: Reader) -> ReportOut:
 
 @router.get(
     "/{request_id}/certificate",
-    response_model=CertificateOut,
-    summary="Signed record of erasure (Ed25519; public key at /.well-known/lethe-signing-key)",
+    response_model=SignedOut,
+    summary="Signed record of erasure with its status (active or revoked) and expiry (Ed25519; public key at "
+    "/.well-known/lethe-signing-key)",
 )
-def get_certificate(request_id: UUIDPath, service: Service, _: Reader) -> CertificateOut:
-    return CertificateOut(**service.certificate(str(request_id)))
+def get_certificate(
+    request_id: UUIDPath, service: Annotated[CertificateService, Depends(certificate_service)], _: Reader
+) -> SignedOut:
+    return SignedOut(**service.certificate(str(request_id)))

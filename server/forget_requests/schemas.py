@@ -45,6 +45,11 @@ class ForgetRequestOut(BaseModel):
     cancel_requested: bool
     created_at: datetime
     updated_at: datetime
+    commitment_salt: str | None = Field(
+        default=None,
+        description="Hex salt of the certificate's commitments: shown only to the API key that filed the request, "
+        "and only until its uploads are purged (on activation). Keep it to open the commitments later.",
+    )
 
 
 class EventOut(BaseModel):
@@ -64,10 +69,3 @@ class ReportOut(BaseModel):
     id: str
     status: str
     report: dict[str, Any] | None
-
-
-class CertificateOut(BaseModel):
-    certificate: dict[str, Any]
-    algorithm: str
-    key_id: str
-    signature: str

@@ -10,12 +10,12 @@ from celery import Celery
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.adapters.repository import AdapterRepository
 from core.audit.repository import AuditRepository
-from core.crypto import CertificateSigner, MasterKey, seal_request
-from core.db import transaction, utcnow
+from core.certificates.verify import new_salt, request_commitments
+from core.crypto import MasterKey, seal_request
+from core.db import transaction
 from core.errors import ConflictError, InvalidRequestError, QueueUnavailableError
-from core.forget_requests.models import ACTIVE, CANCELLED, FAILED, QUEUED, TERMINAL, VALIDATING, ForgetRequest, JobEvent
+from core.forget_requests.models import CANCELLED, FAILED, QUEUED, TERMINAL, VALIDATING, ForgetRequest, JobEvent
 from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import IdempotencyRepository
 from core.queue import TrainPayload, enqueue_training
@@ -30,7 +30,7 @@ class _DuplicateKey(Exception):
     """Another call stored a request under the same idempotency key first."""
 
 
-def to_out(request: ForgetRequest) -> ForgetRequestOut:
+def to_out(request: ForgetRequest, commitment_salt: str | None = None) -> ForgetRequestOut:
     return ForgetRequestOut(
         id=request.id,
         subject_label=request.subject_label,
@@ -44,6 +44,7 @@ def to_out(request: ForgetRequest) -> ForgetRequestOut:
         cancel_requested=request.cancel_requested,
         created_at=request.created_at,
         updated_at=request.updated_at,
+        commitment_salt=commitment_salt,
     )
 
 
@@ -55,14 +56,25 @@ class ForgetRequestService:
         celery: Celery,
         engine: InferenceEngine,
         master_key: MasterKey,
-        signer: CertificateSigner,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.celery = celery
         self.engine = engine
         self.master_key = master_key
-        self.signer = signer
+
+    def _out(self, request: ForgetRequest, viewer: str | None) -> ForgetRequestOut:
+        """The request as `viewer` (an API key id) sees it: the salt only for the key that filed it, until purged."""
+        salt = None
+        if viewer is not None and viewer == request.filed_by and request.commitment_salt_ciphertext is not None:
+            salt = self._salt(request)
+        return to_out(request, salt)
+
+    def _salt(self, request: ForgetRequest) -> str | None:
+        """The commitment salt, kept under the request's own data key: gone with that key at purge."""
+        if request.key is None or request.commitment_salt_ciphertext is None:
+            return None
+        return self.master_key.open(request.key.wrapped_key).decrypt(request.commitment_salt_ciphertext).hex()
 
     def _check_text(self, name: str, value: str) -> str:
         if not value.strip():
@@ -81,7 +93,7 @@ class ForgetRequestService:
                 return None
             if record.body_sha256 != body_sha256:
                 raise ConflictError(f"Idempotency-Key {key!r} was already used with a different body")
-            return to_out(ForgetRequestRepository(session).get(record.request_id))
+            return self._out(ForgetRequestRepository(session).get(record.request_id), api_key_id)
 
     def create(
         self,
@@ -130,6 +142,9 @@ class ForgetRequestService:
             json.dumps(qa_pairs).encode(),
             [(im.media_type, im.sha256, im.data) for im in images],
         )
+
+        salt = new_salt()
+        commitments = request_commitments(salt, body.subject, qa_pairs, [im.data for im in images])
         try:
             with transaction(self.sessions) as session:
                 repo = ForgetRequestRepository(session)
@@ -141,6 +156,9 @@ class ForgetRequestService:
                     callback_url=body.callback_url,
                     status=VALIDATING,
                 )
+                request.filed_by = api_key_id
+                request.commitments = commitments
+                request.commitment_salt_ciphertext = self.master_key.open(sealed.wrapped_key).encrypt(salt)
                 # Queued before the task is sent: a fast worker must never see an older status than its own.
                 repo.set_status(request, QUEUED)
                 job = repo.create_job(request)
@@ -172,11 +190,11 @@ class ForgetRequestService:
                 repo = ForgetRequestRepository(session)
                 repo.set_status(repo.get(request_id), FAILED, f"could not queue the training job: {exc}")
             raise QueueUnavailableError(f"the job queue is unavailable ({type(exc).__name__}); retry later") from exc
-        return self.get(request_id), False
+        return self.get(request_id).model_copy(update={"commitment_salt": salt.hex()}), False
 
-    def get(self, request_id: str) -> ForgetRequestOut:
+    def get(self, request_id: str, viewer: str | None = None) -> ForgetRequestOut:
         with transaction(self.sessions) as session:
-            return to_out(ForgetRequestRepository(session).get(request_id))
+            return self._out(ForgetRequestRepository(session).get(request_id), viewer)
 
     def page(self, limit: int, offset: int, status: str | None) -> tuple[list[ForgetRequestOut], int]:
         with transaction(self.sessions) as session:
@@ -207,36 +225,3 @@ class ForgetRequestService:
             else:
                 repo.add_event(request.id, kind="status", status=request.status, message="cancellation requested")
         return self.get(request_id)
-
-    def certificate(self, request_id: str) -> dict[str, Any]:
-        """A signed record of erasure: what was forgotten (hashes only), by which module, verified how."""
-        with transaction(self.sessions) as session:
-            request = ForgetRequestRepository(session).get(request_id)
-            if request.status != ACTIVE or request.adapter_id is None:
-                raise ConflictError(f"request {request_id} is {request.status}: only an active erasure is certified")
-            adapter = AdapterRepository(session).get(request.adapter_id)
-            document = {
-                "type": "lethe.erasure-certificate/v1",
-                "request_id": request.id,
-                "subject_label": request.subject_label,
-                "image_sha256": [im.sha256 for im in request.images],
-                "qa_sha256": list(request.qa_sha256),
-                "method": request.method,
-                "adapter_id": adapter.id,
-                "adapter_sha256": adapter.sha256,
-                "base_model_fingerprint": adapter.base_fingerprint,
-                "verification": _certified_verification((request.report or {}).get("verification")),
-                "filed_at": request.created_at.isoformat(),
-                "activated_at": adapter.activated_at.isoformat() if adapter.activated_at else None,
-                "uploads_purged_at": request.purged_at.isoformat() if request.purged_at else None,
-                "issued_at": utcnow().isoformat(),
-            }
-        return self.signer.sign(document)
-
-
-def _certified_verification(verification: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a certificate states about verification: the outcome and each criterion's figures, no case text."""
-    if not verification:
-        return verification
-    keep = ("outcome", "passed", "criteria")
-    return {k: verification[k] for k in keep if k in verification} or verification

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ import httpx
 import pytest
 
 from bench.load_vqa import hold_load, vqa_queries
+from core.certificates.verify import commitment
 from core.crypto import verify_certificate
 from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, settings_env, wait_for
 from unlearning.evaluation.leakage import leaked
@@ -131,7 +133,7 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
         others_after.append(ask(client, world, pid, v, q)["answer"])
         latencies.append(time.perf_counter() - started)
     assert others_after == others_before
-    check_certificate(client, request_id, adapter)
+    check_certificate(client, request_id, adapter, bytes.fromhex(created.json()["commitment_salt"]), person.name)
     timings = {
         "post_to_active_s": round(to_active, 1),
         "vqa_p50_ms": round(1000 * statistics.median(latencies), 1),
@@ -144,6 +146,8 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     # Rolling back serves the reference model's answers again, under a new set version.
     assert client.post(f"/v1/adapters/{adapter['id']}/deactivate").json()["state"] == "inactive"
     assert client.get(f"/v1/forget-requests/{request_id}").json()["status"] == "revoked"
+    revoked = client.get(f"/v1/forget-requests/{request_id}/certificate").json()["certificate"]
+    assert revoked["status"] == "revoked" and revoked["adapter_id"] == adapter["id"] and revoked["revoked_at"]
     again = ask(client, world, subject, heldout, facts[0][0])
     assert again["answer"] == before[0] and again["adapter_set_version"] > adapter_set["version"]
     assert client.post(f"/v1/adapters/{adapter['id']}/activate").json()["state"] == "active"
@@ -151,12 +155,14 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     return timings
 
 
-def check_certificate(client: httpx.Client, request_id: str, adapter: dict) -> None:
-    """The certificate of a module that really went through verification: signed, tamper-evident, hashes only."""
+def check_certificate(client: httpx.Client, request_id: str, adapter: dict, salt: bytes, subject: str) -> None:
+    """The certificate of a module that really went through verification: signed, tamper-evident, salted."""
     signed = client.get(f"/v1/forget-requests/{request_id}/certificate").json()
     key = client.get("/.well-known/lethe-signing-key").json()
     doc = signed["certificate"]
     assert doc["adapter_id"] == adapter["id"] and doc["adapter_sha256"] == adapter["sha256"]
+    assert doc["status"] == "active" and doc["expires_at"] > doc["issued_at"]
+    assert doc["commitments"]["subject"] == commitment(salt, subject.encode()) and subject not in json.dumps(doc)
     assert doc["verification"]["passed"] and {c["name"] for c in doc["verification"]["criteria"]} >= {
         "leak",
         "gate_tpr",

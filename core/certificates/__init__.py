@@ -1,0 +1,1 @@
+"""Erasure certificates: salted commitments, signed status with expiry, revocation records, checks."""
