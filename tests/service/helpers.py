@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from collections.abc import Callable
@@ -81,9 +82,9 @@ def service_settings(
 def settings_env(settings: Settings) -> dict[str, str]:
     """The same settings as environment variables, for a worker or server process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
-    for key, value in settings.model_dump().items():
-        if value is not None:
-            env[f"LETHE_{key.upper()}"] = str(value)
+    for key, value in settings.model_dump(mode="json").items():
+        if value is not None:  # structured values (request_param_bounds) are JSON, as pydantic-settings reads them
+            env[f"LETHE_{key.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     return env
 
 
