@@ -64,7 +64,7 @@ def job_row(rt: Runtime, payload: TrainPayload) -> tuple[str, int, int]:
 
 
 def test_a_job_over_its_time_budget_fails_and_says_so(make_service, tiny_world: World):
-    client, rt = make_service(train_time_limit_s=2)
+    client, rt = make_service(train_time_limit_s=2, verify_max_attempts=1)
     payload = file(client, rt, request_body(tiny_world, "p000", params={"steps": 2000, "discriminator_steps": 2000}))
     started = time.monotonic()
     assert run_training_job(rt, payload) == "failed"
@@ -77,8 +77,8 @@ def test_a_job_over_its_time_budget_fails_and_says_so(make_service, tiny_world: 
 
 
 def test_a_job_at_its_delivery_cap_fails_instead_of_training(make_service, tiny_world: World):
-    client, rt = make_service(max_deliveries=2)
-    payload = file(client, rt, request_body(tiny_world, "p000"))
+    client, rt = make_service(max_deliveries=2, verify_max_attempts=1)
+    payload = file(client, rt, request_body(tiny_world, "p000", params={"steps": 1, "discriminator_steps": 5}))
     with transaction(rt.sessions) as session:  # two workers already died on it (e.g. killed for memory)
         job = ForgetRequestRepository(session).get_job(payload.job_id)
         job.deliveries, job.status = 2, "running"
@@ -92,10 +92,11 @@ def test_a_job_at_its_delivery_cap_fails_instead_of_training(make_service, tiny_
 
 
 def test_a_row_filed_with_request_refusal_text_is_failed_not_trained(make_service, tiny_world: World):
-    client, rt = make_service()
+    client, rt = make_service(verify_max_attempts=1)
     payload = file(client, rt, request_body(tiny_world, "p000"))
-    with transaction(rt.sessions) as session:  # filed before the allow-list existed
-        ForgetRequestRepository(session).get(payload.request_id).params = {"refusal_answer": "she is a fraudster."}
+    filed_before_the_allow_list = {"refusal_answer": "she is a fraudster.", "steps": 1, "discriminator_steps": 5}
+    with transaction(rt.sessions) as session:
+        ForgetRequestRepository(session).get(payload.request_id).params = filed_before_the_allow_list
     assert run_training_job(rt, payload) == "failed"
     final = client.get(f"/v1/forget-requests/{payload.request_id}").json()
     assert final["error"].startswith("the request's parameters are not allowed: params.refusal_answer")
