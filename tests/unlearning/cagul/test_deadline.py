@@ -37,7 +37,9 @@ def test_the_encoder_loop_checks_the_deadline_every_step(backbone: Backbone, dat
     # The clock the deadline reads jumps past its end once the encoder has reported its third step.
     deadline = Deadline(1, clock=lambda: 10.0 if ("encoder", 3) in steps else 0.0)
     config = CagulConfig(steps=50, discriminator_steps=5, positive_augmentations=2)
-    trainer = CagulTrainer(backbone, config, lambda phase, step, total, loss: steps.append((phase, step)), None, deadline)
+    trainer = CagulTrainer(
+        backbone, config, lambda phase, step, total, loss: steps.append((phase, step)), None, deadline
+    )
     with pytest.raises(TimeBudgetExceeded, match="during encoder step 4/50"):
         trainer.train(*data)
 
