@@ -31,8 +31,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,  # a worker killed mid-training gets its task redelivered
         worker_prefetch_multiplier=1,
-        task_time_limit=settings.train_time_limit_s,
-        task_soft_time_limit=max(1, settings.train_time_limit_s - 60),
+        # The budget holds inside the worker (checked between steps, `train_time_limit_s`): the solo pool ignores
+        # Celery's limits, which stay a backstop, a little later, for pools that enforce them.
+        task_soft_time_limit=settings.train_time_limit_s + 60,
+        task_time_limit=settings.train_time_limit_s + 120,
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],

@@ -10,6 +10,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.keys.tokens import TOKEN_FORMAT, split_token
 
+# The CAGUL parameters a deletion request may set, and their bounds: a few times each default (steps 400,
+# discriminator_steps 600, batch_size 16, encoder_hidden 256, ...) so a request can ask for more effort but never
+# for unbounded cost. Anything else (what the model says, what the gate fires on) is the operator's.
+DEFAULT_REQUEST_PARAM_BOUNDS: dict[str, tuple[int | float, int | float]] = {
+    "steps": (1, 2000),
+    "discriminator_steps": (1, 2000),
+    "batch_size": (1, 64),
+    "encoder_hidden": (1, 1024),
+    "discriminator_hidden": (1, 512),
+    "positive_augmentations": (1, 128),
+    "negative_augmentations": (0, 8),
+    "hard_negatives": (0, 400),
+    "hard_negative_augmentations": (0, 16),
+    "lr": (1e-5, 0.1),
+    "discriminator_lr": (1e-5, 0.1),
+    "weight_decay": (0.0, 1.0),
+    "warmup_ratio": (0.0, 0.5),
+    "grad_clip": (0.01, 100.0),
+    "retain_ce_weight": (0.0, 10.0),
+    "kl_weight": (0.0, 10.0),
+    "seed": (0, 2**31 - 1),
+}
+
 
 class Settings(BaseSettings):
     # A malformed secret is named in errors, never echoed.
@@ -72,6 +95,22 @@ class Settings(BaseSettings):
         description="Largest request body on any route but filing a deletion request (whose limit follows from "
         "max_images and max_image_bytes); counted as it arrives, chunked uploads included.",
     )
+    request_param_bounds: dict[str, tuple[int | float, int | float]] = Field(
+        default_factory=lambda: dict(DEFAULT_REQUEST_PARAM_BOUNDS),
+        description="The method parameters a request may set, each to [min, max] (JSON object); any other "
+        "parameter is refused. Whole-number bounds take whole numbers only.",
+    )
+    max_probe_questions: int = Field(
+        default=16,
+        ge=0,
+        description="Most identity-probing questions a request may give (params.probe_questions; each at most "
+        "max_text_chars long); they are trained towards the refusal, never an answer. 0: requests cannot set them.",
+    )
+    refusal_answer: str | None = Field(
+        default=None,
+        description="What a module trains the model to answer about its subject: a refusal the served model already "
+        "says. Operator configuration, never request input; default: the reference world's refusal.",
+    )
 
     verify_max_leak: float = Field(
         default=0.05,
@@ -100,7 +139,18 @@ class Settings(BaseSettings):
     verify_max_attempts: int = Field(
         default=3, description="Training attempts per request, each stronger than the last, before it is rejected."
     )
-    train_time_limit_s: int = Field(default=3600, description="Hard time limit of one training task.")
+    train_time_limit_s: int = Field(
+        default=3600,
+        ge=1,
+        description="Time budget of one delivery of a training job (every attempt's training and verification), "
+        "checked between steps inside the worker: past it the job fails.",
+    )
+    max_deliveries: int = Field(
+        default=3,
+        ge=1,
+        description="Deliveries of one training job (a worker starting it) before it fails instead of being sent "
+        "again: a request that kills its worker (e.g. out of memory) is not re-sent forever.",
+    )
     heartbeat_stale_s: float = Field(
         default=120, description="An in-flight job silent this long (no heartbeat, not re-sent) is sent again."
     )

@@ -1,6 +1,7 @@
 """Re-send jobs that went silent: a lost broker message or a dead worker must never lose a request.
 
-Duplicates are harmless: a worker skips a job that is finished or that another live worker holds.
+Duplicates are harmless: a worker skips a job that is finished or that another live worker holds. A job whose
+workers keep dying (`max_deliveries` starts) fails instead: a request that crashes its worker is not re-sent forever.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def resend_silent_jobs(sessions: sessionmaker[Session], celery: Celery, settings: Settings) -> int:
-    """One pass: send every silent in-flight job again; how many were sent."""
+    """One pass: send every silent in-flight job again, or fail it past the delivery cap; how many were sent."""
     sent = 0
     with transaction(sessions) as session:
         repo = ForgetRequestRepository(session)
         for request, job in repo.stale_jobs(timedelta(seconds=settings.heartbeat_stale_s)):
+            if job.deliveries >= settings.max_deliveries:
+                repo.give_up(request, job, settings.max_deliveries)
+                continue
             try:
                 enqueue_training(celery, TrainPayload(request_id=request.id, job_id=job.id))
             except Exception as exc:

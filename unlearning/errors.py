@@ -19,3 +19,7 @@ class ArtifactIntegrityError(UnlearningError):
 
 class WorldNotBuiltError(UnlearningError):
     """The reference world has not been built in the given directory."""
+
+
+class TimeBudgetExceeded(UnlearningError):
+    """A computation given a `Deadline` ran past it; it stopped between two steps."""

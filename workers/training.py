@@ -26,7 +26,7 @@ from core.adapters.models import REJECTED as ADAPTER_REJECTED
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.audit.repository import AuditRepository
 from core.db import new_id, transaction, utcnow
-from core.errors import NotFoundError
+from core.errors import LetheError, NotFoundError
 from core.forget_requests.models import (
     ACTIVE,
     CANCELLED,
@@ -39,8 +39,10 @@ from core.forget_requests.models import (
     VERIFYING,
     ForgetRequest,
 )
+from core.forget_requests.params import check_params
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
+from core.settings import Settings
 from unlearning.artifacts import save_module
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
 from unlearning.cagul.trainer import TrainingCancelled, TrainReport
@@ -59,6 +61,8 @@ from unlearning.cagul.verification import (
     verify,
 )
 from unlearning.data import QA, ForgetData, pixels_sha256
+from unlearning.deadline import Deadline
+from unlearning.errors import TimeBudgetExceeded, UnlearningError
 from workers.runtime import PROBES, Runtime
 
 log = logging.getLogger(__name__)
@@ -154,6 +158,7 @@ class Job:
     config: CagulConfig
     filed_people: list[str]
     own_people: list[str]
+    deadline: Deadline
 
 
 def _finish(rt: Runtime, job: Job, status: str, message: str | None, report: dict | None = None) -> str:
@@ -169,6 +174,14 @@ def _finish(rt: Runtime, job: Job, status: str, message: str | None, report: dic
             request.report = report
         repo.set_status(request, status, message, job_id=job.job_id)
         return status
+
+
+def job_config(params: dict[str, Any], settings: Settings) -> CagulConfig:
+    """The request's parameters, checked again against today's bounds, with the operator's refusal text."""
+    config = check_params(params, settings)
+    if settings.refusal_answer is not None:
+        config["refusal_answer"] = settings.refusal_answer
+    return CagulConfig.from_dict(config)
 
 
 def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
@@ -190,6 +203,16 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             repo.set_status(request, CANCELLED, "cancelled before training started", job_id=job.id)
             job.status = "finished"
             return CANCELLED
+        if job.deliveries >= rt.settings.max_deliveries:  # every earlier start died: this request kills workers
+            repo.give_up(request, job, rt.settings.max_deliveries)
+            return FAILED
+        try:
+            config = job_config(dict(request.params), rt.settings)
+        except (LetheError, UnlearningError) as exc:  # filed under other bounds, or before they existed
+            job.status, job.finished_at = "failed", utcnow()
+            detail = exc.detail if isinstance(exc, LetheError) else str(exc)
+            repo.set_status(request, FAILED, f"the request's parameters are not allowed: {detail}", job_id=job.id)
+            return FAILED
         job.deliveries += 1
         job.status = "running"
         job.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -214,9 +237,10 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             request.id,
             job.id,
             ForgetData(subject=subject, images=images, qa_pairs=qa_pairs),
-            CagulConfig.from_dict(dict(request.params)),
+            config,
             rt.people_in(filed),
             rt.people_in(own),
+            Deadline(rt.settings.train_time_limit_s),
         )
 
     with JobReporter(rt, payload.request_id, payload.job_id) as reporter:
@@ -224,6 +248,8 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             return _run(rt, work, reporter)
         except TrainingCancelled as exc:
             return _finish(rt, work, CANCELLED, str(exc))
+        except TimeBudgetExceeded as exc:
+            return _finish(rt, work, FAILED, f"the job stopped: {exc} (LETHE_TRAIN_TIME_LIMIT_S)")
         except Exception as exc:
             log.exception("training job %s failed", payload.job_id)
             return _finish(rt, work, FAILED, f"{type(exc).__name__}: {exc}")
@@ -234,7 +260,7 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
     train_pairs, verify_pairs = heldout_split(job.forget.qa_pairs)
     train_photos, verify_photos = heldout_photos(job.forget.images, vcfg)
     cases = build_cases(verify_photos, verify_pairs, vcfg, unseen_photos=len(train_photos) < len(job.forget.images))
-    base = baseline(CagulGate(rt.backbone), cases, vcfg)
+    base = baseline(CagulGate(rt.backbone), cases, vcfg, job.deadline)
     early = nothing_to_forget(base, vcfg)
     if early is not None:  # decided before any training: the reference model itself does not reveal enough
         status = NOTHING_TO_FORGET if early.outcome == Outcome.NOTHING_TO_FORGET else REJECTED
@@ -244,6 +270,7 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
     retain = rt.retain_set(job.filed_people, job.own_people)
     canaries = rt.canaries(job.filed_people)
     reporter.poll_cancel("loading the retain set")
+    job.deadline.check("loading the retain set")
     attempts: list[dict[str, Any]] = []
     max_attempts = max(1, rt.settings.verify_max_attempts)
     module: CagulModule | None = None
@@ -259,9 +286,8 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
                 f"({verification.leaks_past_gate} of {verification.leaks} leaks past the gate): "
                 f"{_strengthening(job.config, config)}",
             )
-        module, train_report = CagulTrainer(rt.backbone, config, reporter.progress, reporter.should_stop).train(
-            train_data, retain
-        )
+        trainer = CagulTrainer(rt.backbone, config, reporter.progress, reporter.should_stop, job.deadline)
+        module, train_report = trainer.train(train_data, retain)
         reporter.status(VERIFYING, f"verifying attempt {attempt} of {max_attempts}")
         published, verification = _verify_and_publish(rt, job, module, train_report, base, canaries, vcfg, attempts)
         attempts.append(_attempt_record(attempt, job.config, config, train_report, verification))
@@ -329,6 +355,7 @@ def _verify_and_publish(
             probes,
             rt.benign_tokens(job.filed_people),
             vcfg,
+            job.deadline,
         )
         if not verification.passed:
             return None, verification

@@ -12,7 +12,16 @@ from core.audit.repository import AuditRepository
 from core.callbacks.repository import CallbackRepository
 from core.crypto import DataKeyError, MasterKey, SealedRequest
 from core.db import fetch_one, paginate, utcnow
-from core.forget_requests.models import IN_FLIGHT, TERMINAL, ForgetRequest, Job, JobEvent, RequestImage, RequestKey
+from core.forget_requests.models import (
+    FAILED,
+    IN_FLIGHT,
+    TERMINAL,
+    ForgetRequest,
+    Job,
+    JobEvent,
+    RequestImage,
+    RequestKey,
+)
 
 
 class ForgetRequestRepository:
@@ -143,6 +152,16 @@ class ForgetRequestRepository:
         self.session.add(job)
         self.session.flush()
         return job
+
+    def give_up(self, request: ForgetRequest, job: Job, max_deliveries: int) -> None:
+        """Fail a job started `max_deliveries` times that never finished, instead of sending it again."""
+        job.status, job.finished_at = "failed", utcnow()
+        message = (
+            f"the training job was started {job.deliveries} times and never finished (its worker died or went "
+            f"silent each time, e.g. killed for memory); it is not sent again (LETHE_MAX_DELIVERIES={max_deliveries})"
+        )
+        self.set_status(request, FAILED, message, job_id=job.id)
+        AuditRepository(self.session).record("system", "job.give_up", job.id, request_id=request.id)
 
     def get_job(self, job_id: str, *, for_update: bool = False) -> Job:
         return fetch_one(self.session, Job, job_id, "job", for_update=for_update)

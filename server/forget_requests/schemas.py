@@ -24,7 +24,9 @@ class ForgetRequestIn(StrictModel):
     images: list[str] = Field(min_length=1, description="Photos of the person: base64-encoded PNG or JPEG files.")
     method: str = Field(default="cagul", description="Unlearning method; the service trains per-request modules.")
     params: dict[str, Any] = Field(
-        default_factory=dict, description="Method parameters (validated; unknown keys fail)."
+        default_factory=dict,
+        description="Method parameters a request may set, each within the operator's bounds (the 422 of any other "
+        "lists them); the refusal text is operator configuration, not a parameter.",
     )
     callback_url: str | None = Field(default=None, description="Optional URL told about status changes.")
 

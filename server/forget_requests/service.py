@@ -16,6 +16,7 @@ from core.crypto import MasterKey, seal_request
 from core.db import transaction
 from core.errors import ConflictError, InvalidRequestError, QueueUnavailableError
 from core.forget_requests.models import CANCELLED, FAILED, QUEUED, TERMINAL, VALIDATING, ForgetRequest, JobEvent
+from core.forget_requests.params import check_params
 from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import IdempotencyRepository
 from core.queue import TrainPayload, enqueue_training
@@ -133,7 +134,7 @@ class ForgetRequestService:
         if len(raw) > s.max_images:
             raise InvalidRequestError(f"{len(raw)} images; the limit is {s.max_images}")
         images = [check_image(data, i, s) for i, data in enumerate(raw)]
-        params = self.engine.validate_method(body.method, body.params)
+        params = self.engine.validate_method(body.method, check_params(body.params, s))
         if body.callback_url is not None:
             check_callback_url(body.callback_url, s.callback_allow_private)
         sealed = seal_request(

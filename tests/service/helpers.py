@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from collections.abc import Callable
@@ -86,8 +87,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The same settings as environment variables, for a worker or server process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
     for key, value in settings.model_dump(exclude=set(type(settings).model_computed_fields)).items():
-        if value is not None:
-            env[f"LETHE_{key.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        # Structured values (request_param_bounds) are JSON, as pydantic-settings reads them.
+        env[f"LETHE_{key.upper()}"] = json.dumps(value) if isinstance(value, dict | list) else str(value)
     return env
 
 

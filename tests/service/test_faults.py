@@ -1,5 +1,6 @@
 """Faults with real processes: a worker SIGKILLed mid-training and a Redis restart that drops the queue.
-Nothing is lost: the reconciler re-sends silent jobs, and each request ends with exactly one adapter."""
+Nothing is lost: the reconciler re-sends silent jobs, and each request ends with exactly one adapter; a request
+whose worker dies every time fails at the delivery cap instead of being re-sent forever."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -52,9 +54,17 @@ def outcome(pg_url: str, request_id: str) -> tuple[int, int]:
     return adapters, int(deliveries)
 
 
-def fault_settings_env(tiny_world: World, tmp_path: Path, pg_url: str, broker: str) -> dict[str, str]:
-    settings = service_settings(tiny_world, tmp_path, pg_url, broker, heartbeat_stale_s=6.0, reconcile_interval_s=1.0)
+def fault_settings_env(tiny_world: World, tmp_path: Path, pg_url: str, broker: str, **extra: object) -> dict[str, str]:
+    settings = service_settings(
+        tiny_world, tmp_path, pg_url, broker, heartbeat_stale_s=6.0, reconcile_interval_s=1.0, **extra
+    )
     return settings_env(settings)
+
+
+def encoder_event_after(client: httpx.Client, url: str, after: int) -> int | None:
+    """The id of the newest encoder progress event past event `after`, if any."""
+    ids = [e["id"] for e in client.get(f"{url}/events", params={"after": after}).json() if e["phase"] == "encoder"]
+    return max(ids) if ids else None
 
 
 def test_worker_killed_mid_training_is_redone_once(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str):
@@ -119,3 +129,40 @@ def test_redis_restart_loses_no_queued_job(tiny_world: World, tmp_path: Path, pg
             stop(worker)
         redis.kill()
         redis.wait()
+
+
+def test_a_request_that_kills_its_worker_every_time_fails_at_the_delivery_cap(
+    tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str
+):
+    env = fault_settings_env(tiny_world, tmp_path, pg_url, redis_url, max_deliveries=2)
+    port = free_port()
+    api = start_api(env, port, tmp_path / "api.log")
+    workers: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=AUTH)
+    try:
+        wait_for(lambda: ready(client), 180, 0.5, "the API")
+        # Long enough in the encoder to be killed there, as a worker killed for memory would be.
+        params = {**QUICK, "steps": 2000}
+        request_id = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000", params=params)).json()[
+            "id"
+        ]
+        url = f"/v1/forget-requests/{request_id}"
+        seen = 0
+        for delivery in (1, 2):
+            workers.append(start_worker(env, tmp_path / f"worker-{delivery}.log"))
+            seen = wait_for(lambda s=seen: encoder_event_after(client, url, s), 300, 0.2, f"delivery {delivery}")
+            os.kill(workers[-1].pid, signal.SIGKILL)
+            workers[-1].wait()
+        final = wait_for(lambda: (r := client.get(url).json())["status"] in TERMINAL and r, 120, 0.5, "the give-up")
+        assert final["status"] == "failed", final
+        assert "started 2 times and never finished" in final["error"] and "LETHE_MAX_DELIVERIES=2" in final["error"]
+        time.sleep(3)  # three reconciler passes: none sends it again
+        assert outcome(pg_url, request_id) == (0, 2)
+        events = client.get(f"{url}/events").json()
+        gave_up = next(e["id"] for e in events if e["status"] == "failed")
+        assert [e for e in events if (e["message"] or "").startswith("re-sent") and e["id"] > gave_up] == []
+        assert client.get(url).json()["status"] == "failed"
+    finally:
+        stop(api)
+        for worker in workers:
+            stop(worker)

@@ -17,6 +17,7 @@ from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
 from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.data import QA, ForgetData, RetainSet
+from unlearning.deadline import Deadline, check
 from unlearning.errors import UnlearningError
 from unlearning.losses import answer_kl, answer_nll, npo_loss
 
@@ -69,11 +70,13 @@ class CagulTrainer:
         config: CagulConfig | None = None,
         progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
+        deadline: Deadline | None = None,
     ) -> None:
         self.backbone = backbone
         self.config = config or CagulConfig()
         self.progress = progress
         self.should_stop = should_stop
+        self.deadline = deadline
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.rng = random.Random(self.config.seed)
 
@@ -117,11 +120,13 @@ class CagulTrainer:
 
     # ---- discriminator -----------------------------------------------------------------------
     def _tokens(self, images: list, views: AugmentConfig | None, copies: int) -> torch.Tensor:
+        check(self.deadline, "the discriminator's training views")
         out = []
         if views is None or copies == 0:
             return self.backbone.visual_tokens(self.backbone.pixel_values(images)).float()
         for _ in range(copies):
             for start in range(0, len(images), 64):
+                check(self.deadline, "the discriminator's training views")
                 chunk = images[start : start + 64]
                 out.append(self.backbone.visual_tokens(self.backbone.augmented_inputs(chunk, views, self.generator)))
         return torch.cat(out).float()
@@ -157,6 +162,7 @@ class CagulTrainer:
         optimizer = torch.optim.AdamW(disc.parameters(), lr=cfg.discriminator_lr, weight_decay=1e-2)
         disc.train()
         for step in range(cfg.discriminator_steps):
+            check(self.deadline, f"discriminator step {step + 1}/{cfg.discriminator_steps}")
             idx = torch.randint(len(x), (min(256, len(x)),), generator=self.generator)
             loss = F.binary_cross_entropy_with_logits(disc.logits(x[idx]), y[idx], pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
@@ -224,6 +230,7 @@ class CagulTrainer:
         module.encoder.train()
         loss_value = forget_value = float("nan")
         for step in range(cfg.steps):
+            check(self.deadline, f"encoder step {step + 1}/{cfg.steps}")
             f_items = [(self.rng.randrange(len(forget.images)), self.rng.choice(forget_samples)) for _ in range(half)]
             f_inputs = bb.augmented_inputs([forget.images[i] for i, _ in f_items], MILD_VIEWS, self.generator)
             f_batch = bb.make_batch(f_inputs, [qa.question for _, qa in f_items], [qa.answer for _, qa in f_items]).to(

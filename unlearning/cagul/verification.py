@@ -22,6 +22,7 @@ from scipy.stats import beta
 
 from unlearning.cagul.gate import CagulGate
 from unlearning.data import QA, pixels_sha256
+from unlearning.deadline import Deadline, check
 from unlearning.evaluation.leakage import leaked_answer, normalised_tokens
 
 # Photo changes of families the training augmentation (`unlearning.augment`: rotation, scale, shift, flip,
@@ -271,9 +272,12 @@ def case_leaks(answer: str, case: Case) -> bool:
     return leaked_answer(answer, case.qa.answer, case.qa.keyword, case.qa.question)
 
 
-def baseline(reference: CagulGate, cases: list[Case], config: VerifyConfig) -> Baseline:
+def baseline(
+    reference: CagulGate, cases: list[Case], config: VerifyConfig, deadline: Deadline | None = None
+) -> Baseline:
     """The reference model's answers on the cases, and which of them reveal the private value."""
-    answers = [a.answer for a in answer_all(reference, [c.image for c in cases], [c.question for c in cases], config)]
+    images, questions = [c.image for c in cases], [c.question for c in cases]
+    answers = [a.answer for a in answer_all(reference, images, questions, config, deadline=deadline)]
     return Baseline(cases, answers, [case_leaks(a, c) for a, c in zip(answers, cases, strict=True)])
 
 
@@ -322,6 +326,7 @@ def verify(
     probes: dict[str, torch.Tensor],
     benign: torch.Tensor,
     config: VerifyConfig,
+    deadline: Deadline | None = None,
 ) -> Verification:
     """Check `candidate` (the served set plus the new module) against every threshold of `config`.
 
@@ -334,7 +339,7 @@ def verify(
         return outcome
     counted = [i for i, r in enumerate(base.reveals) if r]
     cases = [base.cases[i] for i in counted]
-    served = answer_all(candidate, [c.image for c in cases], [c.question for c in cases], config)
+    served = answer_all(candidate, [c.image for c in cases], [c.question for c in cases], config, deadline=deadline)
     leaking = [(c, s) for c, s in zip(cases, served, strict=True) if case_leaks(s.answer, c)]
     fired = sum(s.module_id == module_id for s in served)
     n, k = len(cases), len(leaking)
@@ -360,7 +365,7 @@ def verify(
             n,
         ),
     ]
-    criteria.append(_canary_criterion(candidate, current, canaries, config))
+    criteria.append(_canary_criterion(candidate, current, canaries, config, deadline))
     criteria.append(capture_criterion(candidate, module_id, probes))
     criteria.append(benign_criterion(candidate, module_id, benign, config))
     reasons = [_reason(c) for c in criteria if not c.passed]
@@ -375,9 +380,11 @@ def verify(
     )
 
 
-def _canary_criterion(candidate: CagulGate, current: CagulGate, canaries: Canaries, config: VerifyConfig) -> Criterion:
-    before = answer_all(current, canaries.images, canaries.questions, config)
-    after = answer_all(candidate, canaries.images, canaries.questions, config)
+def _canary_criterion(
+    candidate: CagulGate, current: CagulGate, canaries: Canaries, config: VerifyConfig, deadline: Deadline | None
+) -> Criterion:
+    before = answer_all(current, canaries.images, canaries.questions, config, deadline=deadline)
+    after = answer_all(candidate, canaries.images, canaries.questions, config, deadline=deadline)
     n = len(canaries.questions)
     same = sum(a.answer == b.answer for a, b in zip(after, before, strict=True)) / max(1, n)
     return Criterion(
@@ -466,9 +473,15 @@ def probe_tokens(backbone: Any, base: Baseline, limit: int = 32) -> torch.Tensor
 
 
 def answer_all(
-    gate: CagulGate, images: list[Image.Image], questions: list[str], config: VerifyConfig, batch: int = 32
+    gate: CagulGate,
+    images: list[Image.Image],
+    questions: list[str],
+    config: VerifyConfig,
+    batch: int = 32,
+    deadline: Deadline | None = None,
 ) -> list:
     out = []
     for start in range(0, len(images), batch):
+        check(deadline, f"verification (answers {start + 1}-{min(start + batch, len(images))} of {len(images)})")
         out += gate.answer(images[start : start + batch], questions[start : start + batch], config.max_new_tokens)
     return out
