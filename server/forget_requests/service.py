@@ -66,10 +66,7 @@ class ForgetRequestService:
 
     def _out(self, request: ForgetRequest, viewer: str | None) -> ForgetRequestOut:
         """The request as `viewer` (an API key id) sees it: the salt only for the key that filed it, until purged."""
-        salt = None
-        if viewer is not None and viewer == request.filed_by and request.commitment_salt_ciphertext is not None:
-            salt = self._salt(request)
-        return to_out(request, salt)
+        return to_out(request, self._salt(request) if viewer is not None and viewer == request.filed_by else None)
 
     def _salt(self, request: ForgetRequest) -> str | None:
         """The commitment salt, kept under the request's own data key: gone with that key at purge."""

@@ -20,6 +20,7 @@ from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.crypto import MasterKey, seal_request
 from core.db import make_engine, make_session_factory, transaction
 from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
+from core.forget_requests.models import ForgetRequest
 from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
 from unlearning.artifacts import save_module
@@ -127,16 +128,21 @@ def module_artifact(directory: Path, fingerprint: str, backbone: Backbone, seed:
     return str(directory), manifest["digest"]
 
 
-def adapter_row(session: Session, artifact: tuple[str, str], fingerprint: str, state: str = ACTIVE) -> str:
-    """A request and its adapter in `state`, as the worker's publish writes them (no set version)."""
-    request = ForgetRequestRepository(session).create(
+def request_row(session: Session, status: str) -> ForgetRequest:
+    """A request row in `status`, sealed under a throwaway master key, with no photos or QA pairs."""
+    return ForgetRequestRepository(session).create(
         seal_request(MasterKey(MasterKey.generate()), "someone", b"[]", []),
         method="cagul",
         params={},
         qa_sha256=[],
         callback_url=None,
-        status=REQUEST_ACTIVE,
+        status=status,
     )
+
+
+def adapter_row(session: Session, artifact: tuple[str, str], fingerprint: str, state: str = ACTIVE) -> str:
+    """A request and its adapter in `state`, as the worker's publish writes them (no set version)."""
+    request = request_row(session, REQUEST_ACTIVE)
     adapter = AdapterRepository(session).create(
         request_id=request.id,
         method="cagul",

@@ -20,10 +20,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.callbacks.repository import CallbackRepository
-from core.crypto import CallbackSigner, MasterKey, seal_request
+from core.crypto import CallbackSigner
 from core.db import make_engine, make_session_factory, transaction
 from core.errors import InvalidRequestError
-from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
 from server.callbacks import (
     CallbackAddressError,
@@ -33,6 +32,7 @@ from server.callbacks import (
     deliver_due_callbacks,
     is_public_address,
 )
+from tests.service.helpers import request_row
 
 # Each a way to name an address inside: private, loopback, link-local (cloud metadata), shared (RFC 6598, another
 # cloud's metadata), reserved, multicast, and IPv6 forms that carry such an IPv4 address.
@@ -234,15 +234,7 @@ def test_tls_names_the_original_host_while_connecting_to_the_pinned_address(tmp_
 def _deliveries(pg_url: str, urls: list[str]) -> sessionmaker[Session]:
     sessions = make_session_factory(make_engine(pg_url))
     with transaction(sessions) as session:
-        repo = ForgetRequestRepository(session)
-        request = repo.create(
-            seal_request(MasterKey(MasterKey.generate()), "s", b"x", []),
-            method="cagul",
-            params={},
-            qa_sha256=["0"],
-            callback_url=None,
-            status="queued",
-        )
+        request = request_row(session, "queued")
         for i, url in enumerate(urls):
             CallbackRepository(session).enqueue(request.id, url, {"n": i})
     return sessions

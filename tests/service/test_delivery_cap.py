@@ -8,27 +8,20 @@ from pathlib import Path
 
 import redis
 
-from core.crypto import MasterKey, seal_request
 from core.db import make_engine, make_session_factory, transaction, utcnow
 from core.forget_requests.models import TRAINING
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import make_celery
 from core.settings import Settings
 from server.reconciler import resend_silent_jobs
+from tests.service.helpers import request_row
 
 
 def silent_job(sessions, deliveries: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     """A request in training whose worker died `deliveries` starts in, an hour ago."""
     with transaction(sessions) as session:
         repo = ForgetRequestRepository(session)
-        request = repo.create(
-            seal_request(MasterKey(MasterKey.generate()), "someone", b"sealed", []),
-            method="cagul",
-            params={},
-            qa_sha256=[],
-            callback_url=None,
-            status=TRAINING,
-        )
+        request = request_row(session, TRAINING)
         job = repo.create_job(request)
         an_hour_ago = utcnow() - timedelta(hours=1)
         job.status, job.deliveries, job.heartbeat_at, job.enqueued_at = "running", deliveries, an_hour_ago, an_hour_ago
