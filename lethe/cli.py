@@ -693,6 +693,8 @@ def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.model_path is None:
         _built_world(settings.data_dir, settings.world, with_retain_model=False)
+    else:  # as compose's `world` service: the checkpoint is there, or nothing starts
+        _checkpoint_beside_world(settings.model_path, settings.data_dir, settings.world)
     upgrade_database(settings.resolved_database_url())
     _bootstrap_admin(settings)
     worker = subprocess.Popen(
