@@ -186,3 +186,21 @@ def test_world_build_for_serving_a_checkpoint_checks_it_is_mounted(tmp_path, tin
     world = Path(mounted.stdout.strip())
     # The world's people (the default retain set) are there; no model was trained beside the checkpoint.
     assert (world / "world.json").is_file() and not (world / "reference").exists()
+
+
+def test_serve_with_a_checkpoint_path_that_holds_none_exits_naming_it(tmp_path):
+    """`lethe serve` checks LETHE_MODEL_PATH as compose's world service does: nothing starts without the model."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    env.update(
+        {
+            "LETHE_MODEL_PATH": str(tmp_path / "models" / "llava"),
+            "LETHE_MASTER_KEY_FILE": str(tmp_path / "config" / "master.key"),
+            "PYTHONPATH": ROOT,
+        }
+    )
+    command = [sys.executable, "-m", "lethe.cli", "serve", "--data-dir", str(tmp_path / "data"), "--port", "0"]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    said = "".join(result.stderr.split())  # rich wraps long lines on stderr
+    assert f"LETHE_MODEL_PATH={tmp_path / 'models' / 'llava'}holdsnocheckpoint" in said, result.stderr
+    assert not (tmp_path / "data" / "lethe.db").exists()  # no database, no worker, no API
