@@ -185,6 +185,13 @@ class Settings(BaseSettings):
         default=256, description="Module encoders kept in memory (least recently used dropped first)."
     )
 
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _empty_model_path_is_none(cls, value: object) -> object:
+        # Compose passes `${LETHE_MODEL_PATH:-}` through when unset: empty means the reference world's model,
+        # not a checkpoint in the working directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("bootstrap_admin_key")
     @classmethod
     def _admin_key_shape(cls, value: SecretStr | None) -> SecretStr | None:

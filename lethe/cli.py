@@ -84,10 +84,26 @@ def _built_world(data_dir: Path | None, preset: str | None, with_retain_model: b
 
 
 @world_app.command("build")
-def world_build(data_dir: DataDir = None, world: Preset = None) -> None:
+def world_build(
+    data_dir: DataDir = None,
+    world: Preset = None,
+    serving: Annotated[
+        bool,
+        typer.Option(
+            "--serving",
+            help="Only what the API and workers load (compose's one-shot `world` service): the reference model "
+            "without the retain model; with LETHE_MODEL_PATH, a check that the checkpoint is there and the "
+            "world's people (the default retain set), no model trained.",
+        ),
+    ] = False,
+) -> None:
     """Build and cache the world, the reference model and the retain model (a second call reuses the cache)."""
-    built = _built_world(data_dir, world)
-    for name in ("reference", "retain"):
+    model_path = _checked_settings().model_path
+    if serving and model_path is not None:
+        typer.echo(str(_checkpoint_beside_world(model_path, data_dir, world).root))
+        return
+    built = _built_world(data_dir, world, with_retain_model=not serving)
+    for name in ("reference",) if serving else ("reference", "retain"):
         report = json.loads((built.root / name / "build.json").read_text())
         acc = report["accuracy"]
         err.print(
@@ -102,6 +118,22 @@ def world_build(data_dir: DataDir = None, world: Preset = None) -> None:
         f"top-1 {identity['world']['recall_at_1']:.1%}"
     )
     typer.echo(str(built.root))
+
+
+def _checkpoint_beside_world(model_path: Path, data_dir: Path | None, preset: str | None):  # type: ignore[no-untyped-def]
+    """The world's people (no model trained), once the checkpoint the service will load is known to be there."""
+    from unlearning.world.builder import ensure_people
+
+    if not (model_path / "config.json").is_file():
+        err.print(
+            f"LETHE_MODEL_PATH={model_path} holds no checkpoint (no config.json): mount the checkpoint directory "
+            "there (compose: put it under ./models, mounted at /models) or unset LETHE_MODEL_PATH to "
+            "serve the reference world's model"
+        )
+        raise typer.Exit(2)
+    built = ensure_people(_data_dir(data_dir), _config(preset))
+    err.print(f"serving the checkpoint at {model_path}; the world's people (the default retain set) are ready")
+    return built
 
 
 @world_app.command("list")
@@ -649,6 +681,7 @@ def serve(
     import uvicorn
 
     from core.db import upgrade_database
+    from core.processes import API_APP, python_module, worker_command
 
     # The worker process reads the same settings from the environment.
     if data_dir is not None:
@@ -660,25 +693,12 @@ def serve(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.model_path is None:
         _built_world(settings.data_dir, settings.world, with_retain_model=False)
+    else:  # as compose's `world` service: the checkpoint is there, or nothing starts
+        _checkpoint_beside_world(settings.model_path, settings.data_dir, settings.world)
     upgrade_database(settings.resolved_database_url())
     _bootstrap_admin(settings)
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            "train",
-            "--pool=solo",
-            "--concurrency=1",
-            "--loglevel=INFO",
-            "-n",
-            f"lethe-embedded-{os.getpid()}@%h",
-        ],
-        preexec_fn=_die_with_parent,
+        python_module(worker_command(f"lethe-embedded-{os.getpid()}@%h")), preexec_fn=_die_with_parent
     )
     err.print(f"worker started (pid {worker.pid}); API on http://{host}:{port} (docs at /docs)")
     # uvicorn shuts down gracefully, then re-raises the signal it caught: these handlers turn that into a
@@ -686,7 +706,7 @@ def serve(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         # By import string: the command line starts the service but does not import it.
-        uvicorn.run("server.app:create_app", factory=True, host=host, port=port, log_level="info")
+        uvicorn.run(API_APP, factory=True, host=host, port=port, log_level="info")
     except KeyboardInterrupt:
         pass
     finally:

@@ -67,3 +67,13 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
     yield REDIS_URL
     client.flushdb()
+
+
+@pytest.fixture()
+def log_dir(tmp_path: Path) -> Iterator[Path]:
+    """Where a test's server and worker processes write their logs; their tails are printed after the test."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    yield logs
+    for path in sorted(logs.iterdir()):  # shown by pytest only when the test failed
+        print(f"==== {path.name} ====\n{path.read_text()[-6000:]}")

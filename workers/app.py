@@ -1,4 +1,4 @@
-"""The Celery app the worker runs: `celery -A workers.app worker -Q train --pool=solo --concurrency=1`."""
+"""The Celery app the training worker runs; its command line is `core.processes.worker_command()`."""
 
 from __future__ import annotations
 

@@ -160,3 +160,47 @@ def test_serve_with_a_malformed_bootstrap_key_exits_at_once_naming_the_setting(t
     assert "LETHE_BOOTSTRAP_ADMIN_KEY" in errors and "lethe_<12 hex>" in errors, errors
     assert "admin-password-123" not in out + errors
     assert not (tmp_path / "data" / "worlds").exists()
+
+
+def test_world_build_for_serving_builds_the_reference_model_only(data_dir, tiny_world):
+    """Compose's one-shot `world` service: what the API and workers load, without the bench's retain model."""
+    result = runner.invoke(
+        app,
+        ["world", "build", "--serving", "--world", "tiny", "--data-dir", str(data_dir)],
+        env={"LETHE_MODEL_PATH": ""},
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tiny_world.root)
+    assert "reference:" in result.stderr and "retain:" not in result.stderr
+
+
+def test_world_build_for_serving_a_checkpoint_checks_it_is_mounted(tmp_path, tiny_world):
+    """With LETHE_MODEL_PATH nothing is trained: the checkpoint must be there, or nothing starts after it."""
+    command = ["world", "build", "--serving", "--world", "tiny", "--data-dir", str(tmp_path / "data")]
+    missing = runner.invoke(app, command, env={"LETHE_MODEL_PATH": str(tmp_path / "models" / "llava")})
+    assert missing.exit_code == 2
+    assert "holds no checkpoint" in missing.stderr and "./models" in missing.stderr
+    assert not (tmp_path / "data").exists()  # failed before writing anything
+    mounted = runner.invoke(app, command, env={"LETHE_MODEL_PATH": str(tiny_world.reference_model_dir)})
+    assert mounted.exit_code == 0, mounted.output
+    world = Path(mounted.stdout.strip())
+    # The world's people (the default retain set) are there; no model was trained beside the checkpoint.
+    assert (world / "world.json").is_file() and not (world / "reference").exists()
+
+
+def test_serve_with_a_checkpoint_path_that_holds_none_exits_naming_it(tmp_path):
+    """`lethe serve` checks LETHE_MODEL_PATH as compose's world service does: nothing starts without the model."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    env.update(
+        {
+            "LETHE_MODEL_PATH": str(tmp_path / "models" / "llava"),
+            "LETHE_MASTER_KEY_FILE": str(tmp_path / "config" / "master.key"),
+            "PYTHONPATH": ROOT,
+        }
+    )
+    command = [sys.executable, "-m", "lethe.cli", "serve", "--data-dir", str(tmp_path / "data"), "--port", "0"]
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    said = "".join(result.stderr.split())  # rich wraps long lines on stderr
+    assert f"LETHE_MODEL_PATH={tmp_path / 'models' / 'llava'}holdsnocheckpoint" in said, result.stderr
+    assert not (tmp_path / "data" / "lethe.db").exists()  # no database, no worker, no API

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +25,7 @@ import pytest
 from bench.load_vqa import hold_load, vqa_queries
 from core.certificates.verify import commitment
 from core.crypto import verify_certificate
+from core.processes import api_command, python_module, worker_command
 from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, settings_env, wait_for
 from unlearning.evaluation.leakage import leaked
 from unlearning.world import World
@@ -183,25 +183,11 @@ def _ready(client: httpx.Client) -> bool:
         return False
 
 
-@pytest.fixture()
-def log_dir(tmp_path: Path) -> Iterator[Path]:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    yield logs
-    for path in sorted(logs.iterdir()):  # shown by pytest only when the test failed
-        print(f"==== {path.name} ====\n{path.read_text()[-6000:]}")
-
-
 def test_postgres_redis_worker_and_api(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str, log_dir: Path):
     env = settings_env(service_settings(tiny_world, tmp_path, pg_url, redis_url))
     port = free_port()
-    worker_cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "train", "--pool=solo"]
-    worker = spawn(
-        [*worker_cmd, "--concurrency=1", "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO"],
-        env,
-        log_dir / "worker.log",
-    )
-    api_cmd = [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--port", str(port)]
+    worker = spawn(python_module(worker_command(f"test-{uuid.uuid4().hex[:6]}@%h")), env, log_dir / "worker.log")
+    api_cmd = python_module(api_command(port=port))
     api = spawn(api_cmd, env, log_dir / "api.log")
     try:
         forget_over_http(f"http://127.0.0.1:{port}", tiny_world, "p000")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +17,7 @@ from sqlalchemy import create_engine, select
 
 from core.adapters.models import Adapter
 from core.forget_requests.models import Job
+from core.processes import api_command, python_module, worker_command
 from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
 from tests.service.test_end_to_end import TERMINAL, free_port, spawn, stop
 from unlearning.world import World
@@ -29,12 +29,11 @@ QUICK = {"steps": 60, "discriminator_steps": 100, "positive_augmentations": 8}
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
-    args = ["-m", "celery", "-A", "workers.app", "worker", "-Q", "train", "--pool=solo", "--concurrency=1"]
-    return spawn([sys.executable, *args, "-n", f"fault-{uuid.uuid4().hex[:6]}@%h"], env, log)
+    return spawn(python_module(worker_command(f"fault-{uuid.uuid4().hex[:6]}@%h")), env, log)
 
 
 def start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
-    return spawn([sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--port", str(port)], env, log)
+    return spawn(python_module(api_command(port=port)), env, log)
 
 
 def ready(client: httpx.Client) -> bool:
