@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from core.audit.repository import AuditRepository
 from core.callbacks.repository import CallbackRepository
@@ -171,14 +171,21 @@ class ForgetRequestRepository:
         return self.session.scalars(query).first()
 
     def stale_jobs(self, older_than: timedelta, now: datetime | None = None) -> list[tuple[ForgetRequest, Job]]:
-        """In-flight jobs silent for `older_than`: no heartbeat since then, and not (re)sent since then."""
+        """In-flight jobs silent for `older_than`: no heartbeat since then, and not (re)sent since then.
+
+        A queued job counts as silent only while no job is running with a fresh heartbeat: behind a busy worker it
+        is waiting its turn, not lost, and sending it again every pass would grow the queue with every waiting job.
+        """
         cutoff = (now or utcnow()) - older_than
+        busy = aliased(Job)
+        queue_moving = exists().where(busy.status == "running", busy.heartbeat_at >= cutoff)
         query = (
             select(ForgetRequest, Job)
             .join(Job, Job.request_id == ForgetRequest.id)
             .where(ForgetRequest.status.in_(IN_FLIGHT), Job.status.in_(("queued", "running")))
             .where(func.coalesce(Job.heartbeat_at, Job.created_at) < cutoff)
             .where(func.coalesce(Job.enqueued_at, Job.created_at) < cutoff)
+            .where(or_(Job.status == "running", ~queue_moving))
             .with_for_update(of=Job, skip_locked=True)
         )
         return [(r, j) for r, j in self.session.execute(query).all()]

@@ -122,6 +122,22 @@ def test_lock_serialises_changes_of_the_active_set(backend: str, request: pytest
     assert order == ["first recorded", "second locked"]
 
 
+def test_queued_jobs_behind_a_busy_worker_are_waiting_not_silent(pg_url: str):
+    sessions = make_session_factory(make_engine(pg_url))
+    later = utcnow() + timedelta(minutes=6)
+    with transaction(sessions) as session:
+        repo = ForgetRequestRepository(session)
+        running, waiting = repo.create_job(_request(repo, "a")), repo.create_job(_request(repo, "b"))
+        running.status, running.heartbeat_at = "running", later
+        ids = (running.id, waiting.id)
+    with transaction(sessions) as session:
+        repo = ForgetRequestRepository(session)
+        assert repo.stale_jobs(timedelta(minutes=5), now=later) == []
+        # The worker went silent too: the queue stopped, so the waiting job may have been lost with it.
+        stale = repo.stale_jobs(timedelta(minutes=5), now=later + timedelta(minutes=6))
+        assert sorted(j.id for _, j in stale) == sorted(ids)
+
+
 def test_migrations_match_the_models_and_downgrade(tmp_path: Path, pg_url: str):
     for url in (pg_url, f"sqlite:///{tmp_path / 'lethe.db'}"):
         upgrade_database(url)  # idempotent on an up-to-date database
