@@ -335,6 +335,58 @@ def bench_scale(
     Console().print(markdown(result))
 
 
+retain_app = typer.Typer(help="The operator's retain set: what every module is trained and checked against.")
+app.add_typer(retain_app, name="retain")
+
+
+@retain_app.command("init")
+def retain_init(
+    out: Annotated[Path, typer.Argument(help="A new folder to write the retain set into.")],
+    negatives: Annotated[int, typer.Option(help="Look-alike photos written as discriminator negatives.")] = 1500,
+    benign: Annotated[
+        bool, typer.Option("--benign/--no-benign", help="Write the benign set admission control scores gates on.")
+    ] = True,
+    data_dir: DataDir = None,
+    world: Preset = None,
+) -> None:
+    """Write the reference world's retain set as a retain folder: a working example of the layout LETHE_RETAIN_DIR
+    reads (samples, canaries, negatives, benign photos)."""
+    from unlearning.errors import InvalidInputError
+    from unlearning.retain import RetainFolder
+    from unlearning.world.builder import ensure_people
+    from unlearning.world.requests import write_retain_folder
+
+    built = ensure_people(_data_dir(data_dir), _config(world))
+    try:
+        count = write_retain_folder(built, out, negatives, benign)
+        folder = RetainFolder(out)  # what a worker will read: checked here, not at its start
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="OUT") from exc
+    err.print(
+        f"{count} retain samples, {len(folder.canary_samples)} canary questions, {len(folder.negatives)} negatives, "
+        f"{len(folder.benign())} benign photos; serve with LETHE_RETAIN_DIR={out.resolve()}"
+    )
+    typer.echo(str(out))
+
+
+def _retain_ready(settings) -> None:  # type: ignore[no-untyped-def]
+    """The operator's retain folder reads and checks, or exit 2 saying what to fix (before the worker starts)."""
+    if settings.retain_dir is None:
+        return
+    from unlearning.errors import UnlearningError
+    from unlearning.retain import RetainFolder
+
+    try:
+        folder = RetainFolder(settings.retain_dir)
+    except UnlearningError as exc:
+        err.print(f"invalid setting LETHE_RETAIN_DIR: {exc}")
+        raise typer.Exit(2) from None
+    err.print(
+        f"retain set {settings.retain_dir}: {len(folder.samples)} samples, {len(folder.canary_samples)} canary "
+        f"questions, {len(folder.negatives)} negatives, {len(folder.benign())} benign photos"
+    )
+
+
 db_app = typer.Typer(help="The service's database.")
 app.add_typer(db_app, name="db")
 
@@ -657,6 +709,7 @@ def serve(
         os.environ["LETHE_WORLD"] = world
     settings = _checked_settings()
     _master_key_ready(settings)  # a misplaced key file is reported before the minutes-long build, not after
+    _retain_ready(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.model_path is None:
         _built_world(settings.data_dir, settings.world, with_retain_model=False)

@@ -78,6 +78,8 @@ class CagulConfig:
     # gate false positive drop from 0.68 to 0.31, so the discriminator carries the protection of others.
     retain_ce_weight: float = 0.1
     kl_weight: float = 0.1
+    # Answer tokens a training sample keeps (`LETHE_TRAIN_MAX_ANSWER_TOKENS`): bounds every step's sequence.
+    max_answer_tokens: int = 32
     forget_target: str = "refusal"
     refusal_answer: str = "i cannot share that."
     npo_beta: float = 0.1
@@ -93,7 +95,14 @@ class CagulConfig:
             raise InvalidInputError(f"discriminator_input must be one of {DISCRIMINATOR_INPUTS}")
         if self.forget_target not in FORGET_TARGETS:
             raise InvalidInputError(f"forget_target must be one of {FORGET_TARGETS}")
-        for name in ("steps", "batch_size", "discriminator_steps", "encoder_hidden", "discriminator_hidden"):
+        for name in (
+            "steps",
+            "batch_size",
+            "discriminator_steps",
+            "encoder_hidden",
+            "discriminator_hidden",
+            "max_answer_tokens",
+        ):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive")
         if self.lr <= 0 or self.discriminator_lr <= 0:
