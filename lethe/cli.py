@@ -379,7 +379,7 @@ def _retain_ready(settings) -> None:  # type: ignore[no-untyped-def]
     try:
         folder = RetainFolder(settings.retain_dir)
     except UnlearningError as exc:
-        err.print(f"invalid setting LETHE_RETAIN_DIR: {exc}")
+        typer.echo(f"invalid setting LETHE_RETAIN_DIR: {exc}", err=True)  # unwrapped: it names a file and line
         raise typer.Exit(2) from None
     err.print(
         f"retain set {settings.retain_dir}: {len(folder.samples)} samples, {len(folder.canary_samples)} canary "

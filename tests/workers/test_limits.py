@@ -37,7 +37,9 @@ def make_service(tiny_world: World, backbone: Backbone, tmp_path: Path, pg_url: 
     def make(**extra: object) -> tuple[TestClient, Runtime]:
         settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, **extra)
         sessions = make_session_factory(engine)
-        rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), WorldRetain(tiny_world), master_key(settings))
+        rt = Runtime(
+            settings, sessions, backbone, backbone.fingerprint(), WorldRetain(tiny_world), master_key(settings)
+        )
         client = TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).__enter__()
         clients.append(client)
         return client, rt
