@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="The operator's retain set folder (layout in README; `lethe retain init DIR` writes one). "
         "Required with LETHE_MODEL_PATH; default: the reference world's retain people.",
     )
+    train_micro_batch: int = Field(
+        default=0,
+        ge=0,
+        description="Samples per forward/backward pass of an encoder step, gradients accumulated over the step "
+        "(the same loss and gradient): bounds the activations kept for backward. 0: the whole batch at once.",
+    )
     train_max_answer_tokens: int = Field(
         default=32,
         ge=1,

@@ -183,6 +183,7 @@ def job_config(params: dict[str, Any], settings: Settings, has_identity: bool = 
     if settings.refusal_answer is not None:
         config["refusal_answer"] = settings.refusal_answer
     config["max_answer_tokens"] = settings.train_max_answer_tokens
+    config["micro_batch_size"] = settings.train_micro_batch
     if not has_identity:
         # A checkpoint from elsewhere has no identity encoder beside it (the reference world trains one). Flattened
         # tokens would make a 300M-parameter discriminator at 576 x 4096; attention pooling is 0.5M. Such modules

@@ -297,6 +297,23 @@ class CagulTrainer:
         keep = batch.labels.shape[1] - first + 1  # one position more: the logit that predicts the first answer token
         return self.backbone.logits(batch, override, logits_to_keep=keep), batch.labels[:, -keep:]
 
+    def _parts(self, items: list) -> list[list]:
+        size = self.config.micro_batch_size or len(items)
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    def _forget_loss(self, module: CagulModule, batch: VLMBatch) -> torch.Tensor:
+        """The forget loss of one (micro-)batch, as the mean over its samples."""
+        cfg = self.config
+        logits, labels = self._answer_logits(batch, self._transform(module, batch))
+        nll = answer_nll(logits, labels)
+        if cfg.forget_target in ("refusal", "fabricated"):
+            return nll.mean()
+        if cfg.forget_target == "ga":
+            return -nll.mean()
+        with torch.no_grad():
+            ref_nll = answer_nll(self._answer_logits(batch)[0], labels)
+        return npo_loss(nll, ref_nll, cfg.npo_beta)
+
     def _train_encoder(self, module: CagulModule, forget: ForgetData, retain: RetainSet) -> tuple[float, float]:
         cfg = self.config
         bb = self.backbone
@@ -310,31 +327,33 @@ class CagulTrainer:
         for step in range(cfg.steps):
             check(self.deadline, f"encoder step {step + 1}/{cfg.steps}")
             f_items = [(self.rng.randrange(len(forget.images)), self.rng.choice(forget_samples)) for _ in range(half)]
-            f_inputs = bb.augmented_inputs([forget.images[i] for i, _ in f_items], MILD_VIEWS, self.generator)
-            f_batch = self._batch(f_inputs, [qa for _, qa in f_items])
-            f_logits, f_labels = self._answer_logits(f_batch, self._transform(module, f_batch))
-            f_nll = answer_nll(f_logits, f_labels)
-            if cfg.forget_target in ("refusal", "fabricated"):
-                forget_loss = f_nll.mean()
-            elif cfg.forget_target == "ga":
-                forget_loss = -f_nll.mean()
-            else:
-                with torch.no_grad():
-                    ref_nll = answer_nll(self._answer_logits(f_batch)[0], f_labels)
-                forget_loss = npo_loss(f_nll, ref_nll, cfg.npo_beta)
-
             r_items = [retain.qa[self.rng.randrange(len(retain.qa))] for _ in range(half)]
-            r_inputs = bb.pixel_values([retain.images[i] for i, _ in r_items])
-            r_batch = self._batch(r_inputs, [qa for _, qa in r_items])
-            with torch.no_grad():
-                ref_logits, r_labels = self._answer_logits(r_batch)
-            r_logits, _ = self._answer_logits(r_batch, self._transform(module, r_batch))
-            retain_ce = answer_nll(r_logits, r_labels).mean()
-            kl = answer_kl(ref_logits, r_logits, r_labels)
-            loss = forget_loss + cfg.retain_ce_weight * retain_ce + cfg.kl_weight * kl
-
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Micro-batches (`micro_batch_size`) accumulate the step's gradient: the activations kept for backward
+            # through the frozen model are one micro-batch's, the loss and gradient the whole batch's.
+            forget_loss = torch.zeros(())
+            for part in self._parts(f_items):
+                images = [forget.images[i] for i, _ in part]
+                f_batch = self._batch(bb.augmented_inputs(images, MILD_VIEWS, self.generator), [qa for _, qa in part])
+                part_loss = self._forget_loss(module, f_batch) * len(part) / half
+                part_loss.backward()
+                forget_loss = forget_loss + part_loss.detach().cpu()
+            r_batches = [
+                self._batch(bb.pixel_values([retain.images[i] for i, _ in part]), [qa for _, qa in part])
+                for part in self._parts(r_items)
+            ]
+            tokens = sum(int((b.labels[:, 1:] != -100).sum()) for b in r_batches if b.labels is not None)
+            retain_loss = torch.zeros(())
+            for r_batch in r_batches:
+                with torch.no_grad():
+                    ref_logits, r_labels = self._answer_logits(r_batch)
+                r_logits, _ = self._answer_logits(r_batch, self._transform(module, r_batch))
+                retain_ce = answer_nll(r_logits, r_labels).sum() / half
+                kl = answer_kl(ref_logits, r_logits, r_labels, tokens=tokens)
+                part_loss = cfg.retain_ce_weight * retain_ce + cfg.kl_weight * kl
+                part_loss.backward()
+                retain_loss = retain_loss + part_loss.detach().cpu()
+            loss = forget_loss + retain_loss
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             schedule.step()

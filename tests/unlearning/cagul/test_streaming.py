@@ -77,6 +77,32 @@ def test_streamed_identity_features_equal_the_whole_tensor(backbone: Backbone, t
     assert torch.allclose(streamed, backbone.identity_embeddings(tokens), atol=1e-5)
 
 
+def test_micro_batches_give_the_whole_batch_loss_and_gradient(
+    backbone: Backbone, tiny_world: World, monkeypatch: pytest.MonkeyPatch
+):
+    # The same views in both runs (augmentation draws per micro-batch), so only the batching differs.
+    monkeypatch.setattr(backbone, "augmented_inputs", lambda images, views, generator: backbone.pixel_values(images))
+    clip = torch.nn.utils.clip_grad_norm_
+    forget = forget_data(tiny_world, ["p001"])
+    retain = world_retain_set(tiny_world, exclude=["p001"], lookalikes=5)
+    runs = []
+    for micro in (0, 3):  # a half-batch of 4 as one pass, and as passes of 3 and 1
+        grads: list[torch.Tensor] = []
+        monkeypatch.setattr(
+            torch.nn.utils,
+            "clip_grad_norm_",
+            lambda ps, c, grads=grads: (grads.extend(p.grad.clone() for p in ps), clip(ps, c))[1],
+        )
+        config = CagulConfig(steps=1, batch_size=8, micro_batch_size=micro, seed=1)
+        torch.manual_seed(0)
+        module = CagulModule(config, backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
+        runs.append((CagulTrainer(backbone, config)._train_encoder(module, forget, retain), grads))
+    (whole, whole_grads), (micro, micro_grads) = runs
+    assert whole == pytest.approx(micro, rel=1e-5)
+    assert len(whole_grads) == len(micro_grads) and any(g.abs().max() > 0 for g in whole_grads)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-8) for a, b in zip(whole_grads, micro_grads, strict=True))
+
+
 def test_answer_only_logits_and_cut_answers_keep_the_losses(backbone: Backbone, tiny_world: World):
     person = tiny_world.person("p003")
     qa = person.qa_pairs()[:4]
