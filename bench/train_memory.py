@@ -2,10 +2,10 @@
 tensors each version allocates (no 7B model needed): `python bench/train_memory.py [--photos 5] [--json PATH]`.
 
 Before (main up to issue 13): fp32 weights, eager attention, every augmented view's projected tokens kept (and
-concatenated) for discriminator training, logits over the whole sequence, answers as long as given. After: bf16
-weights on a GPU, sdpa attention, views rendered and reduced 64 at a time, logits at answer positions only, answers
-cut to `LETHE_TRAIN_MAX_ANSWER_TOKENS`. The hidden-state activations an encoder step keeps for its backward pass
-through the frozen language model are the same in both and listed apart (an estimate).
+concatenated) for discriminator training, logits over the whole sequence, answers as long as given, one backward
+over the forget and retain halves of a step. After: bf16 weights on a GPU, sdpa attention, views rendered and
+reduced 64 at a time, logits at answer positions only, answers cut to `LETHE_TRAIN_MAX_ANSWER_TOKENS`, a backward per
+pass; the last column with `LETHE_TRAIN_MICRO_BATCH`. The hidden states kept for backward are an estimate.
 """
 
 from __future__ import annotations
@@ -58,64 +58,69 @@ def discriminator_peak(views: dict[str, int], shape: Shape, streamed: bool, mode
     return chunk + 4 * sum(views.values()) * IdentityConfig().dim
 
 
-def encoder_step(cfg: CagulConfig, shape: Shape, answer: int, model_bytes: int, eager: bool, full_logits: bool):  # type: ignore[no-untyped-def]
-    """Bytes an encoder step keeps for backward that this issue changed: attention maps and logits."""
+def encoder_step(shape: Shape, kept: int, answer: int, model_bytes: int, eager: bool, full_logits: bool) -> dict:
+    """Bytes an encoder step keeps for backward through the frozen model, for `kept` samples at once."""
     seq = shape.n_visual + shape.prompt_text + answer
-    batch = cfg.batch_size
     if eager:  # softmax probabilities kept per layer for the value product's backward
-        attention = shape.layers * batch * shape.heads * seq * seq * model_bytes
+        attention = shape.layers * kept * shape.heads * seq * seq * model_bytes
     else:  # sdpa keeps one log-sum-exp per row and head
-        attention = shape.layers * batch * shape.heads * seq * 4
+        attention = shape.layers * kept * shape.heads * seq * 4
     positions = seq if full_logits else answer + 1
-    # Logits in the model's dtype, an fp32 copy for the loss, its log-softmax kept for backward; three passes a step
-    # (forget, retain reference without grad, retain with grad): two kept.
-    per_pass = batch // 2 * positions * shape.vocab * (model_bytes + 4 + 4)
-    logits = 2 * per_pass
-    # Estimate of saved hidden states per token and layer (norms, q/k/v/o, MLP gate/up/act/down), unchanged here.
-    hidden = shape.layers * batch * seq * (8 * shape.hidden + 4 * shape.intermediate) * model_bytes
+    # Logits in the model's dtype, an fp32 copy for the loss and its log-softmax kept for backward, plus the
+    # reference logits of the retain samples (no grad).
+    logits = kept * positions * shape.vocab * (model_bytes + 4 + 4) + kept // 2 * positions * shape.vocab * 4
+    # Estimate of saved hidden states per token and layer (norms, q/k/v/o, MLP gate/up/act/down).
+    hidden = shape.layers * kept * seq * (8 * shape.hidden + 4 * shape.intermediate) * model_bytes
     return {"attention": attention, "logits": logits, "hidden_activations": hidden}
 
 
-def report(photos: int, retain_images: int, negatives: int, heldout: int, answer_before: int) -> dict:
+def report(photos: int, retain_images: int, negatives: int, heldout: int, answer_before: int, micro: int) -> dict:
     cfg, shape = CagulConfig(), Shape()
     views = view_counts(cfg, photos, retain_images + negatives, heldout)
+    answer_after = min(answer_before, cfg.max_answer_tokens)
+    half = cfg.batch_size // 2
+    # Before, one backward over the forget and retain halves kept both; now each pass runs its own backward.
+    columns = (
+        ("before", 4, False, True, True, answer_before, cfg.batch_size),
+        ("after", 2, True, False, False, answer_after, half),
+        (f"after, micro-batch {micro}", 2, True, False, False, answer_after, min(micro, half)),
+    )
     rows = {}
-    for name, bytes_, streamed, eager, full, answer in (
-        ("before", 4, False, True, True, answer_before),
-        ("after", 2, True, False, False, min(answer_before, cfg.max_answer_tokens)),
-    ):
-        step = encoder_step(cfg, shape, answer, bytes_, eager, full)
-        rows[name] = {
-            "weights_gb": shape.params * bytes_ / GB,
-            "discriminator_tokens_gb": discriminator_peak(views, shape, streamed, bytes_) / GB,
-            "encoder_attention_gb": step["attention"] / GB,
-            "encoder_logits_gb": step["logits"] / GB,
-            "encoder_hidden_activations_gb (estimate, unchanged)": step["hidden_activations"] / GB,
+    for name, bytes_, streamed, eager, full, answer, kept in columns:
+        step = encoder_step(shape, kept, answer, bytes_, eager, full)
+        row = {
+            "weights": shape.params * bytes_,
+            "discriminator_tokens": discriminator_peak(views, shape, streamed, bytes_),
+            "encoder_attention": step["attention"],
+            "encoder_logits": step["logits"],
+            "encoder_hidden_activations (estimate)": step["hidden_activations"],
         }
-        disc = rows[name]["weights_gb"] + rows[name]["discriminator_tokens_gb"]
-        encoder = rows[name]["weights_gb"] + sum(v for k, v in rows[name].items() if k.startswith("encoder"))
-        rows[name]["peak_discriminator_phase_gb"] = disc
-        rows[name]["peak_encoder_phase_gb"] = encoder
-        rows[name]["peak_gb"] = max(disc, encoder)
-    return {"shape": "LLaVA-1.5-7B (576 x 4096)", "photos": photos, "views": views, "rows": rows}
+        row["peak_discriminator_phase"] = row["weights"] + row["discriminator_tokens"]
+        row["peak_encoder_phase"] = row["weights"] + sum(v for k, v in row.items() if k.startswith("encoder"))
+        row["peak"] = max(row["peak_discriminator_phase"], row["peak_encoder_phase"])
+        rows[name] = {k: round(v / GB, 2) for k, v in row.items()}
+    return {"shape": "LLaVA-1.5-7B (576 x 4096)", "photos": photos, "views": views, "gb": rows}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--photos", type=int, default=5)
     # The default world's retain set: about 50 photos of retain people, 1,500 look-alikes, 10 held-out photos.
     parser.add_argument("--retain-images", type=int, default=50)
     parser.add_argument("--negatives", type=int, default=DEFAULT_LOOKALIKES)
     parser.add_argument("--heldout-negatives", type=int, default=10)
     parser.add_argument("--answer-tokens", type=int, default=64, help="answer length of the longest retain answers")
+    parser.add_argument("--micro-batch", type=int, default=2, help="LETHE_TRAIN_MICRO_BATCH of the last column")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    result = report(args.photos, args.retain_images, args.negatives, args.heldout_negatives, args.answer_tokens)
+    result = report(
+        args.photos, args.retain_images, args.negatives, args.heldout_negatives, args.answer_tokens, args.micro_batch
+    )
     print(f"{result['shape']}, {result['photos']} photos, views {result['views']}")
-    keys = list(result["rows"]["before"])
-    print(f"{'GB':<56}{'before':>10}{'after':>10}")
-    for key in keys:
-        print(f"{key:<56}{result['rows']['before'][key]:>10.2f}{result['rows']['after'][key]:>10.2f}")
+    names = list(result["gb"])
+    print(f"{'GB':<40}" + "".join(f"{n:>22}" for n in names))
+    for key in result["gb"][names[0]]:
+        print(f"{key:<40}" + "".join(f"{result['gb'][n][key]:>22.2f}" for n in names))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
 
