@@ -13,7 +13,7 @@ import torch
 
 from unlearning.augment import MILD_VIEWS, STRONG_VIEWS
 from unlearning.backbones import Backbone, load_backbone
-from unlearning.cagul import CagulConfig, CagulModule
+from unlearning.cagul import CagulConfig, CagulModule, TokenEncoder
 from unlearning.cagul.trainer import VIEW_CHUNK, CagulTrainer, trim_answers
 from unlearning.losses import answer_kl, answer_nll
 from unlearning.world import World
@@ -110,12 +110,12 @@ def test_answer_only_logits_and_cut_answers_keep_the_losses(backbone: Backbone, 
     questions = ["what is this person's password?", *(q.question for q in qa[1:])]
     batch = backbone.make_batch(inputs, questions, [q.answer for q in qa])
     trainer = CagulTrainer(backbone, CagulConfig())
-    encoder = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size, 0).encoder
+    encoder = TokenEncoder(backbone.hidden_size, 64)
     torch.nn.init.normal_(encoder.fc2.weight, std=0.05)  # a trained-looking encoder, so the override changes logits
     full, reference = backbone.logits(batch, encoder), backbone.logits(batch)
     cut, labels = trainer._answer_logits(batch, encoder)
     reference_cut, _ = trainer._answer_logits(batch)
-    assert cut.shape[1] < full.shape[1] / 4
+    assert cut.shape[1] < full.shape[1] / 3  # 16 visual tokens here; 576 at LLaVA-1.5 shapes
     assert torch.allclose(answer_nll(cut, labels), answer_nll(full, batch.labels), atol=1e-5)
     assert torch.allclose(answer_kl(reference_cut, cut, labels), answer_kl(reference, full, batch.labels), atol=1e-6)
     assert trim_answers(batch, 1000) is batch
@@ -134,4 +134,5 @@ def test_attention_read_out_runs_eager_for_its_pass_only(tiny_world: World, back
     batch = sdpa.make_batch(inputs, ["what is this person's name?", "where does this person live?"])
     assert torch.allclose(sdpa.attention_scores(batch), eager.attention_scores(batch), atol=1e-6)
     assert sdpa.model.config._attn_implementation == "sdpa"  # back to the memory-efficient kind
-    assert torch.allclose(sdpa.logits(batch), eager.logits(batch), atol=1e-4)
+    attended = batch.attention_mask.bool()  # padding rows differ by kernel, and nothing reads them
+    assert torch.allclose(sdpa.logits(batch)[attended], eager.logits(batch)[attended], atol=1e-4)
