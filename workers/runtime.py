@@ -25,7 +25,7 @@ from unlearning.cagul.verification import Canaries, VerifyConfig
 from unlearning.data import RetainSet
 from unlearning.retain import RetainFolder, RetainSource
 from unlearning.world import WORLD_PRESETS, World
-from unlearning.world.builder import world_dir
+from unlearning.world.builder import serving_model_dir, world_dir
 from unlearning.world.requests import WorldRetain
 
 log = logging.getLogger(__name__)
@@ -140,18 +140,12 @@ def retain_source(settings: Settings) -> RetainSource:
     return _retain_source(settings.retain_dir, world_dir(settings.data_dir, WORLD_PRESETS[settings.world]))
 
 
-def base_model_dir(settings: Settings) -> Path:
-    """The checkpoint served: LETHE_MODEL_PATH, else the reference world's model."""
-    if settings.model_path is not None:
-        return settings.model_path
-    return World(world_dir(settings.data_dir, WORLD_PRESETS[settings.world])).reference_model_dir
-
-
 @cache
 def runtime() -> Runtime:
     settings = get_settings()
     source = retain_source(settings)  # a bad retain folder stops the worker before minutes of model loading
-    backbone = load_backbone(base_model_dir(settings), device=settings.device, dtype=settings.resolved_model_dtype())
+    model_dir = serving_model_dir(settings.model_path, settings.data_dir, WORLD_PRESETS[settings.world])
+    backbone = load_backbone(model_dir, device=settings.device, dtype=settings.resolved_model_dtype())
     backbone.freeze()
     return Runtime(
         settings=settings,
