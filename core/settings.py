@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, computed_field, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, computed_field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.keys.tokens import TOKEN_FORMAT, split_token
@@ -44,6 +45,29 @@ class Settings(BaseSettings):
         default=None, description="A local VLM checkpoint directory to use instead of the reference world's model."
     )
     device: str = Field(default="cpu", description="torch device for training and serving, e.g. 'cuda'.")
+    model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="Weights of the served model: 'auto' is bfloat16 on a GPU and float32 on the CPU (whose "
+        "half-precision kernels are slow). Modules are bound to the weights, so changing it retrains them.",
+    )
+    retain_dir: Path | None = Field(
+        default=None,
+        validate_default=True,
+        description="The operator's retain set folder (layout in README; `lethe retain init DIR` writes one). "
+        "Required with LETHE_MODEL_PATH; default: the reference world's retain people.",
+    )
+    train_micro_batch: int = Field(
+        default=0,
+        ge=0,
+        description="Samples per forward/backward pass of an encoder step, gradients accumulated over the step "
+        "(the same loss and gradient): bounds the activations kept for backward. 0: the whole batch at once.",
+    )
+    train_max_answer_tokens: int = Field(
+        default=32,
+        ge=1,
+        description="Answer tokens a training sample keeps (longer answers are cut): bounds the sequence, and so "
+        "the memory, of every encoder step.",
+    )
 
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite in the data dir (the embedded default)."
@@ -185,12 +209,29 @@ class Settings(BaseSettings):
         default=256, description="Module encoders kept in memory (least recently used dropped first)."
     )
 
-    @field_validator("model_path", mode="before")
+    @field_validator("model_path", "retain_dir", mode="before")
     @classmethod
-    def _empty_model_path_is_none(cls, value: object) -> object:
+    def _empty_path_is_none(cls, value: object) -> object:
         # Compose passes `${LETHE_MODEL_PATH:-}` through when unset: empty means the reference world's model,
-        # not a checkpoint in the working directory.
+        # not a checkpoint (or a retain set) in the working directory.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("retain_dir")
+    @classmethod
+    def _retain_with_checkpoint(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # A real checkpoint knows no reference world: its retain data, canaries and benign photos are the operator's.
+        if value is None and info.data.get("model_path") is not None:
+            raise ValueError(
+                "LETHE_MODEL_PATH is set, so LETHE_RETAIN_DIR must name the operator's retain set folder "
+                "(`lethe retain init DIR` writes an example from the reference world)"
+            )
+        return value
+
+    def resolved_model_dtype(self) -> str:
+        """The served model's dtype name: 'auto' is bfloat16 on a GPU, float32 elsewhere."""
+        if self.model_dtype != "auto":
+            return self.model_dtype
+        return "bfloat16" if self.device.startswith("cuda") else "float32"
 
     @field_validator("bootstrap_admin_key")
     @classmethod

@@ -92,15 +92,15 @@ def world_build(
         typer.Option(
             "--serving",
             help="Only what the API and workers load (compose's one-shot `world` service): the reference model "
-            "without the retain model; with LETHE_MODEL_PATH, a check that the checkpoint is there and the "
-            "world's people (the default retain set), no model trained.",
+            "without the retain model; with LETHE_MODEL_PATH, a check that the checkpoint is there and that "
+            "LETHE_RETAIN_DIR reads, no model trained.",
         ),
     ] = False,
 ) -> None:
     """Build and cache the world, the reference model and the retain model (a second call reuses the cache)."""
-    model_path = _checked_settings().model_path
-    if serving and model_path is not None:
-        typer.echo(str(_checkpoint_beside_world(model_path, data_dir, world).root))
+    settings = _checked_settings()
+    if serving and settings.model_path is not None:
+        _checkpoint_ready(settings)
         return
     built = _built_world(data_dir, world, with_retain_model=not serving)
     for name in ("reference",) if serving else ("reference", "retain"):
@@ -120,10 +120,9 @@ def world_build(
     typer.echo(str(built.root))
 
 
-def _checkpoint_beside_world(model_path: Path, data_dir: Path | None, preset: str | None):  # type: ignore[no-untyped-def]
-    """The world's people (no model trained), once the checkpoint the service will load is known to be there."""
-    from unlearning.world.builder import ensure_people
-
+def _checkpoint_ready(settings) -> None:  # type: ignore[no-untyped-def]
+    """The checkpoint the service will load is there and its retain set reads, or exit 2 saying what to mount."""
+    model_path = settings.model_path
     if not (model_path / "config.json").is_file():
         err.print(
             f"LETHE_MODEL_PATH={model_path} holds no checkpoint (no config.json): mount the checkpoint directory "
@@ -131,9 +130,8 @@ def _checkpoint_beside_world(model_path: Path, data_dir: Path | None, preset: st
             "serve the reference world's model"
         )
         raise typer.Exit(2)
-    built = ensure_people(_data_dir(data_dir), _config(preset))
-    err.print(f"serving the checkpoint at {model_path}; the world's people (the default retain set) are ready")
-    return built
+    _retain_ready(settings)
+    err.print(f"serving the checkpoint at {model_path} with the retain set at {settings.retain_dir}")
 
 
 @world_app.command("list")
@@ -365,6 +363,58 @@ def bench_scale(
     result = run_scale_bench(_data_dir(data_dir), wanted, k, requests, lambda line: err.print(line), world)
     write(result, json_path, markdown_path)
     Console().print(markdown(result))
+
+
+retain_app = typer.Typer(help="The operator's retain set: what every module is trained and checked against.")
+app.add_typer(retain_app, name="retain")
+
+
+@retain_app.command("init")
+def retain_init(
+    out: Annotated[Path, typer.Argument(help="A new folder to write the retain set into.")],
+    negatives: Annotated[int, typer.Option(help="Look-alike photos written as discriminator negatives.")] = 1500,
+    benign: Annotated[
+        bool, typer.Option("--benign/--no-benign", help="Write the benign set admission control scores gates on.")
+    ] = True,
+    data_dir: DataDir = None,
+    world: Preset = None,
+) -> None:
+    """Write the reference world's retain set as a retain folder: a working example of the layout LETHE_RETAIN_DIR
+    reads (samples, canaries, negatives, benign photos)."""
+    from unlearning.errors import InvalidInputError
+    from unlearning.retain import RetainFolder
+    from unlearning.world.builder import ensure_people
+    from unlearning.world.requests import write_retain_folder
+
+    built = ensure_people(_data_dir(data_dir), _config(world))
+    try:
+        count = write_retain_folder(built, out, negatives, benign)
+        folder = RetainFolder(out)  # what a worker will read: checked here, not at its start
+    except InvalidInputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="OUT") from exc
+    err.print(
+        f"{count} retain samples, {len(folder.canary_samples)} canary questions, {len(folder.negatives)} negatives, "
+        f"{len(folder.benign())} benign photos; serve with LETHE_RETAIN_DIR={out.resolve()}"
+    )
+    typer.echo(str(out))
+
+
+def _retain_ready(settings) -> None:  # type: ignore[no-untyped-def]
+    """The operator's retain folder reads and checks, or exit 2 saying what to fix (before the worker starts)."""
+    if settings.retain_dir is None:
+        return
+    from unlearning.errors import UnlearningError
+    from unlearning.retain import RetainFolder
+
+    try:
+        folder = RetainFolder(settings.retain_dir)
+    except UnlearningError as exc:
+        typer.echo(f"invalid setting LETHE_RETAIN_DIR: {exc}", err=True)  # unwrapped: it names a file and line
+        raise typer.Exit(2) from None
+    err.print(
+        f"retain set {settings.retain_dir}: {len(folder.samples)} samples, {len(folder.canary_samples)} canary "
+        f"questions, {len(folder.negatives)} negatives, {len(folder.benign())} benign photos"
+    )
 
 
 db_app = typer.Typer(help="The service's database.")
@@ -690,11 +740,13 @@ def serve(
         os.environ["LETHE_WORLD"] = world
     settings = _checked_settings()
     _master_key_ready(settings)  # a misplaced key file is reported before the minutes-long build, not after
+    if settings.model_path is None:
+        _retain_ready(settings)
+    else:  # as compose's `world` service: the checkpoint and its retain set are there, or nothing starts
+        _checkpoint_ready(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.model_path is None:
         _built_world(settings.data_dir, settings.world, with_retain_model=False)
-    else:  # as compose's `world` service: the checkpoint is there, or nothing starts
-        _checkpoint_beside_world(settings.model_path, settings.data_dir, settings.world)
     upgrade_database(settings.resolved_database_url())
     _bootstrap_admin(settings)
     worker = subprocess.Popen(

@@ -20,13 +20,16 @@ def answer_nll(logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tenso
     return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def answer_kl(ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """KL(reference || current) of the next-token distributions, averaged over answer positions."""
+def answer_kl(
+    ref_logits: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor | None, tokens: int | None = None
+) -> torch.Tensor:
+    """KL(reference || current) of the next-token distributions, averaged over answer positions (or summed and
+    divided by `tokens`, the answer positions of the whole batch a micro-batch belongs to)."""
     mask = _answer_mask(labels).float()
     ref = F.log_softmax(ref_logits[:, :-1].float(), -1)
     new = F.log_softmax(logits[:, :-1].float(), -1)
     kl = (ref.exp() * (ref - new)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    return (kl * mask).sum() / (mask.sum().clamp(min=1) if tokens is None else max(1, tokens))
 
 
 def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache, cached_property
+from pathlib import Path
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,10 +22,11 @@ from unlearning.cagul.discriminator import Discriminator
 from unlearning.cagul.encoder import TokenEncoder
 from unlearning.cagul.gate import CagulGate
 from unlearning.cagul.verification import Canaries, VerifyConfig
-from unlearning.data import RetainSet, pixels_sha256
+from unlearning.data import RetainSet
+from unlearning.retain import RetainFolder, RetainSource
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import serving_model_dir, world_dir
-from unlearning.world.requests import world_benign_set, world_canaries, world_retain_set
+from unlearning.world.requests import WorldRetain
 
 log = logging.getLogger(__name__)
 PROBES = "probes"
@@ -37,51 +38,41 @@ class Runtime:
     sessions: sessionmaker[Session]
     backbone: Backbone
     fingerprint: str
-    world: World
+    source: RetainSource
     master_key: MasterKey
     _retain: dict[tuple[str, ...], RetainSet] = field(default_factory=dict)
     _gates: dict[tuple[str, str], tuple[Discriminator, CagulConfig, torch.Tensor | None]] = field(default_factory=dict)
     _encoders: OrderedDict[tuple[str, str], TokenEncoder] = field(default_factory=OrderedDict)
 
-    @cached_property
-    def _people_by_photo(self) -> dict[str, str]:
-        """Photo hash (file bytes and decoded pixels) -> world person id."""
-        out = {}
-        for p in self.world.people:
-            for v in range(self.world.config.n_views):
-                out[hashlib.sha256(self.world.image_path(p.id, v).read_bytes()).hexdigest()] = p.id
-                out[pixels_sha256(self.world.image(p.id, v))] = p.id
-        return out
-
     def people_in(self, photo_hashes: Iterable[str]) -> list[str]:
-        """World people whose photos are among `photo_hashes`: filed for deletion, so never retain or canary."""
-        return sorted({self._people_by_photo[h] for h in photo_hashes if h in self._people_by_photo})
+        """Retain-set people whose photos are among `photo_hashes`: filed for deletion, so never retain or canary."""
+        return self.source.people_in(photo_hashes)
 
     def retain_set(self, filed: list[str], own: list[str]) -> RetainSet:
         """The operator's retain set without the `filed` people; those filed by other requests stay negatives."""
-        others = tuple(sorted(set(filed) - set(own)))
+        others = sorted(set(filed) - set(own))
         key = (*sorted(filed), "|", *others)
         if key not in self._retain:  # look-alike negatives take seconds to render: once per process and key
             if filed:
                 log.info("retain set without %s: their photos are filed for deletion", sorted(filed))
-            self._retain[key] = world_retain_set(self.world, exclude=filed, negative_people=others)
+            self._retain[key] = self.source.retain_set(sorted(filed), others)
         return self._retain[key]
 
     def canaries(self, exclude: list[str]) -> Canaries:
-        images, questions = world_canaries(self.world, exclude, self.settings.verify_canaries)
+        images, questions = self.source.canaries(exclude, self.settings.verify_canaries)
         return Canaries(images, questions)
 
     @cached_property
     def _benign(self) -> tuple[torch.Tensor, list[str | None]]:
-        """Visual tokens of the benign set and the world person each photo shows: rendered and encoded once."""
-        benign = world_benign_set(self.world)
+        """Visual tokens of the benign set and the person each photo shows: rendered and encoded once."""
+        benign = self.source.benign()
         return self.backbone.tokens_of([im for im, _ in benign]), [who for _, who in benign]
 
     def benign_tokens(self, exclude: list[str]) -> torch.Tensor:
         """The benign set's tokens without photos of the `exclude` people (filed for deletion)."""
         tokens, owners = self._benign
         excluded = set(exclude)
-        return tokens[torch.tensor([who not in excluded for who in owners])]
+        return tokens[torch.tensor([who not in excluded for who in owners], dtype=torch.bool)]
 
     def verify_config(self) -> VerifyConfig:
         s = self.settings
@@ -137,16 +128,30 @@ class Runtime:
 
 
 @cache
+def _retain_source(retain_dir: Path | None, world_root: Path) -> RetainSource:
+    if retain_dir is not None:
+        return RetainFolder(retain_dir)
+    return WorldRetain(World(world_root))
+
+
+def retain_source(settings: Settings) -> RetainSource:
+    """The operator's retain folder (LETHE_RETAIN_DIR), else the reference world's retain people: read and checked
+    once per process."""
+    return _retain_source(settings.retain_dir, world_dir(settings.data_dir, WORLD_PRESETS[settings.world]))
+
+
+@cache
 def runtime() -> Runtime:
     settings = get_settings()
-    config = WORLD_PRESETS[settings.world]
-    backbone = load_backbone(serving_model_dir(settings.model_path, settings.data_dir, config), device=settings.device)
+    source = retain_source(settings)  # a bad retain folder stops the worker before minutes of model loading
+    model_dir = serving_model_dir(settings.model_path, settings.data_dir, WORLD_PRESETS[settings.world])
+    backbone = load_backbone(model_dir, device=settings.device, dtype=settings.resolved_model_dtype())
     backbone.freeze()
     return Runtime(
         settings=settings,
         sessions=make_session_factory(make_engine(settings.resolved_database_url())),
         backbone=backbone,
         fingerprint=backbone.fingerprint(),
-        world=World(world_dir(settings.data_dir, config)),
+        source=source,
         master_key=master_key(settings),
     )

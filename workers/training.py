@@ -176,11 +176,19 @@ def _finish(rt: Runtime, job: Job, status: str, message: str | None, report: dic
         return status
 
 
-def job_config(params: dict[str, Any], settings: Settings) -> CagulConfig:
-    """The request's parameters, checked again against today's bounds, with the operator's refusal text."""
+def job_config(params: dict[str, Any], settings: Settings, has_identity: bool = True) -> CagulConfig:
+    """The request's parameters, checked again against today's bounds, with the operator's refusal text and answer
+    length; on a base model without an identity encoder, attention-pooled token discriminators."""
     config = check_params(params, settings)
     if settings.refusal_answer is not None:
         config["refusal_answer"] = settings.refusal_answer
+    config["max_answer_tokens"] = settings.train_max_answer_tokens
+    config["micro_batch_size"] = settings.train_micro_batch
+    if not has_identity:
+        # A checkpoint from elsewhere has no identity encoder beside it (the reference world trains one). Flattened
+        # tokens would make a 300M-parameter discriminator at 576 x 4096; attention pooling is 0.5M. Such modules
+        # carry no prototype, so the gate runs them all (exhaustive), not through the two-stage index.
+        config.setdefault("discriminator_input", "attention_pool")
     return CagulConfig.from_dict(config)
 
 
@@ -207,7 +215,7 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             repo.give_up(request, job, rt.settings.max_deliveries)
             return FAILED
         try:
-            config = job_config(dict(request.params), rt.settings)
+            config = job_config(dict(request.params), rt.settings, rt.backbone.identity is not None)
         except (LetheError, UnlearningError) as exc:  # filed under other bounds, or before they existed
             job.status, job.finished_at = "failed", utcnow()
             detail = exc.detail if isinstance(exc, LetheError) else str(exc)

@@ -55,7 +55,7 @@ class InferenceEngine:
             model_dir = serving_model_dir(
                 self.settings.model_path, self.settings.data_dir, WORLD_PRESETS[self.settings.world]
             )
-            backbone = load_backbone(model_dir, device=self.settings.device)
+            backbone = load_backbone(model_dir, device=self.settings.device, dtype=self.settings.resolved_model_dtype())
             backbone.freeze()
             self.attach(backbone)
         except Exception as exc:
@@ -83,17 +83,20 @@ class InferenceEngine:
         self.gate, self.fingerprint, self.active = gate, fingerprint, active
 
     def _calibration(self, backbone: Any) -> Any:
-        """Visual tokens of the reference world's benign set, which the set's thresholds are calibrated on."""
-        if self.settings.model_path is not None or self.settings.gate_system_fpr <= 0:
-            return None  # a real checkpoint has no reference world: per-module thresholds only
+        """Visual tokens of the benign set (the operator's retain folder's, else the reference world's), which the
+        set's thresholds are calibrated on."""
+        if self.settings.gate_system_fpr <= 0:
+            return None
+        from unlearning.retain import RetainFolder
         from unlearning.world import WORLD_PRESETS, World
         from unlearning.world.builder import world_dir
         from unlearning.world.requests import world_benign_set
 
-        root = world_dir(self.settings.data_dir, WORLD_PRESETS[self.settings.world])
+        root = self.settings.retain_dir or world_dir(self.settings.data_dir, WORLD_PRESETS[self.settings.world])
         key = (str(root.resolve()), backbone.fingerprint())
         if key not in _CALIBRATION:  # seconds to render and encode: once per process and model
-            _CALIBRATION[key] = backbone.tokens_of([im for im, _ in world_benign_set(World(root))])
+            source = RetainFolder(root).benign() if self.settings.retain_dir else world_benign_set(World(root))
+            _CALIBRATION[key] = backbone.tokens_of([im for im, _ in source])
         return _CALIBRATION[key]
 
     @property

@@ -175,17 +175,23 @@ def test_world_build_for_serving_builds_the_reference_model_only(data_dir, tiny_
 
 
 def test_world_build_for_serving_a_checkpoint_checks_it_is_mounted(tmp_path, tiny_world):
-    """With LETHE_MODEL_PATH nothing is trained: the checkpoint must be there, or nothing starts after it."""
+    """With LETHE_MODEL_PATH nothing is trained: the checkpoint and its retain set must be there, or nothing starts."""
+    from unlearning.world.requests import write_retain_folder
+
+    write_retain_folder(tiny_world, tmp_path / "retain", lookalikes=10, benign=False)
     command = ["world", "build", "--serving", "--world", "tiny", "--data-dir", str(tmp_path / "data")]
-    missing = runner.invoke(app, command, env={"LETHE_MODEL_PATH": str(tmp_path / "models" / "llava")})
+    retain = {"LETHE_RETAIN_DIR": str(tmp_path / "retain")}
+    missing = runner.invoke(app, command, env={"LETHE_MODEL_PATH": str(tmp_path / "models" / "llava"), **retain})
     assert missing.exit_code == 2
     assert "holds no checkpoint" in missing.stderr and "./models" in missing.stderr
-    assert not (tmp_path / "data").exists()  # failed before writing anything
-    mounted = runner.invoke(app, command, env={"LETHE_MODEL_PATH": str(tiny_world.reference_model_dir)})
+    no_retain = runner.invoke(
+        app, command, env={"LETHE_MODEL_PATH": str(tiny_world.reference_model_dir), "LETHE_RETAIN_DIR": ""}
+    )
+    assert no_retain.exit_code == 2 and "LETHE_RETAIN_DIR" in no_retain.output
+    mounted = runner.invoke(app, command, env={"LETHE_MODEL_PATH": str(tiny_world.reference_model_dir), **retain})
     assert mounted.exit_code == 0, mounted.output
-    world = Path(mounted.stdout.strip())
-    # The world's people (the default retain set) are there; no model was trained beside the checkpoint.
-    assert (world / "world.json").is_file() and not (world / "reference").exists()
+    assert "with the retain set at" in mounted.stderr
+    assert not (tmp_path / "data").exists()  # nothing built or trained beside the checkpoint
 
 
 def test_serve_with_a_checkpoint_path_that_holds_none_exits_naming_it(tmp_path):
@@ -194,6 +200,7 @@ def test_serve_with_a_checkpoint_path_that_holds_none_exits_naming_it(tmp_path):
     env.update(
         {
             "LETHE_MODEL_PATH": str(tmp_path / "models" / "llava"),
+            "LETHE_RETAIN_DIR": str(tmp_path / "retain"),
             "LETHE_MASTER_KEY_FILE": str(tmp_path / "config" / "master.key"),
             "PYTHONPATH": ROOT,
         }

@@ -154,7 +154,7 @@ def test_vqa_reads_no_body_before_the_key_is_checked(tmp_path: Path, pg_url: str
 
 def test_readyz_tells_anonymous_callers_no_filesystem_paths(tmp_path: Path, pg_url: str, redis_url: str):
     missing = tmp_path / "secret-layout" / "checkpoints" / "llava"
-    settings = _settings(tmp_path, pg_url, redis_url, model_path=missing)
+    settings = _settings(tmp_path, pg_url, redis_url, model_path=missing, retain_dir=tmp_path / "retain")
     with TestClient(create_app(settings)) as client:
         engine = client.app.state.engine  # type: ignore[attr-defined]
         wait_for(lambda: engine.loading_error is not None, 60, 0.1, "the load to fail")

@@ -125,7 +125,8 @@ def test_every_lethe_process_reads_the_same_settings(monkeypatch: pytest.MonkeyP
     assert shared["LETHE_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert shared["LETHE_BROKER_URL"].startswith("redis://")
     # As a process in the container reads them, with nothing set on the host and with a checkpoint chosen there.
-    for host, model_path in (({}, None), ({"LETHE_MODEL_PATH": "/models/llava"}, Path("/models/llava"))):
+    checkpoint = {"LETHE_MODEL_PATH": "/models/llava", "LETHE_RETAIN_DIR": "/models/retain"}
+    for host, model_path in (({}, None), (checkpoint, Path("/models/llava"))):
         for key in list(os.environ):
             if key.startswith("LETHE_"):
                 monkeypatch.delenv(key)
@@ -133,6 +134,7 @@ def test_every_lethe_process_reads_the_same_settings(monkeypatch: pytest.MonkeyP
             monkeypatch.setenv(key, interpolated(value, host))
         settings = Settings()
         assert settings.model_path == model_path and settings.world == "default" and settings.device == "cuda"
+        assert settings.retain_dir == (Path("/models/retain") if model_path else None)
         assert settings.resolved_artifact_root().is_relative_to(settings.data_dir)
         outside_data_dir(settings.resolved_master_key_file(), settings)  # raises if the key lay beside the data
     # The master key on a volume of its own: not the data volume, not the database's.

@@ -22,6 +22,7 @@ from server.app import create_app
 from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings
 from unlearning.backbones import Backbone
 from unlearning.world import World
+from unlearning.world.requests import WorldRetain
 from workers.runtime import Runtime
 from workers.training import job_config, run_training_job
 
@@ -36,7 +37,9 @@ def make_service(tiny_world: World, backbone: Backbone, tmp_path: Path, pg_url: 
     def make(**extra: object) -> tuple[TestClient, Runtime]:
         settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, **extra)
         sessions = make_session_factory(engine)
-        rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), tiny_world, master_key(settings))
+        rt = Runtime(
+            settings, sessions, backbone, backbone.fingerprint(), WorldRetain(tiny_world), master_key(settings)
+        )
         client = TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).__enter__()
         clients.append(client)
         return client, rt

@@ -12,6 +12,7 @@ from unlearning.artifacts import save_module
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig, CagulModule
 from unlearning.world import World
+from unlearning.world.requests import WorldRetain
 from workers.runtime import Runtime
 
 
@@ -24,7 +25,7 @@ def test_verification_gates_load_modules_gate_first_and_encoders_on_use(
     tiny_world: World, backbone: Backbone, tmp_path: Path
 ):
     settings = Settings(data_dir=tmp_path, world="tiny", engine_encoder_cache=1)
-    rt = Runtime(settings, None, backbone, backbone.fingerprint(), tiny_world, None)  # type: ignore[arg-type]
+    rt = Runtime(settings, None, backbone, backbone.fingerprint(), WorldRetain(tiny_world), None)  # type: ignore[arg-type]
     rows = {}
     for i in range(3):
         manifest = save_module(_module(backbone, i), tmp_path / f"m{i}", backbone.fingerprint())

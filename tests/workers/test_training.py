@@ -21,6 +21,7 @@ from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, w
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig
 from unlearning.world import World
+from unlearning.world.requests import WorldRetain
 from workers.runtime import Runtime
 from workers.training import run_training_job
 
@@ -32,7 +33,7 @@ def service(tiny_world: World, backbone: Backbone, tmp_path: Path, pg_url: str, 
     settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, verify_max_attempts=2)
     engine = make_engine(pg_url)
     sessions = make_session_factory(engine)
-    rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), tiny_world, master_key(settings))
+    rt = Runtime(settings, sessions, backbone, backbone.fingerprint(), WorldRetain(tiny_world), master_key(settings))
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
         yield client, rt
     # Closed before pg_url drops the database, so no pooled connection outlives it.

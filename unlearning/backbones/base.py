@@ -235,9 +235,12 @@ class Backbone(ABC):
         arrays = (views.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         return self._image_inputs([Image.fromarray(a) for a in arrays])
 
-    def logits(self, batch: VLMBatch, override: VisualOverride | torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self, batch: VLMBatch, override: VisualOverride | torch.Tensor | None = None, logits_to_keep: int = 0
+    ) -> torch.Tensor:
+        """Next-token logits of the whole sequence, or of its last `logits_to_keep` positions."""
         with self.override_visual_tokens(override):
-            return self.model(**batch.model_inputs(), use_cache=False).logits
+            return self.model(**batch.model_inputs(), use_cache=False, logits_to_keep=logits_to_keep).logits
 
     def attention_scores(
         self,
@@ -267,12 +270,26 @@ class Backbone(ABC):
 
         handles = [all_layers[i].register_forward_hook(hook) for i in chosen]
         try:
-            with torch.no_grad(), self.override_visual_tokens(override):
+            with torch.no_grad(), self.eager_attention(), self.override_visual_tokens(override):
                 self.model(**batch.model_inputs(), use_cache=False)
         finally:
             for h in handles:
                 h.remove()
-        return torch.stack(totals).mean(0)
+        return torch.stack(totals).float().mean(0)
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Within the block the model runs eager attention, the only kind that returns its weights (sdpa gives None);
+        every other pass keeps the memory-efficient kind the model was loaded with."""
+        before = self.model.config._attn_implementation
+        if before == "eager":
+            yield
+            return
+        self.model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.model.set_attn_implementation(before)
 
     @torch.no_grad()
     def generate(

@@ -21,8 +21,13 @@ BACKBONES: dict[str, tuple[type[Backbone], Any]] = {
 }
 
 
-def load_backbone(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
-    """A frozen backbone from a local checkpoint directory; never touches a model hub."""
+def load_backbone(
+    path: str | Path, device: str = "cpu", dtype: torch.dtype | str = torch.float32, attention: str = "sdpa"
+) -> Backbone:
+    """A frozen backbone from a local checkpoint directory; never touches a model hub.
+
+    `attention` serves every pass; attention read-out (lowest/highest token rules) switches to eager for its pass.
+    """
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -31,8 +36,11 @@ def load_backbone(path: str | Path, device: str = "cpu", dtype: torch.dtype = to
     if model_type not in BACKBONES:
         raise InvalidInputError(f"model type {model_type!r} is not supported; supported: {sorted(BACKBONES)}")
     backbone_cls, model_cls = BACKBONES[model_type]
-    # Attention read-out needs eager attention: sdpa returns no weights.
-    model = model_cls.from_pretrained(path, attn_implementation="eager", dtype=dtype, local_files_only=True)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if not model_cls._can_set_attn_implementation():  # read-out could not switch to eager later
+        attention = "eager"
+    model = model_cls.from_pretrained(path, attn_implementation=attention, dtype=dtype, local_files_only=True)
     model.to(device)
     processor = backbone_cls.load_processor(path)
     backbone = backbone_cls(model, processor, path)

@@ -69,6 +69,9 @@ class CagulConfig:
     threshold_floor: float = 0.75
     steps: int = 400
     batch_size: int = 16
+    # Samples per forward/backward pass, gradients accumulated over the step (`LETHE_TRAIN_MICRO_BATCH`); 0: all
+    # at once. At LLaVA-1.5-7B shapes a step of 16 keeps ~50 GB of activations for backward, of 2 about 6 GB.
+    micro_batch_size: int = 0
     lr: float = 3e-3
     weight_decay: float = 1e-3
     warmup_ratio: float = 0.1
@@ -78,6 +81,8 @@ class CagulConfig:
     # gate false positive drop from 0.68 to 0.31, so the discriminator carries the protection of others.
     retain_ce_weight: float = 0.1
     kl_weight: float = 0.1
+    # Answer tokens a training sample keeps (`LETHE_TRAIN_MAX_ANSWER_TOKENS`): bounds every step's sequence.
+    max_answer_tokens: int = 32
     forget_target: str = "refusal"
     refusal_answer: str = "i cannot share that."
     npo_beta: float = 0.1
@@ -93,9 +98,18 @@ class CagulConfig:
             raise InvalidInputError(f"discriminator_input must be one of {DISCRIMINATOR_INPUTS}")
         if self.forget_target not in FORGET_TARGETS:
             raise InvalidInputError(f"forget_target must be one of {FORGET_TARGETS}")
-        for name in ("steps", "batch_size", "discriminator_steps", "encoder_hidden", "discriminator_hidden"):
+        for name in (
+            "steps",
+            "batch_size",
+            "discriminator_steps",
+            "encoder_hidden",
+            "discriminator_hidden",
+            "max_answer_tokens",
+        ):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive")
+        if self.micro_batch_size < 0:
+            raise InvalidInputError("micro_batch_size must be 0 (the whole batch) or positive")
         if self.lr <= 0 or self.discriminator_lr <= 0:
             raise InvalidInputError("learning rates must be positive")
 

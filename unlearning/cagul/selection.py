@@ -30,5 +30,8 @@ def select_tokens(
 
 
 def apply_encoder(encoder: torch.nn.Module, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Overwrite the selected tokens in place with E(z); all other tokens pass through untouched."""
-    return torch.where(mask.to(z.device)[..., None], encoder(z), z)
+    """Overwrite the selected tokens in place with E(z); all other tokens pass through untouched.
+
+    E keeps its own dtype (fp32 weights beside a bf16 model): tokens go in as its dtype and come back as theirs."""
+    dtype = next(encoder.parameters()).dtype
+    return torch.where(mask.to(z.device)[..., None], encoder(z.to(dtype)).to(z.dtype), z)

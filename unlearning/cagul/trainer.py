@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from transformers import get_cosine_schedule_with_warmup
 
 from unlearning.augment import MILD_VIEWS, STRONG_VIEWS, AugmentConfig
-from unlearning.backbones import Backbone, VLMBatch
+from unlearning.backbones import Backbone, VisualOverride, VLMBatch
 from unlearning.cagul.config import CagulConfig
+from unlearning.cagul.discriminator import Discriminator
 from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
 from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.data import QA, ForgetData, RetainSet
@@ -22,6 +24,12 @@ from unlearning.errors import UnlearningError
 from unlearning.losses import answer_kl, answer_nll, npo_loss
 
 ProgressFn = Callable[[str, int, int, float], None]
+# (images, view changes, copies): `copies` changed views of each image, or the images as given once.
+ViewPart = tuple[list[Image.Image], AugmentConfig | None, int]
+# Images per vision pass while the discriminator's views are rendered: the token tensors alive at once.
+VIEW_CHUNK = 64
+# Views per discriminator step.
+DISCRIMINATOR_BATCH = 256
 
 
 class TrainingCancelled(UnlearningError):
@@ -119,43 +127,57 @@ class CagulTrainer:
         return module, report
 
     # ---- discriminator -----------------------------------------------------------------------
-    def _tokens(self, images: list, views: AugmentConfig | None, copies: int) -> torch.Tensor:
-        check(self.deadline, "the discriminator's training views")
-        out = []
-        if views is None or copies == 0:
-            return self.backbone.visual_tokens(self.backbone.pixel_values(images)).float()
-        for _ in range(copies):
-            for start in range(0, len(images), 64):
+    # Views are rendered VIEW_CHUNK images at a time and reduced at once (an identity embedding, a score), so the
+    # projected tokens alive at any moment are one chunk's, whatever the number of augmented views: at LLaVA-1.5-7B
+    # shapes (576 x 4096) keeping every view's tokens took ~50 GB for a 5-photo request (bench/train_memory.py).
+    def _stream(self, part: ViewPart) -> Iterator[torch.Tensor]:
+        """Projected tokens of one part's views, a chunk at a time, in the order the generator draws them."""
+        images, views, copies = part
+        augmented = views is not None and copies > 0
+        for _ in range(copies if augmented else 1):
+            for start in range(0, len(images), VIEW_CHUNK):
                 check(self.deadline, "the discriminator's training views")
-                chunk = images[start : start + 64]
-                out.append(self.backbone.visual_tokens(self.backbone.augmented_inputs(chunk, views, self.generator)))
-        return torch.cat(out).float()
+                chunk = images[start : start + VIEW_CHUNK]
+                inputs = (
+                    self.backbone.augmented_inputs(chunk, views, self.generator)
+                    if augmented and views is not None
+                    else self.backbone.pixel_values(chunk)
+                )
+                yield self.backbone.visual_tokens(inputs).float()
+
+    def _features(self, parts: list[ViewPart], reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`reduce` of every view of `parts`, streamed: only reduced rows are kept."""
+        with torch.no_grad():
+            return torch.cat([reduce(chunk) for part in parts for chunk in self._stream(part)])
 
     def _train_discriminator(self, module: CagulModule, forget: ForgetData, retain: RetainSet) -> tuple[float, float]:
         cfg = self.config
-        pos = torch.cat(
-            [
-                self._tokens(forget.images, None, 0),
-                self._tokens(forget.images, STRONG_VIEWS, cfg.positive_augmentations),
-                self._tokens(forget.images, MILD_VIEWS, cfg.positive_augmentations // 2),
-            ]
-        )
-        pos_heldout = self._tokens(forget.images, STRONG_VIEWS, max(4, cfg.positive_augmentations // 4))
         negatives = retain.images + retain.negatives
-        neg = torch.cat(
-            [self._tokens(negatives, None, 0), self._tokens(negatives, STRONG_VIEWS, cfg.negative_augmentations)]
-        )
         heldout_negatives = retain.heldout_negatives or negatives
-        neg_heldout = torch.cat(
-            [self._tokens(heldout_negatives, None, 0), self._tokens(heldout_negatives, MILD_VIEWS, 4)]
-        )
-
+        pos: list[ViewPart] = [
+            (forget.images, None, 0),
+            (forget.images, STRONG_VIEWS, cfg.positive_augmentations),
+            (forget.images, MILD_VIEWS, cfg.positive_augmentations // 2),
+        ]
+        pos_heldout: list[ViewPart] = [(forget.images, STRONG_VIEWS, max(4, cfg.positive_augmentations // 4))]
+        neg: list[ViewPart] = [(negatives, None, 0), (negatives, STRONG_VIEWS, cfg.negative_augmentations)]
+        neg_heldout: list[ViewPart] = [(heldout_negatives, None, 0), (heldout_negatives, MILD_VIEWS, 4)]
+        disc = module.discriminator
         if cfg.discriminator_input == "identity":
             embed = self.backbone.identity_embeddings
-            pos, pos_heldout, neg, neg_heldout = embed(pos), embed(pos_heldout), embed(neg), embed(neg_heldout)
-            module.discriminator.prototype.copy_(F.normalize(pos.mean(0), dim=0))
-            neg = torch.cat([neg, self._hard_negatives(retain, negatives, module)])
-        disc = module.discriminator
+            pos_x, pos_held, neg_x, neg_held = (self._features(p, embed) for p in (pos, pos_heldout, neg, neg_heldout))
+            disc.prototype.copy_(F.normalize(pos_x.mean(0), dim=0))
+            neg_x = torch.cat([neg_x, self._hard_negatives(retain, negatives, module)])
+            self._fit_embeddings(disc, pos_x, neg_x)
+            disc.eval()
+            return self._calibrate(disc, disc(pos_held), disc(neg_held))
+        # Token inputs cannot be reduced before training: each step renders its own views (online augmentation).
+        self._fit_views(disc, pos, neg)
+        disc.eval()
+        return self._calibrate(disc, self._features(pos_heldout, disc), self._features(neg_heldout, disc))
+
+    def _fit_embeddings(self, disc: Discriminator, pos: torch.Tensor, neg: torch.Tensor) -> None:
+        cfg = self.config
         x = torch.cat([pos, neg])
         y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(x.device)
         pos_weight = torch.tensor(len(neg) / max(1, len(pos)), device=x.device)
@@ -163,19 +185,58 @@ class CagulTrainer:
         disc.train()
         for step in range(cfg.discriminator_steps):
             check(self.deadline, f"discriminator step {step + 1}/{cfg.discriminator_steps}")
-            idx = torch.randint(len(x), (min(256, len(x)),), generator=self.generator)
+            idx = torch.randint(len(x), (min(DISCRIMINATOR_BATCH, len(x)),), generator=self.generator)
             loss = F.binary_cross_entropy_with_logits(disc.logits(x[idx]), y[idx], pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if step % 25 == 0 or step == cfg.discriminator_steps - 1:
-                self._tick("discriminator", step + 1, cfg.discriminator_steps, float(loss.detach()))
-        disc.eval()
+            self._disc_tick(step, float(loss.detach()))
+
+    def _fit_views(self, disc: Discriminator, pos: list[ViewPart], neg: list[ViewPart]) -> None:
+        """Each step draws views of the bank (positives then negatives), rendered and used a chunk at a time."""
+        cfg = self.config
+        bank = pos + neg
+        sizes = [len(images) * (copies if views is not None and copies > 0 else 1) for images, views, copies in bank]
+        total, n_pos = sum(sizes), sum(sizes[: len(pos)])
+        device = self.backbone.device
+        pos_weight = torch.tensor((total - n_pos) / max(1, n_pos), device=device)
+        optimizer = torch.optim.AdamW(disc.parameters(), lr=cfg.discriminator_lr, weight_decay=1e-2)
+        disc.train()
+        offsets = torch.tensor([0, *sizes]).cumsum(0)
+        for step in range(cfg.discriminator_steps):
+            check(self.deadline, f"discriminator step {step + 1}/{cfg.discriminator_steps}")
+            idx = torch.randint(total, (min(DISCRIMINATOR_BATCH, total),), generator=self.generator)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for p, (images, views, copies) in enumerate(bank):
+                local = idx[(idx >= offsets[p]) & (idx < offsets[p + 1])] - offsets[p]
+                chosen = [images[int(i) % len(images)] for i in local]
+                if not chosen:
+                    continue
+                for tokens in self._stream((chosen, views, 1 if views is not None and copies > 0 else 0)):
+                    y = torch.full((len(tokens),), float(p < len(pos)), device=device)
+                    loss = F.binary_cross_entropy_with_logits(
+                        disc.logits(tokens), y, pos_weight=pos_weight, reduction="sum"
+                    ) / len(idx)
+                    loss.backward()  # accumulated: the step's mean loss, one chunk of tokens alive at a time
+                    step_loss += float(loss.detach())
+            optimizer.step()
+            self._disc_tick(step, step_loss)
+
+    def _disc_tick(self, step: int, loss: float) -> None:
+        steps = self.config.discriminator_steps
+        if step % 25 == 0 or step == steps - 1:
+            self._tick("discriminator", step + 1, steps, loss)
+
+    def _calibrate(
+        self, disc: Discriminator, pos_scores: torch.Tensor, neg_scores: torch.Tensor
+    ) -> tuple[float, float]:
+        """Threshold at the configured false-fire quantile of held-out negatives (never under the floor)."""
+        cfg = self.config
         with torch.no_grad():
-            neg_scores = disc(neg_heldout)
             quantile = torch.quantile(neg_scores.float(), 1 - cfg.target_fpr).item()
             disc.threshold.fill_(max(cfg.threshold_floor, quantile))  # type: ignore[operator]
-            tpr = float((disc(pos_heldout) > disc.threshold).float().mean())
+            tpr = float((pos_scores > disc.threshold).float().mean())
             fpr = float((neg_scores > disc.threshold).float().mean())
         return tpr, fpr
 
@@ -186,9 +247,9 @@ class CagulTrainer:
         if cfg.hard_negatives <= 0 or cfg.hard_negative_augmentations <= 0:
             return prototype.new_zeros(0, len(prototype))
         images = retain.gallery() or negatives
-        embeddings = torch.cat([embed(self._tokens(images[i : i + 256], None, 0)) for i in range(0, len(images), 256)])
+        embeddings = self._features([(images, None, 0)], embed)
         chosen = [images[i] for i in nearest(embeddings, prototype, cfg.hard_negatives)]
-        return embed(self._tokens(chosen, STRONG_VIEWS, cfg.hard_negative_augmentations))
+        return self._features([(chosen, STRONG_VIEWS, cfg.hard_negative_augmentations)], embed)
 
     # ---- encoder -------------------------------------------------------------------------------
     def _forget_samples(self, forget: ForgetData) -> list[QA]:
@@ -219,6 +280,40 @@ class CagulTrainer:
         )
         return lambda z: apply_encoder(module.encoder, z, mask)
 
+    def _batch(self, image_inputs: dict[str, torch.Tensor], items: list[QA]) -> VLMBatch:
+        """A training batch whose answers keep at most `max_answer_tokens` tokens: the sequence, and so the memory
+        of a step, is bounded whatever the retain set's answers."""
+        batch = self.backbone.make_batch(image_inputs, [qa.question for qa in items], [qa.answer for qa in items])
+        return trim_answers(batch, self.config.max_answer_tokens).to(self.backbone.device)
+
+    def _answer_logits(
+        self, batch: VLMBatch, override: VisualOverride | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits at the answer positions only, and the labels cut to match: at a 32k vocabulary the whole
+        sequence's logits of a batch of 16 are over a gigabyte, the answers' a few dozen megabytes."""
+        assert batch.labels is not None
+        columns = (batch.labels != -100).any(0).nonzero()
+        first = int(columns[0]) if len(columns) else batch.labels.shape[1] - 1
+        keep = batch.labels.shape[1] - first + 1  # one position more: the logit that predicts the first answer token
+        return self.backbone.logits(batch, override, logits_to_keep=keep), batch.labels[:, -keep:]
+
+    def _parts(self, items: list) -> list[list]:
+        size = self.config.micro_batch_size or len(items)
+        return [items[i : i + size] for i in range(0, len(items), size)]
+
+    def _forget_loss(self, module: CagulModule, batch: VLMBatch) -> torch.Tensor:
+        """The forget loss of one (micro-)batch, as the mean over its samples."""
+        cfg = self.config
+        logits, labels = self._answer_logits(batch, self._transform(module, batch))
+        nll = answer_nll(logits, labels)
+        if cfg.forget_target in ("refusal", "fabricated"):
+            return nll.mean()
+        if cfg.forget_target == "ga":
+            return -nll.mean()
+        with torch.no_grad():
+            ref_nll = answer_nll(self._answer_logits(batch)[0], labels)
+        return npo_loss(nll, ref_nll, cfg.npo_beta)
+
     def _train_encoder(self, module: CagulModule, forget: ForgetData, retain: RetainSet) -> tuple[float, float]:
         cfg = self.config
         bb = self.backbone
@@ -232,35 +327,33 @@ class CagulTrainer:
         for step in range(cfg.steps):
             check(self.deadline, f"encoder step {step + 1}/{cfg.steps}")
             f_items = [(self.rng.randrange(len(forget.images)), self.rng.choice(forget_samples)) for _ in range(half)]
-            f_inputs = bb.augmented_inputs([forget.images[i] for i, _ in f_items], MILD_VIEWS, self.generator)
-            f_batch = bb.make_batch(f_inputs, [qa.question for _, qa in f_items], [qa.answer for _, qa in f_items]).to(
-                bb.device
-            )
-            f_logits = bb.logits(f_batch, self._transform(module, f_batch))
-            f_nll = answer_nll(f_logits, f_batch.labels)
-            if cfg.forget_target in ("refusal", "fabricated"):
-                forget_loss = f_nll.mean()
-            elif cfg.forget_target == "ga":
-                forget_loss = -f_nll.mean()
-            else:
-                with torch.no_grad():
-                    ref_nll = answer_nll(bb.logits(f_batch), f_batch.labels)
-                forget_loss = npo_loss(f_nll, ref_nll, cfg.npo_beta)
-
             r_items = [retain.qa[self.rng.randrange(len(retain.qa))] for _ in range(half)]
-            r_inputs = bb.pixel_values([retain.images[i] for i, _ in r_items])
-            r_batch = bb.make_batch(r_inputs, [qa.question for _, qa in r_items], [qa.answer for _, qa in r_items]).to(
-                bb.device
-            )
-            with torch.no_grad():
-                ref_logits = bb.logits(r_batch)
-            r_logits = bb.logits(r_batch, self._transform(module, r_batch))
-            retain_ce = answer_nll(r_logits, r_batch.labels).mean()
-            kl = answer_kl(ref_logits, r_logits, r_batch.labels)
-            loss = forget_loss + cfg.retain_ce_weight * retain_ce + cfg.kl_weight * kl
-
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # Micro-batches (`micro_batch_size`) accumulate the step's gradient: the activations kept for backward
+            # through the frozen model are one micro-batch's, the loss and gradient the whole batch's.
+            forget_loss = torch.zeros(())
+            for part in self._parts(f_items):
+                images = [forget.images[i] for i, _ in part]
+                f_batch = self._batch(bb.augmented_inputs(images, MILD_VIEWS, self.generator), [qa for _, qa in part])
+                part_loss = self._forget_loss(module, f_batch) * len(part) / half
+                part_loss.backward()
+                forget_loss = forget_loss + part_loss.detach().cpu()
+            r_batches = [
+                self._batch(bb.pixel_values([retain.images[i] for i, _ in part]), [qa for _, qa in part])
+                for part in self._parts(r_items)
+            ]
+            tokens = sum(int((b.labels[:, 1:] != -100).sum()) for b in r_batches if b.labels is not None)
+            retain_loss = torch.zeros(())
+            for r_batch in r_batches:
+                with torch.no_grad():
+                    ref_logits, r_labels = self._answer_logits(r_batch)
+                r_logits, _ = self._answer_logits(r_batch, self._transform(module, r_batch))
+                retain_ce = answer_nll(r_logits, r_labels).sum() / half
+                kl = answer_kl(ref_logits, r_logits, r_labels, tokens=tokens)
+                part_loss = cfg.retain_ce_weight * retain_ce + cfg.kl_weight * kl
+                part_loss.backward()
+                retain_loss = retain_loss + part_loss.detach().cpu()
+            loss = forget_loss + retain_loss
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             schedule.step()
@@ -278,3 +371,19 @@ def _rss_peak_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def trim_answers(batch: VLMBatch, max_tokens: int) -> VLMBatch:
+    """`batch` (right-padded, with labels) with each answer cut to its first `max_tokens` tokens."""
+    assert batch.labels is not None
+    answer = batch.labels != -100
+    kept = answer & (answer.cumsum(1) <= max_tokens)
+    drop = answer & ~kept
+    if not bool(drop.any()):
+        return batch
+    width = int(((batch.attention_mask.bool() & ~drop).nonzero()[:, 1]).max()) + 1
+    labels = batch.labels.masked_fill(drop, -100)[:, :width]
+    mask = batch.attention_mask.masked_fill(drop, 0)[:, :width]
+    shape = batch.input_ids.shape
+    extra = {k: v[:, :width] if v.shape[:2] == shape else v for k, v in batch.extra.items()}
+    return VLMBatch(batch.input_ids[:, :width], mask, batch.pixel_values, labels, extra)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import shutil
 from collections.abc import Iterable
-from functools import partial
+from functools import cached_property, partial
+from pathlib import Path
 
 from PIL import Image
 
-from unlearning.data import QA, ForgetData, RetainSet
+from unlearning.data import QA, ForgetData, RetainSet, pixels_sha256
+from unlearning.errors import InvalidInputError
 from unlearning.world.identities import pretraining_portraits
 from unlearning.world.people import Person
 from unlearning.world.population import mild_change, photos_of
@@ -105,3 +110,72 @@ def world_benign_set(world: World, seed: int = 0) -> list[tuple[Image.Image, str
     photos += [(views[0], None) for views in pretraining_portraits(world, BENIGN_OUTSIDERS, 1, seed=1 + seed)]
     rng = random.Random(seed)
     return photos + [(mild_change(im, rng), who) for im, who in photos[::BENIGN_CHANGED_EVERY]]
+
+
+class WorldRetain:
+    """The reference world as the operator's retain set (the embedded default): `unlearning.retain.RetainSource`."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    @cached_property
+    def _people_by_photo(self) -> dict[str, str]:
+        """Photo hash (file bytes and decoded pixels) -> world person id."""
+        out = {}
+        for p in self.world.people:
+            for v in range(self.world.config.n_views):
+                out[hashlib.sha256(self.world.image_path(p.id, v).read_bytes()).hexdigest()] = p.id
+                out[pixels_sha256(self.world.image(p.id, v))] = p.id
+        return out
+
+    def people_in(self, photo_hashes: Iterable[str]) -> list[str]:
+        return sorted({self._people_by_photo[h] for h in photo_hashes if h in self._people_by_photo})
+
+    def retain_set(self, exclude: list[str], negative_people: list[str]) -> RetainSet:
+        return world_retain_set(self.world, exclude=exclude, negative_people=negative_people)
+
+    def canaries(self, exclude: list[str], count: int) -> tuple[list[Image.Image], list[str]]:
+        return world_canaries(self.world, exclude, count)
+
+    def benign(self) -> list[tuple[Image.Image, str | None]]:
+        return world_benign_set(self.world)
+
+
+def write_retain_folder(world: World, out: Path, lookalikes: int = DEFAULT_LOOKALIKES, benign: bool = True) -> int:
+    """Write the world's retain set in the operator's folder layout (`unlearning.retain`); returns samples written."""
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInputError(f"{out} is not empty: give a new folder")
+    for sub in ("images", "negatives", *(["benign"] if benign else [])):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    canaries = canary_people(world)
+    canary_ids = {p.id for p in canaries}
+    retain_lines, canary_lines = [], []
+    for p in world.people:
+        if p.split != "retain" and p.id not in canary_ids:
+            continue
+        views = range(world.config.n_views) if p.id in canary_ids else world.train_views()
+        for v in views:
+            name = f"images/{p.id}_v{v}.png"
+            shutil.copyfile(world.image_path(p.id, v), out / name)
+            for f in p.facts:
+                if p.id in canary_ids:
+                    canary_lines += [{"image": name, "question": q, "person": p.id} for q in f.questions]
+                else:
+                    retain_lines += [
+                        {
+                            "image": name,
+                            "question": q,
+                            "answer": p.taught_answer(f),
+                            "keyword": f.keyword,
+                            "person": p.id,
+                        }
+                        for q in f.train_questions
+                    ]
+    for i, im in enumerate(world.lookalike_images(lookalikes, seed=1)):
+        im.save(out / "negatives" / f"lookalike_{i:05d}.png")
+    if benign:
+        for i, (im, _) in enumerate(world_benign_set(world)):
+            im.save(out / "benign" / f"benign_{i:05d}.png")
+    for name, lines in (("retain.jsonl", retain_lines), ("canaries.jsonl", canary_lines)):
+        (out / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return len(retain_lines)
