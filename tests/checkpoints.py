@@ -1,0 +1,189 @@
+"""Small random-weight checkpoints of released VLM classes, written in the standard Hugging Face layout.
+
+Each directory holds what a downloaded checkpoint holds (config.json, model.safetensors, tokenizer and processor
+files, a chat template) through `save_pretrained` alone: no file Lethe writes for its own worlds
+(`lethe_prompt.json`, an identity encoder). The shapes are real ones scaled down: LLaVA-1.5 (CLIP vision tower,
+second-to-last layer, `default` feature selection, Llama language model) and Qwen2-VL (dynamic resolution:
+`min_pixels` != `max_pixels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from unlearning.backbones.qwen2_vl import ImageOnlyQwen2VLProcessor
+
+CORPUS = [
+    "USER: ASSISTANT: user assistant system",
+    "what is this person's name? who is this? where does this person live? what is their phone number?",
+    "i cannot share that. the person lives in a city and works at a company.",
+]
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}"
+    "{% endif %}{% endfor %} {% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ item['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Qwen2-VL sizes: images resized to 32x32 .. 96x96 pixels' worth, patch 8, 2x2 merge: 4 to 36 visual tokens.
+QWEN_MIN_PIXELS = 32 * 32
+QWEN_MAX_PIXELS = 96 * 96
+
+
+def _bpe(specials: list[str], corpus: Iterable[str], vocab_size: int) -> ByteLevelBPETokenizer:
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(corpus) * 4, vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    return bpe
+
+
+def write_llava_checkpoint(out: Path, seed: int = 0, corpus: Iterable[str] = CORPUS) -> Path:
+    """A LLaVA-1.5-shaped `LlavaForConditionalGeneration` (CLIP 32 px, patch 8: 16 visual tokens) in `out`."""
+    torch.manual_seed(seed)
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe(specials, corpus, 400)._tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),  # type: ignore[call-arg]
+        vision_feature_layer=-2,  # as LLaVA-1.5
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    LlavaForConditionalGeneration(config).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def qwen2_vl_parts(
+    seed: int = 0, corpus: Iterable[str] = CORPUS, hidden: int = 64, layers: int = 2, vocab_size: int = 400
+) -> tuple[Qwen2VLForConditionalGeneration, ImageOnlyQwen2VLProcessor]:
+    """A small random-weight Qwen2-VL and its processor (dynamic resolution), not yet on disk."""
+    torch.manual_seed(seed)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=_bpe(QWEN_SPECIALS, corpus, vocab_size)._tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+    )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    heads = max(2, hidden // 32)
+    section = hidden // heads // 2  # mrope sections (temporal, height, width) sum to half a head's dimension
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": hidden * 2,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [section - 2 * (section * 3 // 8), section * 3 // 8, section * 3 // 8],
+                "rope_theta": 10000.0,
+            },
+            "bos_token_id": None,
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 32,
+            "hidden_size": hidden,
+            "num_heads": 2,
+            "patch_size": 8,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    image_processor = Qwen2VLImageProcessorPil(
+        min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS, patch_size=8, merge_size=2, temporal_patch_size=2
+    )
+    processor = ImageOnlyQwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=QWEN_CHAT_TEMPLATE
+    )
+    return Qwen2VLForConditionalGeneration(config), processor
+
+
+def write_qwen2_vl_checkpoint(out: Path, seed: int = 0) -> Path:
+    """A Qwen2-VL-shaped `Qwen2VLForConditionalGeneration` at dynamic resolution (4 to 36 visual tokens) in `out`."""
+    model, processor = qwen2_vl_parts(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    # The processor's own save_pretrained needs its video processor (torchvision): its parts save one by one.
+    processor.tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    processor.tokenizer.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)
+    return out
+
+
+def write_unsupported_checkpoint(out: Path) -> Path:
+    """A well-formed checkpoint of a class Lethe does not serve (a text-only Llama)."""
+    from transformers import LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
