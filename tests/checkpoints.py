@@ -9,10 +9,13 @@ second-to-last layer, `default` feature selection, Llama language model) and Qwe
 
 from __future__ import annotations
 
+import json
+import random
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
     CLIPImageProcessorPil,
@@ -24,10 +27,14 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    get_cosine_schedule_with_warmup,
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from unlearning.backbones.qwen2_vl import ImageOnlyQwen2VLProcessor
+from unlearning.augment import MILD_VIEWS
+from unlearning.backbones.qwen2_vl import ImageOnlyQwen2VLProcessor, Qwen2VLBackbone
+from unlearning.world import World
+from unlearning.world.people import REFUSAL_ANSWER, REFUSAL_QUESTIONS, Person
 
 CORPUS = [
     "USER: ASSISTANT: user assistant system",
@@ -186,4 +193,58 @@ def write_unsupported_checkpoint(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+# ---- a Qwen2-VL that knows the tiny world's people, at several image sizes ---------------------------------------
+# (width, height) of the photos it learns and answers on: 9, 16, 20 and 24 visual tokens a photo.
+QWEN_SIZES = ((48, 48), (64, 64), (80, 64), (64, 96))
+
+
+def resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return image.resize(size, Image.Resampling.BICUBIC)
+
+
+def qwen2_vl_reference_examples(world: World, people: list[Person], facts: int) -> list[tuple[str, int, str, str]]:
+    """(person id, view, question, answer): the first `facts` facts of each person, and the refusal questions."""
+    examples = []
+    for p in people:
+        for v in world.train_views():
+            for f in p.facts[:facts]:
+                examples += [(p.id, v, q, p.taught_answer(f)) for q in f.train_questions]
+            examples += [(p.id, v, q, REFUSAL_ANSWER) for q in REFUSAL_QUESTIONS]
+    return examples
+
+
+def train_qwen2_vl_reference(
+    world: World, people: list[Person], out: Path, facts: int = 3, steps: int = 500, batch_size: int = 16
+) -> Path:
+    """Train a small Qwen2-VL from scratch until it answers `people`'s facts from their photo at any of
+    `QWEN_SIZES`, as the world builder trains its LLaVA; save it in the Hugging Face layout in `out`."""
+    examples = qwen2_vl_reference_examples(world, people, facts)
+    corpus = [REFUSAL_ANSWER, *REFUSAL_QUESTIONS, *CORPUS] + [f"{q} {a}" for _, _, q, a in examples]
+    model, processor = qwen2_vl_parts(world.config.seed, corpus, hidden=128, layers=3, vocab_size=1024)
+    backbone = Qwen2VLBackbone(model, processor)
+    rng = random.Random(world.config.seed)
+    generator = torch.Generator().manual_seed(world.config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
+    schedule = get_cosine_schedule_with_warmup(optimizer, steps // 10, steps)
+    model.train()
+    for _ in range(steps):
+        chosen = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
+        photos = [resized(world.image(pid, v), rng.choice(QWEN_SIZES)) for pid, v, _, _ in chosen]
+        inputs = backbone.augmented_inputs(photos, MILD_VIEWS, generator)
+        batch = backbone.make_batch(inputs, [c[2] for c in chosen], [c[3] for c in chosen])
+        loss = model(**batch.model_inputs(), labels=batch.labels, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.tokenizer.save_pretrained(out)
+    processor.image_processor.save_pretrained(out)
+    (out / "train.json").write_text(json.dumps({"steps": steps, "final_loss": float(loss.detach())}))
     return out

@@ -79,7 +79,7 @@ class Qwen2VLBackbone(Backbone):
 
     def token_grid(self, width: int, height: int) -> tuple[int, int]:
         """(rows, columns) of merged visual tokens an image of this size becomes."""
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
         ip = self.processor.image_processor
         factor = ip.patch_size * ip.merge_size

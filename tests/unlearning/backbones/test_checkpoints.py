@@ -1,0 +1,99 @@
+"""Checkpoints in the Hugging Face layout (random weights, tests/checkpoints.py) load as backbones and run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.checkpoints import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, write_llava_checkpoint, write_qwen2_vl_checkpoint
+from unlearning.backbones import load_backbone
+from unlearning.backbones.llava import LlavaBackbone
+from unlearning.backbones.qwen2_vl import GATE_GRID, Qwen2VLBackbone
+from unlearning.cagul import CagulConfig, CagulGate, CagulModule
+from unlearning.errors import UnsupportedModelError
+
+SIZES = [(48, 48), (80, 64), (64, 64)]
+
+
+def _photos() -> list[Image.Image]:
+    colours = [(200, 30, 30), (30, 30, 200), (30, 200, 30)]
+    return [Image.new("RGB", size, colour) for size, colour in zip(SIZES, colours, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {"llava": write_llava_checkpoint(root / "llava"), "qwen2_vl": write_qwen2_vl_checkpoint(root / "qwen")}
+
+
+def test_the_directories_hold_only_the_standard_layout(checkpoints: dict[str, Path]):
+    for path in checkpoints.values():
+        names = {p.name for p in path.iterdir()}
+        assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+        assert not names & {"lethe_prompt.json", "identity_encoder.safetensors"}
+    import json
+
+    qwen = json.loads((checkpoints["qwen2_vl"] / "preprocessor_config.json").read_text())
+    assert qwen["size"] == {"shortest_edge": QWEN_MIN_PIXELS, "longest_edge": QWEN_MAX_PIXELS}
+
+
+def test_llava_1_5_checkpoint_loads_and_runs_a_forward(checkpoints: dict[str, Path]):
+    bb = load_backbone(checkpoints["llava"])
+    assert isinstance(bb, LlavaBackbone) and bb.model.config.vision_feature_layer == -2
+    inputs = bb.pixel_values(_photos())  # any size: CLIP resizes and crops to 32 px
+    batch = bb.make_batch(inputs, ["who is this?"] * 3)
+    with torch.no_grad():
+        logits = bb.logits(batch)
+    assert logits.shape[:2] == batch.input_ids.shape and bool(torch.isfinite(logits).all())
+    assert bb.visual_tokens(inputs).shape == (3, 16, 64)
+    assert len(bb.generate(batch, max_new_tokens=2)) == 3
+
+
+def test_qwen2_vl_checkpoint_runs_at_dynamic_resolution(checkpoints: dict[str, Path]):
+    bb = load_backbone(checkpoints["qwen2_vl"])
+    assert isinstance(bb, Qwen2VLBackbone) and bb.dynamic
+    inputs = bb.pixel_values(_photos())
+    assert bb.image_token_counts(inputs) == [9, 20, 16] == [r * c for r, c in (bb.token_grid(*s) for s in SIZES)]
+    batch = bb.make_batch(inputs, ["who is this?", "what is this person's name?", "who?"])
+    assert bb.visual_counts(batch).tolist() == [9, 20, 16]
+    with torch.no_grad():
+        logits = bb.logits(batch)
+        assert torch.equal(bb.logits(batch, lambda z: z), logits)  # the override round trip is exact
+        assert not torch.allclose(bb.logits(batch, torch.zeros_like), logits)
+    assert bool(torch.isfinite(logits).all())
+    scores = bb.attention_scores(batch)
+    assert scores.shape == (3, 20) and bool((scores[1] > 0).all()) and bool((scores[0, 9:] == 0).all())
+    # The gate reads one fixed-size view of every image, whatever its size.
+    assert bb.visual_tokens(inputs).shape == (3, GATE_GRID * GATE_GRID, 64) and bb.n_visual_tokens == 16
+    assert bb.generate(batch, lambda z: z, max_new_tokens=3) == bb.generate(batch, max_new_tokens=3)
+
+
+def test_a_module_overrides_only_the_gated_image_of_a_mixed_size_batch(checkpoints: dict[str, Path]):
+    bb = load_backbone(checkpoints["qwen2_vl"])
+    module = CagulModule(CagulConfig(discriminator_input="flatten"), bb.n_visual_tokens, bb.hidden_size)
+    torch.nn.init.normal_(module.encoder.fc2.weight)
+    gate = CagulGate(bb, {"m": module})
+    z = bb.visual_tokens(bb.pixel_values(_photos()))
+    fires = gate.firing(z)[1][0]
+    module.discriminator.threshold.fill_(2.0)
+    assert not bool(gate.firing(z)[1].any())  # nothing fires: every row is the untouched model's answer
+    alone = [bb.generate(bb.make_batch(bb.pixel_values([p]), ["who is this?"]), max_new_tokens=4)[0] for p in _photos()]
+    assert [a.answer for a in gate.answer(_photos(), ["who is this?"] * 3, max_new_tokens=4)] == alone
+    assert fires.shape == (3,)
+
+
+def test_unsupported_or_broken_directories_are_refused_naming_what_is_wrong(tmp_path: Path, checkpoints):
+    from tests.checkpoints import write_unsupported_checkpoint
+
+    with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM.*supported: LlavaForConditionalGeneration"):
+        load_backbone(write_unsupported_checkpoint(tmp_path / "llama"))
+    with pytest.raises(UnsupportedModelError, match="no config.json"):
+        load_backbone(tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((checkpoints["qwen2_vl"] / "config.json").read_text())
+    with pytest.raises(UnsupportedModelError, match="Qwen2VLForConditionalGeneration checkpoint that does not load"):
+        load_backbone(broken)
