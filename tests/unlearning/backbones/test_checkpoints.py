@@ -73,16 +73,20 @@ def test_qwen2_vl_checkpoint_runs_at_dynamic_resolution(checkpoints: dict[str, P
 
 def test_a_module_overrides_only_the_gated_image_of_a_mixed_size_batch(checkpoints: dict[str, Path]):
     bb = load_backbone(checkpoints["qwen2_vl"])
+    torch.manual_seed(0)
     module = CagulModule(CagulConfig(discriminator_input="flatten"), bb.n_visual_tokens, bb.hidden_size)
-    torch.nn.init.normal_(module.encoder.fc2.weight)
-    gate = CagulGate(bb, {"m": module})
-    z = bb.visual_tokens(bb.pixel_values(_photos()))
-    fires = gate.firing(z)[1][0]
-    module.discriminator.threshold.fill_(2.0)
-    assert not bool(gate.firing(z)[1].any())  # nothing fires: every row is the untouched model's answer
-    alone = [bb.generate(bb.make_batch(bb.pixel_values([p]), ["who is this?"]), max_new_tokens=4)[0] for p in _photos()]
-    assert [a.answer for a in gate.answer(_photos(), ["who is this?"] * 3, max_new_tokens=4)] == alone
-    assert fires.shape == (3,)
+    torch.nn.init.normal_(module.encoder.fc2.weight, std=0.5)
+    photos, questions = _photos(), ["who is this?"] * 3
+    probabilities = module.discriminator(bb.visual_tokens(bb.pixel_values(photos))).detach()
+    gated = int(probabilities.argmax())
+    module.discriminator.threshold.fill_(float(probabilities.sort().values[-2:].mean()))  # only `gated` fires
+    answers = CagulGate(bb, {"m": module}).answer(photos, questions, max_new_tokens=4)
+    assert [a.module_id for a in answers] == ["m" if i == gated else None for i in range(3)]
+    for i, (photo, answer) in enumerate(zip(photos, answers, strict=True)):
+        alone = bb.make_batch(bb.pixel_values([photo]), questions[:1])
+        override = (lambda z: module.encoder(z)) if i == gated else None  # rule "all": every token of the image
+        with torch.no_grad():
+            assert answer.answer == bb.generate(alone, override, max_new_tokens=4)[0]
 
 
 def test_unsupported_or_broken_directories_are_refused_naming_what_is_wrong(tmp_path: Path, checkpoints):
