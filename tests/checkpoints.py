@@ -94,7 +94,12 @@ def write_llava_checkpoint(out: Path, seed: int = 0, corpus: Iterable[str] = COR
     )
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
         ),
         text_config=LlamaConfig(
             vocab_size=len(tokenizer),
@@ -191,7 +196,9 @@ def write_unsupported_checkpoint(out: Path) -> Path:
     from transformers import LlamaForCausalLM
 
     out.mkdir(parents=True, exist_ok=True)
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
     LlamaForCausalLM(config).save_pretrained(out)
     return out
 

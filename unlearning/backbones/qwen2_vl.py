@@ -112,7 +112,8 @@ class Qwen2VLBackbone(Backbone):
         grids = image_inputs["image_grid_thw"]
         merge = self.processor.image_processor.merge_size
         parts = captured[0].split(self.image_token_counts(image_inputs))
-        return torch.stack([self._gate_view(z, int(g[1]) // merge, int(g[2]) // merge) for z, g in zip(parts, grids)])
+        views = [self._gate_view(z, int(g[1]) // merge, int(g[2]) // merge) for z, g in zip(parts, grids, strict=True)]
+        return torch.stack(views)
 
     def _gate_view(self, tokens: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         """One image's merged tokens (row-major over its grid) -> the gate's fixed-size token set."""
@@ -135,7 +136,7 @@ class Qwen2VLBackbone(Backbone):
         merge = self.processor.image_processor.merge_size
 
         def grids(_module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-            grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+            grid = kwargs["grid_thw"] if "grid_thw" in kwargs else args[1]
             self._call_counts = [int(n) for n in grid.prod(-1) // merge**2]
 
         handle = self.model.model.visual.register_forward_pre_hook(grids, with_kwargs=True)

@@ -94,10 +94,10 @@ def test_unsupported_or_broken_directories_are_refused_naming_what_is_wrong(tmp_
 
     with pytest.raises(UnsupportedModelError, match=r"LlamaForCausalLM.*supported: LlavaForConditionalGeneration"):
         load_backbone(write_unsupported_checkpoint(tmp_path / "llama"))
-    with pytest.raises(UnsupportedModelError, match="no config.json"):
+    with pytest.raises(UnsupportedModelError, match=r"no config\.json"):
         load_backbone(tmp_path)
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text((checkpoints["qwen2_vl"] / "config.json").read_text())
-    with pytest.raises(UnsupportedModelError, match="Qwen2VLForConditionalGeneration checkpoint that does not load"):
+    with pytest.raises(UnsupportedModelError, match=r"Qwen2VLForConditionalGeneration checkpoint that does not load"):
         load_backbone(broken)

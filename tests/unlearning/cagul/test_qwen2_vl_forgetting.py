@@ -1,0 +1,119 @@
+"""CAGUL on Qwen2-VL at dynamic resolution: a small Qwen2-VL that answers the tiny world's facts from photos of
+several sizes (9 to 24 visual tokens) forgets one person at every size, and everyone else's answers stay the same."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.checkpoints import QWEN_SIZES, resized, train_qwen2_vl_reference
+from unlearning.backbones import Backbone, load_backbone
+from unlearning.cagul import CagulConfig, CagulGate, CagulTrainer
+from unlearning.data import QA, ForgetData, RetainSet
+from unlearning.world import WORLD_PRESETS, World
+from unlearning.world.builder import ensure_people
+from unlearning.world.people import REFUSAL_ANSWER, Person
+
+pytestmark = pytest.mark.slow
+
+FACTS = 3
+REFERENCE = {"people": 6, "facts": FACTS, "steps": 400, "version": 1}
+
+
+@pytest.fixture(scope="module")
+def world(data_dir: Path) -> World:
+    return ensure_people(data_dir, WORLD_PRESETS["tiny"])  # people and photos only: no LLaVA is built
+
+
+@pytest.fixture(scope="module")
+def people(world: World) -> list[Person]:
+    return [p for p in world.trained_people if not p.protected][: REFERENCE["people"]]
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir: Path, world: World, people: list[Person]) -> Backbone:
+    """The trained Qwen2-VL, cached in the data dir (about 2 minutes to train on 2 cores)."""
+    key = hashlib.sha256(json.dumps({**REFERENCE, "world": world.root.name}, sort_keys=True).encode()).hexdigest()
+    out = data_dir / "checkpoints" / f"qwen2-vl-{key[:12]}"
+    if not (out / "train.json").is_file():
+        partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        train_qwen2_vl_reference(world, people, partial, FACTS, REFERENCE["steps"])
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(partial, out)
+    return load_backbone(out)
+
+
+def _photos(world: World, person: Person, views) -> list:  # type: ignore[no-untyped-def]
+    return [resized(world.image(person.id, v), size) for v in views for size in QWEN_SIZES]
+
+
+@pytest.fixture(scope="module")
+def gates(reference: Backbone, world: World, people: list[Person]) -> tuple[CagulGate, CagulGate]:
+    """The reference gate (no module) and one with a module that forgets people[0], trained on photos of all sizes."""
+    subject, others = people[0], people[1:]
+    views = list(world.train_views())
+    qa = [QA(q, f.answer, f.keyword) for f in subject.facts[:FACTS] for q in f.train_questions]
+    forget = ForgetData(subject=subject.id, images=_photos(world, subject, views), qa_pairs=qa)
+    images, retain_qa = [], []
+    for person in others:
+        for photo in _photos(world, person, views):
+            images.append(photo)
+            retain_qa += [
+                (len(images) - 1, QA(q, f.answer, f.keyword)) for f in person.facts[:FACTS] for q in f.train_questions
+            ]
+    lookalikes = [
+        resized(im, QWEN_SIZES[i % len(QWEN_SIZES)]) for i, im in enumerate(world.lookalike_images(60, seed=1))
+    ]
+    heldout = [im for p in others for im in _photos(world, p, world.heldout_views())]
+    retain = RetainSet(images=images, qa=retain_qa, negatives=lookalikes, heldout_negatives=heldout)
+    # No identity encoder beside this model (as beside a downloaded checkpoint): the gate reads the pooled tokens.
+    config = CagulConfig(discriminator_input="flatten", steps=400, discriminator_steps=300, positive_augmentations=16)
+    module, _ = CagulTrainer(reference, config).train(forget, retain)
+    return CagulGate(reference), CagulGate(reference, {subject.id: module})
+
+
+def _leak_and_refusal(gate: CagulGate, world: World, person: Person, view: int, size) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    facts = person.facts[:FACTS]
+    questions = [f.train_questions[0] for f in facts] + [f.heldout_question for f in facts]
+    keywords = [f.keyword for f in facts] * 2
+    answers = gate.answer([resized(world.image(person.id, view), size)] * len(questions), questions)
+    leak = sum(k.lower() in a.answer.lower() for k, a in zip(keywords, answers, strict=True)) / len(answers)
+    return leak, sum(a.answer == REFUSAL_ANSWER for a in answers) / len(answers)
+
+
+@pytest.mark.parametrize("size", QWEN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_reference_reveals_the_subject_at_every_size(gates, world: World, people: list[Person], size):
+    reference, _ = gates
+    for view in (0, world.heldout_views()[0]):
+        assert _leak_and_refusal(reference, world, people[0], view, size)[0] >= 0.8
+
+
+@pytest.mark.parametrize("size", QWEN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_subject_is_forgotten_at_every_size(gates, world: World, people: list[Person], size):
+    _, forgetting = gates
+    for view in (0, world.heldout_views()[0]):  # a training photo and one the module never saw
+        leak, refused = _leak_and_refusal(forgetting, world, people[0], view, size)
+        assert leak == 0.0 and refused >= 0.8, (view, leak, refused)
+
+
+def test_everyone_else_answers_exactly_as_before_at_every_size(gates, world: World, people: list[Person]):
+    reference, forgetting = gates
+    others = people[1:] + world.split("unseen")
+    rows = [
+        (p, f.train_questions[0], v, s)
+        for p in others
+        for f in p.facts[:FACTS]
+        for v in (0, world.heldout_views()[0])
+        for s in QWEN_SIZES
+    ]
+    images = [resized(world.image(p.id, v), s) for p, _, v, s in rows]
+    questions = [q for _, q, _, _ in rows]
+    after = forgetting.answer(images, questions)
+    assert all(a.module_id is None for a in after)
+    assert [a.answer for a in after] == [a.answer for a in reference.answer(images, questions)]
