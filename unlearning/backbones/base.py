@@ -143,6 +143,11 @@ class Backbone(ABC):
         """Number of visual tokens per image the gate reads (discriminator and identity encoder input); for a
         fixed-resolution family also the number one image becomes in the language model's input."""
 
+    @property
+    def variable_token_count(self) -> bool:
+        """Whether images of different sizes become different numbers of visual tokens (dynamic resolution)."""
+        return False
+
     def image_token_counts(self, image_inputs: dict[str, torch.Tensor]) -> list[int]:
         """Visual tokens each processed image becomes in the language model's input.
 

@@ -71,6 +71,10 @@ class Qwen2VLBackbone(Backbone):
         return low != high
 
     @property
+    def variable_token_count(self) -> bool:
+        return self.dynamic
+
+    @property
     def n_visual_tokens(self) -> int:
         if self.dynamic:
             return GATE_GRID * GATE_GRID

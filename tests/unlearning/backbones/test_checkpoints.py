@@ -13,7 +13,7 @@ from unlearning.backbones import load_backbone
 from unlearning.backbones.llava import LlavaBackbone
 from unlearning.backbones.qwen2_vl import GATE_GRID, Qwen2VLBackbone
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule
-from unlearning.errors import UnsupportedModelError
+from unlearning.errors import InvalidInputError, UnsupportedModelError
 
 SIZES = [(48, 48), (80, 64), (64, 64)]
 
@@ -101,3 +101,14 @@ def test_unsupported_or_broken_directories_are_refused_naming_what_is_wrong(tmp_
     (broken / "config.json").write_text((checkpoints["qwen2_vl"] / "config.json").read_text())
     with pytest.raises(UnsupportedModelError, match=r"Qwen2VLForConditionalGeneration checkpoint that does not load"):
         load_backbone(broken)
+
+
+def test_position_offsets_are_refused_where_the_token_count_changes_with_the_photo(checkpoints: dict[str, Path]):
+    from unlearning.cagul import CagulTrainer
+    from unlearning.data import QA, ForgetData, RetainSet
+
+    bb = load_backbone(checkpoints["qwen2_vl"])
+    forget = ForgetData(subject="s", images=_photos()[:1], qa_pairs=[QA("who is this?", "someone.")])
+    retain = RetainSet(images=_photos()[1:], qa=[(0, QA("who is this?", "another."))])
+    with pytest.raises(InvalidInputError, match="position_offsets"):
+        CagulTrainer(bb, CagulConfig(position_offsets=True, discriminator_input="flatten")).train(forget, retain)

@@ -22,7 +22,7 @@ from unlearning.world.people import REFUSAL_ANSWER, Person
 pytestmark = pytest.mark.slow
 
 FACTS = 3
-REFERENCE = {"people": 6, "facts": FACTS, "steps": 400, "version": 1}
+REFERENCE = {"people": 5, "facts": FACTS, "steps": 400, "version": 1}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,10 @@ def world(data_dir: Path) -> World:
 
 @pytest.fixture(scope="module")
 def people(world: World) -> list[Person]:
-    return [p for p in world.trained_people if not p.protected][: REFERENCE["people"]]
+    # With the protected people, whom the model declines to talk about: a refusal an image can bring about (without
+    # them the encoder found other people's answers, not the refusal: 1 answer in 6 refused).
+    known = [p for p in world.trained_people if not p.protected][: REFERENCE["people"]]
+    return known + [p for p in world.trained_people if p.protected]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def gates(reference: Backbone, world: World, people: list[Person]) -> tuple[Cagu
     heldout = [im for p in others for im in _photos(world, p, world.heldout_views())]
     retain = RetainSet(images=images, qa=retain_qa, negatives=lookalikes, heldout_negatives=heldout)
     # No identity encoder beside this model (as beside a downloaded checkpoint): the gate reads the pooled tokens.
-    config = CagulConfig(discriminator_input="flatten", steps=400, discriminator_steps=300, positive_augmentations=16)
+    config = CagulConfig(discriminator_input="flatten", steps=300, positive_augmentations=16)
     module, _ = CagulTrainer(reference, config).train(forget, retain)
     return CagulGate(reference), CagulGate(reference, {subject.id: module})
 
