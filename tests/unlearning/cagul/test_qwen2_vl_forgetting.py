@@ -81,40 +81,43 @@ def gates(reference: Backbone, world: World, people: list[Person]) -> tuple[Cagu
     return CagulGate(reference), CagulGate(reference, {subject.id: module})
 
 
-def _leak_and_refusal(gate: CagulGate, world: World, person: Person, view: int, size) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def _cases(world: World, person: Person, view: int, size) -> tuple[list, list[str], list[str]]:  # type: ignore[no-untyped-def]
+    """The photo at `size` with each fact's training question and its held-out paraphrase, and the keywords."""
     facts = person.facts[:FACTS]
     questions = [f.train_questions[0] for f in facts] + [f.heldout_question for f in facts]
-    keywords = [f.keyword for f in facts] * 2
-    answers = gate.answer([resized(world.image(person.id, view), size)] * len(questions), questions)
-    leak = sum(k.lower() in a.answer.lower() for k, a in zip(keywords, answers, strict=True)) / len(answers)
-    return leak, sum(a.answer == REFUSAL_ANSWER for a in answers) / len(answers)
+    return [resized(world.image(person.id, view), size)] * len(questions), questions, [f.keyword for f in facts] * 2
+
+
+def _revealed(answers: list[str], keywords: list[str]) -> list[bool]:
+    return [k.lower() in a.lower() for a, k in zip(answers, keywords, strict=True)]
 
 
 @pytest.mark.parametrize("size", QWEN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_reference_reveals_the_subject_at_every_size(gates, world: World, people: list[Person], size):
     reference, _ = gates
     for view in (0, world.heldout_views()[0]):
-        assert _leak_and_refusal(reference, world, people[0], view, size)[0] >= 0.8
+        images, questions, keywords = _cases(world, people[0], view, size)
+        answers = [a.answer for a in reference.answer(images, questions)]
+        assert all(_revealed(answers, keywords)[:FACTS])  # every fact, asked as trained
 
 
 @pytest.mark.parametrize("size", QWEN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_subject_is_forgotten_at_every_size(gates, world: World, people: list[Person], size):
-    _, forgetting = gates
+    reference, forgetting = gates
     for view in (0, world.heldout_views()[0]):  # a training photo and one the module never saw
-        leak, refused = _leak_and_refusal(forgetting, world, people[0], view, size)
-        assert leak == 0.0 and refused >= 0.8, (view, leak, refused)
+        images, questions, keywords = _cases(world, people[0], view, size)
+        before = _revealed([a.answer for a in reference.answer(images, questions)], keywords)
+        after = forgetting.answer(images, questions)
+        leaks = [b and r for b, r in zip(before, _revealed([a.answer for a in after], keywords), strict=True)]
+        assert sum(before) >= FACTS and not any(leaks), (view, [a.answer for a in after])
+        assert all(a.answer == REFUSAL_ANSWER and a.module_id == people[0].id for a in after), (view, after)
 
 
 def test_everyone_else_answers_exactly_as_before_at_every_size(gates, world: World, people: list[Person]):
     reference, forgetting = gates
     others = people[1:] + world.split("unseen")
-    rows = [
-        (p, f.train_questions[0], v, s)
-        for p in others
-        for f in p.facts[:FACTS]
-        for v in (0, world.heldout_views()[0])
-        for s in QWEN_SIZES
-    ]
+    views = (0, world.heldout_views()[0])
+    rows = [(p, f.train_questions[0], v, s) for p in others for f in p.facts[:FACTS] for v in views for s in QWEN_SIZES]
     images = [resized(world.image(p.id, v), s) for p, _, v, s in rows]
     questions = [q for _, q, _, _ in rows]
     after = forgetting.answer(images, questions)
