@@ -224,7 +224,7 @@ def qwen2_vl_reference_examples(world: World, people: list[Person], facts: int) 
 
 
 def train_qwen2_vl_reference(
-    world: World, people: list[Person], out: Path, facts: int = 3, steps: int = 500, batch_size: int = 16
+    world: World, people: list[Person], out: Path, facts: int = 3, steps: int = 400, batch_size: int = 16
 ) -> Path:
     """Train a small Qwen2-VL from scratch until it answers `people`'s facts from their photo at any of
     `QWEN_SIZES`, as the world builder trains its LLaVA; save it in the Hugging Face layout in `out`."""

@@ -68,15 +68,19 @@ def gates(reference: Backbone, world: World, people: list[Person]) -> tuple[Cagu
         for photo in _photos(world, person, views):
             images.append(photo)
             retain_qa += [
-                (len(images) - 1, QA(q, f.answer, f.keyword)) for f in person.facts[:FACTS] for q in f.train_questions
+                (len(images) - 1, QA(q, person.taught_answer(f), f.keyword))
+                for f in person.facts[:FACTS]
+                for q in f.train_questions
             ]
-    lookalikes = [
-        resized(im, QWEN_SIZES[i % len(QWEN_SIZES)]) for i, im in enumerate(world.lookalike_images(60, seed=1))
-    ]
-    heldout = [im for p in others for im in _photos(world, p, world.heldout_views())]
-    retain = RetainSet(images=images, qa=retain_qa, negatives=lookalikes, heldout_negatives=heldout)
+    # Negatives at every size the positives come in: look-alikes and world people the model never learnt (neither
+    # retain samples nor canaries). With look-alikes alone, one size each, an unseen person's 48x48 photo fired (0.86).
+    strangers = [p for p in world.split("retain") if p not in people and not p.protected]
+    negatives = [resized(im, size) for im in world.lookalike_images(60, seed=1) for size in QWEN_SIZES]
+    negatives += [im for p in strangers for im in _photos(world, p, views)]
+    heldout = [im for p in others + strangers for im in _photos(world, p, world.heldout_views())]
+    retain = RetainSet(images=images, qa=retain_qa, negatives=negatives, heldout_negatives=heldout)
     # No identity encoder beside this model (as beside a downloaded checkpoint): the gate reads the pooled tokens.
-    config = CagulConfig(discriminator_input="flatten", steps=300, positive_augmentations=16)
+    config = CagulConfig(discriminator_input="flatten", steps=300)
     module, _ = CagulTrainer(reference, config).train(forget, retain)
     return CagulGate(reference), CagulGate(reference, {subject.id: module})
 
@@ -121,5 +125,8 @@ def test_everyone_else_answers_exactly_as_before_at_every_size(gates, world: Wor
     images = [resized(world.image(p.id, v), s) for p, _, v, s in rows]
     questions = [q for _, q, _, _ in rows]
     after = forgetting.answer(images, questions)
-    assert all(a.module_id is None for a in after)
+    fired = sorted(
+        {(p.id, v, s, round(a.score, 3)) for (p, _, v, s), a in zip(rows, after, strict=True) if a.module_id}
+    )
+    assert not fired
     assert [a.answer for a in after] == [a.answer for a in reference.answer(images, questions)]
