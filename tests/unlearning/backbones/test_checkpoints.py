@@ -112,3 +112,21 @@ def test_position_offsets_are_refused_where_the_token_count_changes_with_the_pho
     retain = RetainSet(images=_photos()[1:], qa=[(0, QA("who is this?", "another."))])
     with pytest.raises(InvalidInputError, match="position_offsets"):
         CagulTrainer(bb, CagulConfig(position_offsets=True, discriminator_input="flatten")).train(forget, retain)
+
+
+def test_an_identity_encoder_trains_and_loads_on_photos_of_mixed_sizes(checkpoints: dict[str, Path], tmp_path: Path):
+    import shutil
+
+    from unlearning.identity import IdentityConfig, save_identity_encoder, train_identity_encoder
+
+    bb = load_backbone(checkpoints["qwen2_vl"])
+    colours = [(40 * i % 256, 90 * i % 256, 150 * i % 256) for i in range(8)]
+    portraits = [[Image.new("RGB", size, colour) for size in SIZES[:2]] for colour in colours]  # 9 and 20 tokens
+    config = IdentityConfig(identities=8, views=2, width=32, dim=8, steps=3, batch_size=4)
+    encoder = train_identity_encoder(bb, portraits, config)
+    directory = shutil.copytree(checkpoints["qwen2_vl"], tmp_path / "with-identity")
+    save_identity_encoder(encoder, config, directory)
+    served = load_backbone(directory)  # the encoder reads the gate's pooled grid, whatever the photo's size
+    embeddings = served.identity_embeddings(served.visual_tokens(served.pixel_values(_photos())))
+    assert embeddings.shape == (3, 8)
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(3))
