@@ -125,9 +125,14 @@ def write_llava_checkpoint(out: Path, seed: int = 0, corpus: Iterable[str] = COR
 
 
 def qwen2_vl_parts(
-    seed: int = 0, corpus: Iterable[str] = CORPUS, hidden: int = 64, layers: int = 2, vocab_size: int = 400
+    seed: int = 0,
+    corpus: Iterable[str] = CORPUS,
+    hidden: int = 64,
+    layers: int = 2,
+    vocab_size: int = 400,
+    pixels: tuple[int, int] = (QWEN_MIN_PIXELS, QWEN_MAX_PIXELS),
 ) -> tuple[Qwen2VLForConditionalGeneration, ImageOnlyQwen2VLProcessor]:
-    """A small random-weight Qwen2-VL and its processor (dynamic resolution), not yet on disk."""
+    """A small random-weight Qwen2-VL and its processor (dynamic resolution unless `pixels` are equal), not on disk."""
     torch.manual_seed(seed)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=_bpe(QWEN_SPECIALS, corpus, vocab_size)._tokenizer,
@@ -171,7 +176,7 @@ def qwen2_vl_parts(
         vision_end_token_id=ids["<|vision_end|>"],
     )
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS, patch_size=8, merge_size=2, temporal_patch_size=2
+        min_pixels=pixels[0], max_pixels=pixels[1], patch_size=8, merge_size=2, temporal_patch_size=2
     )
     processor = ImageOnlyQwen2VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=QWEN_CHAT_TEMPLATE
@@ -179,9 +184,12 @@ def qwen2_vl_parts(
     return Qwen2VLForConditionalGeneration(config), processor
 
 
-def write_qwen2_vl_checkpoint(out: Path, seed: int = 0) -> Path:
-    """A Qwen2-VL-shaped `Qwen2VLForConditionalGeneration` at dynamic resolution (4 to 36 visual tokens) in `out`."""
-    model, processor = qwen2_vl_parts(seed)
+def write_qwen2_vl_checkpoint(
+    out: Path, seed: int = 0, pixels: tuple[int, int] = (QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
+) -> Path:
+    """A Qwen2-VL-shaped `Qwen2VLForConditionalGeneration` in `out`: by default at dynamic resolution (4 to 36 visual
+    tokens an image), at one fixed size where `pixels` (min_pixels, max_pixels) are equal."""
+    model, processor = qwen2_vl_parts(seed, pixels=pixels)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     # The processor's own save_pretrained needs its video processor (torchvision): its parts save one by one.
