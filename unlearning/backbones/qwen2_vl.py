@@ -23,7 +23,9 @@ from unlearning.backbones.base import Backbone, VisualOverride, VLMBatch
 
 # Side of the pooled token grid the gate reads at dynamic resolution. Pooling over padding-with-a-mask: the gate's
 # inputs (a flattened-token discriminator, the identity encoder) need a fixed size, and a pooled grid keeps where
-# on the image each region lies, which a masked pool over a variable token set throws away.
+# on the image each region lies, which a masked pool over a variable token set throws away. Measured on a small
+# Qwen2-VL, photos of 9 to 24 tokens (bench/qwen_gate_input.py): one person's held-out views against others', AUC
+# 0.999 pooled and flattened, 0.945 masked attention pool, 0.970 masked mean pool.
 GATE_GRID = 4
 
 
