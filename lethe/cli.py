@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from core.settings import get_settings
+from lethe.model import model_app
 
 if TYPE_CHECKING:
     from core.certificates.verify import Check
@@ -24,6 +25,7 @@ world_app = typer.Typer(help="The reference world: fictitious people and models 
 app.add_typer(world_app, name="world")
 bench_app = typer.Typer(help="Benchmarks that print their figures beside the baselines'.")
 app.add_typer(bench_app, name="bench")
+app.add_typer(model_app, name="model")
 err = Console(stderr=True)
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default: LETHE_DATA_DIR or .lethe).")]

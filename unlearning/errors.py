@@ -23,3 +23,7 @@ class WorldNotBuiltError(UnlearningError):
 
 class TimeBudgetExceeded(UnlearningError):
     """A computation given a `Deadline` ran past it; it stopped between two steps."""
+
+
+class UnsupportedModelError(InvalidInputError):
+    """A model directory cannot be served: not a checkpoint, an architecture Lethe has no backbone for, or broken."""

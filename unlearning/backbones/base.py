@@ -119,11 +119,12 @@ class Backbone(ABC):
     def check_image(self, image: Image.Image) -> Image.Image:
         return validate_image(image)
 
-    def prompt_ids(self, question: str) -> list[int]:
+    def prompt_ids(self, question: str, n_image: int | None = None) -> list[int]:
+        """Prompt token ids with `n_image` image placeholders (default: the fixed count, `n_visual_tokens`)."""
         if not question.strip():
             raise InvalidInputError("question is empty: send a non-empty question")
         text = self.prompt_template.format(question=question.strip())
-        n_image = self.n_visual_tokens
+        n_image = self.n_visual_tokens if n_image is None else n_image
         ids: list[int] = []
         before, _, after = text.partition("<image>")
         if self.tokenizer.bos_token_id is not None:
@@ -139,7 +140,24 @@ class Backbone(ABC):
     @property
     @abstractmethod
     def n_visual_tokens(self) -> int:
-        """Number of visual tokens one image becomes in the language model's input."""
+        """Number of visual tokens per image the gate reads (discriminator and identity encoder input); for a
+        fixed-resolution family also the number one image becomes in the language model's input."""
+
+    @property
+    def variable_token_count(self) -> bool:
+        """Whether images of different sizes become different numbers of visual tokens (dynamic resolution)."""
+        return False
+
+    def image_token_counts(self, image_inputs: dict[str, torch.Tensor]) -> list[int]:
+        """Visual tokens each processed image becomes in the language model's input.
+
+        Extension point: a dynamic-resolution family counts them from its image inputs.
+        """
+        return [self.n_visual_tokens] * int(image_inputs["pixel_values"].shape[0])
+
+    def visual_counts(self, batch: VLMBatch) -> torch.Tensor:
+        """Visual tokens of each row of a batch (one image a row): [batch]."""
+        return (batch.input_ids == self.image_token_id).sum(1).cpu()
 
     def pixel_values(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         return self._image_inputs([self.check_image(im) for im in images])
@@ -152,7 +170,10 @@ class Backbone(ABC):
         pad_left: bool | None = None,
     ) -> VLMBatch:
         """Tokenise prompts (and answers, masked into labels) around already-processed images."""
-        prompts = [self.prompt_ids(q) for q in questions]
+        counts = self.image_token_counts(image_inputs)
+        if len(counts) != len(questions):
+            raise InvalidInputError(f"{len(counts)} images for {len(questions)} questions: send one image a question")
+        prompts = [self.prompt_ids(q, n) for q, n in zip(questions, counts, strict=True)]
         targets = [self.answer_ids(a) for a in answers] if answers is not None else [[] for _ in prompts]
         pad_left = answers is None if pad_left is None else pad_left
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -228,12 +249,16 @@ class Backbone(ABC):
         self, images: Sequence[Image.Image], config: AugmentConfig, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
         """Image inputs of randomly changed views (crop, rotation, flip, colour, noise) of `images`."""
-        raw = torch.stack(
-            [torch.from_numpy(np.asarray(self.check_image(im), dtype=np.float32) / 255.0) for im in images]
-        )
-        views = augment(raw.permute(0, 3, 1, 2), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), config, generator)
-        arrays = (views.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return self._image_inputs([Image.fromarray(a) for a in arrays])
+        checked = [self.check_image(im) for im in images]
+        views: list[Image.Image | None] = [None] * len(checked)
+        for size in dict.fromkeys(im.size for im in checked):  # one augment call per image size, order kept
+            rows = [i for i, im in enumerate(checked) if im.size == size]
+            raw = torch.stack([torch.from_numpy(np.asarray(checked[i], dtype=np.float32) / 255.0) for i in rows])
+            changed = augment(raw.permute(0, 3, 1, 2), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), config, generator)
+            arrays = (changed.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+            for i, a in zip(rows, arrays, strict=True):
+                views[i] = Image.fromarray(a)
+        return self._image_inputs([v for v in views if v is not None])
 
     def logits(
         self, batch: VLMBatch, override: VisualOverride | torch.Tensor | None = None, logits_to_keep: int = 0
@@ -249,7 +274,8 @@ class Backbone(ABC):
         override: VisualOverride | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attention from the question's text tokens to each visual token, averaged over heads,
-        question tokens and `layers`: [batch, n_visual]. Only those rows and columns are kept."""
+        question tokens and `layers`: [batch, n_visual]. Only those rows and columns are kept. With images of
+        different token counts, rows are padded at the end with zeros (see `visual_counts`)."""
         all_layers = self.attention_layers()
         chosen = list(range(len(all_layers))) if layers is None else [i % len(all_layers) for i in layers]
         image_cols = batch.input_ids == self.image_token_id  # [B, T]
@@ -266,7 +292,7 @@ class Backbone(ABC):
                 raise RuntimeError("attention weights unavailable: load the model with attn_implementation='eager'")
             per_token = weights.mean(1)  # heads -> [B, T, T]
             rows = (per_token * question_rows[:, :, None]).sum(1) / question_rows.sum(1, keepdim=True).clamp(min=1)
-            totals.append(rows[image_cols].view(rows.shape[0], -1))
+            totals.append(_per_row(rows, image_cols))
 
         handles = [all_layers[i].register_forward_hook(hook) for i in chosen]
         try:
@@ -344,6 +370,14 @@ class Backbone(ABC):
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+
+
+def _per_row(values: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """values[i, chosen[i]] per row, zero-padded at the end to the longest row: [batch, max chosen]."""
+    counts = chosen.sum(1)
+    if bool((counts == counts[0]).all()):
+        return values[chosen].view(values.shape[0], -1)
+    return torch.nn.utils.rnn.pad_sequence([v[c] for v, c in zip(values, chosen, strict=True)], batch_first=True)
 
 
 def parameters_sha256(model: torch.nn.Module) -> str:

@@ -272,7 +272,7 @@ class CagulGate:
             scores = self.backbone.attention_scores(batch, cfg.attention_layers)
         mask = select_tokens(
             scores,
-            self.backbone.n_visual_tokens,
+            self.backbone.visual_counts(batch),
             cfg.token_rule,
             cfg.token_share,
             batch.input_ids.shape[0],

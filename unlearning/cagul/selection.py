@@ -7,26 +7,32 @@ import torch
 
 def select_tokens(
     scores: torch.Tensor | None,
-    n_tokens: int,
+    n_tokens: int | torch.Tensor,
     rule: str,
     share: float,
     batch: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Boolean mask [batch, n_tokens]: the k = ceil(share * n) lowest/highest/random-scored tokens, or all."""
-    k = max(1, min(n_tokens, round(share * n_tokens)))
-    if rule == "all" or k == n_tokens:
-        return torch.ones(batch, n_tokens, dtype=torch.bool)
+    """Boolean mask [batch, n]: per row the k = round(share * n_row) lowest/highest/random-scored tokens, or all.
+
+    `n_tokens` is one count for every row, or per row (images of different sizes: rows padded at the end to the
+    largest, padding never selected).
+    """
+    counts = torch.as_tensor(n_tokens).expand(batch).long().cpu()
+    width = int(counts.max())
+    valid = torch.arange(width)[None, :] < counts[:, None]
+    k = (share * counts).round().long().clamp(min=1).minimum(counts)
+    if rule == "all" or bool((k == counts).all()):
+        return valid
     if rule == "random":
-        keys = torch.rand(batch, n_tokens, generator=generator)
+        keys = torch.rand(batch, width, generator=generator)
     else:
         if scores is None:
             raise ValueError(f"token rule {rule!r} needs attention scores")
         keys = scores.detach().float().cpu() if rule == "lowest" else -scores.detach().float().cpu()
-    idx = keys.topk(k, dim=1, largest=False).indices
-    mask = torch.zeros(batch, n_tokens, dtype=torch.bool)
-    mask.scatter_(1, idx, True)
-    return mask
+    keys = keys.masked_fill(~valid, float("inf"))
+    rank = keys.argsort(dim=1).argsort(dim=1)  # each token's place in its row's order, lowest key first
+    return rank < k[:, None]
 
 
 def apply_encoder(encoder: torch.nn.Module, z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
 from unlearning.cagul.selection import apply_encoder, select_tokens
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.deadline import Deadline, check
-from unlearning.errors import UnlearningError
+from unlearning.errors import InvalidInputError, UnlearningError
 from unlearning.losses import answer_kl, answer_nll, npo_loss
 
 ProgressFn = Callable[[str, int, int, float], None]
@@ -98,6 +98,9 @@ class CagulTrainer:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         bb = self.backbone
+        # A learned offset per token position means nothing where the token count changes with the photo's size.
+        if cfg.position_offsets and bb.variable_token_count:
+            raise InvalidInputError("position_offsets needs a fixed number of visual tokens: this model has none")
         identity_dim = bb.identity_dim if cfg.discriminator_input == "identity" else 0
         module = CagulModule(cfg, bb.n_visual_tokens, bb.hidden_size, identity_dim).to(bb.device)
         if bb.device.type == "cuda":
@@ -272,7 +275,7 @@ class CagulTrainer:
             scores = self.backbone.attention_scores(prompt_only, cfg.attention_layers)
         mask = select_tokens(
             scores,
-            self.backbone.n_visual_tokens,
+            self.backbone.visual_counts(batch),
             cfg.token_rule,
             cfg.token_share,
             batch.input_ids.shape[0],

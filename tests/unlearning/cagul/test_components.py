@@ -63,6 +63,19 @@ def test_selection_rules_pick_k_lowest_highest_random_or_all():
         select_tokens(None, 4, "lowest", 0.5, 2)
 
 
+def test_selection_per_row_counts_never_picks_padding():
+    # Two images of 4 and 2 visual tokens, the second padded with zero scores (as `attention_scores` pads it).
+    scores = torch.tensor([[0.1, 0.5, 0.2, 0.9], [0.4, 0.3, 0.0, 0.0]])
+    counts = torch.tensor([4, 2])
+    assert select_tokens(scores, counts, "lowest", 0.5, 2).tolist() == [
+        [True, False, True, False],
+        [False, True, False, False],
+    ]
+    assert select_tokens(None, counts, "all", 1.0, 2).tolist() == [[True] * 4, [True, True, False, False]]
+    rand = select_tokens(None, counts, "random", 0.5, 2, torch.Generator().manual_seed(0))
+    assert rand.sum(1).tolist() == [2, 1] and not bool(rand[1, 2:].any())
+
+
 def test_encoder_only_rewrites_selected_tokens():
     enc = TokenEncoder(8, 16)
     torch.nn.init.normal_(enc.fc2.weight)

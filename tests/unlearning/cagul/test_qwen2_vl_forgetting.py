@@ -1,0 +1,135 @@
+"""CAGUL on Qwen2-VL at dynamic resolution: a small Qwen2-VL that answers the tiny world's facts from photos of
+several sizes (9 to 24 visual tokens) forgets one person at every size, and everyone else's answers stay the same."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.checkpoints import QWEN_SIZES, resized, train_qwen2_vl_reference
+from unlearning.backbones import Backbone, load_backbone
+from unlearning.cagul import CagulConfig, CagulGate, CagulTrainer
+from unlearning.data import QA, ForgetData, RetainSet
+from unlearning.world import WORLD_PRESETS, World
+from unlearning.world.builder import ensure_people
+from unlearning.world.people import REFUSAL_ANSWER, Person
+
+pytestmark = pytest.mark.slow
+
+FACTS = 3
+REFERENCE = {"people": 5, "facts": FACTS, "steps": 400, "version": 1}
+
+
+@pytest.fixture(scope="module")
+def world(data_dir: Path) -> World:
+    return ensure_people(data_dir, WORLD_PRESETS["tiny"])  # people and photos only: no LLaVA is built
+
+
+@pytest.fixture(scope="module")
+def people(world: World) -> list[Person]:
+    # With the protected people, whom the model declines to talk about: a refusal an image can bring about (without
+    # them the encoder found other people's answers, not the refusal: 1 answer in 6 refused).
+    known = [p for p in world.trained_people if not p.protected][: REFERENCE["people"]]
+    return known + [p for p in world.trained_people if p.protected]
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir: Path, world: World, people: list[Person]) -> Backbone:
+    """The trained Qwen2-VL, cached in the data dir (about 2 minutes to train on 2 cores)."""
+    key = hashlib.sha256(json.dumps({**REFERENCE, "world": world.root.name}, sort_keys=True).encode()).hexdigest()
+    out = data_dir / "checkpoints" / f"qwen2-vl-{key[:12]}"
+    if not (out / "train.json").is_file():
+        partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        train_qwen2_vl_reference(world, people, partial, FACTS, REFERENCE["steps"])
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(partial, out)
+    return load_backbone(out)
+
+
+def _photos(world: World, person: Person, views) -> list:  # type: ignore[no-untyped-def]
+    return [resized(world.image(person.id, v), size) for v in views for size in QWEN_SIZES]
+
+
+@pytest.fixture(scope="module")
+def gates(reference: Backbone, world: World, people: list[Person]) -> tuple[CagulGate, CagulGate]:
+    """The reference gate (no module) and one with a module that forgets people[0], trained on photos of all sizes."""
+    subject, others = people[0], people[1:]
+    views = list(world.train_views())
+    qa = [QA(q, f.answer, f.keyword) for f in subject.facts[:FACTS] for q in f.train_questions]
+    forget = ForgetData(subject=subject.id, images=_photos(world, subject, views), qa_pairs=qa)
+    images, retain_qa = [], []
+    for person in others:
+        for photo in _photos(world, person, views):
+            images.append(photo)
+            retain_qa += [
+                (len(images) - 1, QA(q, person.taught_answer(f), f.keyword))
+                for f in person.facts[:FACTS]
+                for q in f.train_questions
+            ]
+    # Negatives at every size the positives come in: look-alikes and world people the model never learnt (neither
+    # retain samples nor canaries). With look-alikes alone, one size each, an unseen person's 48x48 photo fired (0.86).
+    strangers = [p for p in world.split("retain") if p not in people and not p.protected]
+    negatives = [resized(im, size) for im in world.lookalike_images(60, seed=1) for size in QWEN_SIZES]
+    negatives += [im for p in strangers for im in _photos(world, p, views)]
+    heldout = [im for p in others + strangers for im in _photos(world, p, world.heldout_views())]
+    retain = RetainSet(images=images, qa=retain_qa, negatives=negatives, heldout_negatives=heldout)
+    # No identity encoder beside this model (as beside a downloaded checkpoint): the gate reads the pooled tokens.
+    # Held-out photo scores (48x48 .. 64x96) against the highest of other people's 80 photos: 600 discriminator steps
+    # 0.69 0.89 0.97 0.55 / 0.00, 300 steps 0.96 0.92 0.97 0.73 / 0.00, 150 steps 0.99 0.92 0.96 0.83 / 0.01. The
+    # floor a retry for a missing gate reaches (0.5) leaves a margin on both sides.
+    config = CagulConfig(discriminator_input="flatten", steps=300, discriminator_steps=150, threshold_floor=0.5)
+    module, _ = CagulTrainer(reference, config).train(forget, retain)
+    return CagulGate(reference), CagulGate(reference, {subject.id: module})
+
+
+def _cases(world: World, person: Person, view: int, size) -> tuple[list, list[str], list[str]]:  # type: ignore[no-untyped-def]
+    """The photo at `size` with each fact's training question and its held-out paraphrase, and the keywords."""
+    facts = person.facts[:FACTS]
+    questions = [f.train_questions[0] for f in facts] + [f.heldout_question for f in facts]
+    return [resized(world.image(person.id, view), size)] * len(questions), questions, [f.keyword for f in facts] * 2
+
+
+def _revealed(answers: list[str], keywords: list[str]) -> list[bool]:
+    return [k.lower() in a.lower() for a, k in zip(answers, keywords, strict=True)]
+
+
+@pytest.mark.parametrize("size", QWEN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_reference_reveals_the_subject_at_every_size(gates, world: World, people: list[Person], size):
+    reference, _ = gates
+    for view in (0, world.heldout_views()[0]):
+        images, questions, keywords = _cases(world, people[0], view, size)
+        answers = [a.answer for a in reference.answer(images, questions)]
+        assert all(_revealed(answers, keywords)[:FACTS])  # every fact, asked as trained
+
+
+@pytest.mark.parametrize("size", QWEN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_subject_is_forgotten_at_every_size(gates, world: World, people: list[Person], size):
+    reference, forgetting = gates
+    for view in (0, world.heldout_views()[0]):  # a training photo and one the module never saw
+        images, questions, keywords = _cases(world, people[0], view, size)
+        before = _revealed([a.answer for a in reference.answer(images, questions)], keywords)
+        after = forgetting.answer(images, questions)
+        leaks = [b and r for b, r in zip(before, _revealed([a.answer for a in after], keywords), strict=True)]
+        assert sum(before) >= FACTS and not any(leaks), (view, [a.answer for a in after])
+        assert all(a.answer == REFUSAL_ANSWER and a.module_id == people[0].id for a in after), (view, after)
+
+
+def test_everyone_else_answers_exactly_as_before_at_every_size(gates, world: World, people: list[Person]):
+    reference, forgetting = gates
+    others = people[1:] + world.split("unseen")
+    views = (0, world.heldout_views()[0])
+    rows = [(p, f.train_questions[0], v, s) for p in others for f in p.facts[:FACTS] for v in views for s in QWEN_SIZES]
+    images = [resized(world.image(p.id, v), s) for p, _, v, s in rows]
+    questions = [q for _, q, _, _ in rows]
+    after = forgetting.answer(images, questions)
+    fired = sorted(
+        {(p.id, v, s, round(a.score, 3)) for (p, _, v, s), a in zip(rows, after, strict=True) if a.module_id}
+    )
+    assert not fired
+    assert [a.answer for a in after] == [a.answer for a in reference.answer(images, questions)]
