@@ -43,8 +43,8 @@ def readyz(service: Service, admin: Annotated[bool, Depends(optional_admin)]) ->
     dependencies=[Depends(require(ADMIN))],
     responses={code: ERROR_RESPONSES[code] for code in (401, 403)},
 )
-def metrics(service: Service) -> Response:
-    service.readiness()
+def metrics(service: Service, request: Request) -> Response:
+    service.operations(request.app.state.settings.heartbeat_stale_s)  # readiness and queue gauges, read now
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -30,6 +30,11 @@ class Metrics:
         self.ready = Gauge(
             "lethe_ready", "1 when the model and the whole active set are loaded", registry=self.registry
         )
+        self.jobs_waiting = Gauge("lethe_jobs_waiting", "Training jobs sent and not started", registry=self.registry)
+        self.jobs_running = Gauge("lethe_jobs_running", "Training jobs a worker holds", registry=self.registry)
+        self.workers_alive = Gauge(
+            "lethe_workers_alive", "Workers heard from within LETHE_HEARTBEAT_STALE_S", registry=self.registry
+        )
         self.gate_images = Counter("lethe_gate_images", "Images /v1/vqa ran through the gate", registry=self.registry)
         # One series per module that ever fired in this process: bounded by the modules that see traffic.
         self.gate_fires = Counter(
@@ -78,14 +83,15 @@ class OpsService:
         return ReadyOut(ready=ready, detail=detail, adapter_set_version=self.engine.served_version)
 
     def operations(self, stale_after_s: float, seen_within_s: float = 86_400) -> OperationsOut:
-        """Readiness, the training queue, workers heard from in the last day, and the gate's fires."""
+        """Readiness, the training queue, workers heard from in the last day, and the gate's fires (the queue's
+        figures are also set on their gauges, for /metrics)."""
         now = utcnow()
         with transaction(self.sessions) as session:
             counts, oldest, workers = ForgetRequestRepository(session).queue_health(
                 now - timedelta(seconds=seen_within_s)
             )
         images, fires = self.metrics.gate_activity()
-        return OperationsOut(
+        ops = OperationsOut(
             readiness=self.readiness(),
             queue=QueueOut(
                 waiting=counts.get("queued", 0),
@@ -106,6 +112,10 @@ class OpsService:
                 fires=[GateFiresOut(adapter_id=a, fires=n) for a, n in sorted(fires.items(), key=lambda f: -f[1])],
             ),
         )
+        self.metrics.jobs_waiting.set(ops.queue.waiting)
+        self.metrics.jobs_running.set(ops.queue.running)
+        self.metrics.workers_alive.set(sum(w.alive for w in ops.workers))
+        return ops
 
 
 def _aware(moment: datetime) -> datetime:
