@@ -105,7 +105,12 @@ def test_monitoring_is_opt_in_and_its_files_are_wired():
         for panel in json.loads(path.read_text())["panels"]:
             assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
     assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
-    assert ":?" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    # Grafana's admin password from a secret: never a default, and no `${VAR:?}` that would stop a plain `up`.
+    grafana_env = services["grafana"]["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert "grafana_admin_password" in services["grafana"]["secrets"]
+    for name in ("prometheus", "grafana"):
+        assert "${" not in json.dumps(services[name]), f"{name}: a variable Compose would interpolate on every up"
 
 
 def test_the_dashboard_queries_only_metrics_the_api_exports(tmp_path: Path, pg_url: str, redis_url: str):
