@@ -7,11 +7,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -29,6 +33,7 @@ from server.background import PeriodicTask
 from server.body_limit import BodyLimitMiddleware
 from server.callbacks import callback_client, deliver_due_callbacks
 from server.certificates.router import router as certificates_router
+from server.console.router import mount_console
 from server.forget_requests.router import router as forget_requests_router
 from server.forget_requests.schemas import ForgetRequestIn
 from server.inference import InferenceEngine
@@ -39,6 +44,15 @@ from server.vqa.router import router as vqa_router
 from server.vqa.schemas import VQAIn
 
 log = logging.getLogger(__name__)
+# Swagger UI and ReDoc as the fastapi-offline package ships them: /docs and /redoc load nothing from a CDN.
+DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
+DOCS_STATIC = "/docs-static"
+# FastAPI's docs pages start their bundle with an inline script; nothing may load from elsewhere (ReDoc's bundle
+# would fetch its vendor's logo from a CDN).
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'"
+)
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -86,6 +100,39 @@ def _body_limit(settings: Settings) -> Callable[[Scope], tuple[int, str]]:
     return limit_for
 
 
+def _offline_docs(app: FastAPI) -> None:
+    """/docs and /redoc from the assets installed with the project."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            # Swagger UI would send the document to its public validator for a badge.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        page = get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_STATIC}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_STATIC}/favicon.png",
+            with_google_fonts=False,
+        )
+        page.headers["Content-Security-Policy"] = DOCS_CSP
+        return page
+
+
 def create_app(settings: Settings | None = None, load_model: bool = True) -> FastAPI:
     settings = settings or get_settings()
 
@@ -98,7 +145,7 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         app.state.master_key = master_key(settings)
         app.state.signer = signing_key(settings)
         app.state.metrics = Metrics()
-        app.state.engine = InferenceEngine(settings, app.state.sessions)
+        app.state.engine = InferenceEngine(settings, app.state.sessions, on_gated=app.state.metrics.record_gate)
         if settings.bootstrap_admin_key:
             with transaction(app.state.sessions) as session:
                 ApiKeyRepository(session).ensure_admin(settings.bootstrap_admin_key.get_secret_value())
@@ -138,10 +185,14 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         summary="Unlearning as a service for vision-language models (CAGUL).",
         lifespan=lifespan,
         dependencies=[Depends(reject_unknown_query)],
+        docs_url=None,
+        redoc_url=None,
     )
     routers = (forget_requests_router, certificates_router, adapters_router, vqa_router, audit_router, ops_router)
     for router in routers:
         app.include_router(router)
+    mount_console(app)
+    _offline_docs(app)
 
     @app.exception_handler(LetheError)
     async def _lethe_error(_request: Request, exc: LetheError) -> JSONResponse:

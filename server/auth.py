@@ -21,6 +21,7 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: B
 class Principal:
     key_id: str
     scopes: tuple[str, ...]
+    name: str = ""
 
     @property
     def actor(self) -> str:
@@ -30,7 +31,7 @@ class Principal:
 def _principal(request: Request, token: str) -> Principal | None:
     with transaction(request.app.state.sessions) as session:
         key = ApiKeyRepository(session).authenticate(token)
-        return None if key is None else Principal(key.id, tuple(key.scopes))
+        return None if key is None else Principal(key.id, tuple(key.scopes), key.name)
 
 
 def optional_admin(request: Request) -> bool:
@@ -43,15 +44,23 @@ def optional_admin(request: Request) -> bool:
     return principal is not None and ADMIN in principal.scopes
 
 
+def authenticated(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> Principal:
+    """Any valid key, whatever its scopes (for a key to learn what it may do)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise UnauthorizedError("send an API key as `Authorization: Bearer <key>`")
+    principal = _principal(request, credentials.credentials)
+    if principal is None:
+        raise UnauthorizedError("the API key is unknown or revoked")
+    return principal
+
+
 def require(scope: str) -> Callable[..., Principal]:
     def check(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
     ) -> Principal:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise UnauthorizedError("send an API key as `Authorization: Bearer <key>`")
-        principal = _principal(request, credentials.credentials)
-        if principal is None:
-            raise UnauthorizedError("the API key is unknown or revoked")
+        principal = authenticated(request, credentials)
         if scope not in principal.scopes and ADMIN not in principal.scopes:
             raise ForbiddenError(f"this API key lacks the {scope!r} scope")
         return principal

@@ -63,10 +63,15 @@ class ForgetRequestRepository:
     def get(self, request_id: str, *, for_update: bool = False) -> ForgetRequest:
         return fetch_one(self.session, ForgetRequest, request_id, "forget request", for_update=for_update)
 
-    def page(self, *, limit: int, offset: int, status: str | None = None) -> tuple[list[ForgetRequest], int]:
+    def page(
+        self, *, limit: int, offset: int, status: str | None = None, label: str | None = None
+    ) -> tuple[list[ForgetRequest], int]:
+        """Newest first; `label` matches the start of `subject_label` (the only handle on a subject lists have)."""
         query = select(ForgetRequest).order_by(ForgetRequest.created_at.desc(), ForgetRequest.id)
         if status is not None:
             query = query.where(ForgetRequest.status == status)
+        if label is not None:
+            query = query.where(ForgetRequest.subject_label.startswith(label, autoescape=True))
         return paginate(self.session, query, limit, offset)
 
     def set_status(
@@ -169,6 +174,34 @@ class ForgetRequestRepository:
     def latest_job(self, request_id: str) -> Job | None:
         query = select(Job).where(Job.request_id == request_id).order_by(Job.created_at.desc()).limit(1)
         return self.session.scalars(query).first()
+
+    def queue_health(self, seen_since: datetime) -> tuple[dict[str, int], datetime | None, list[Any]]:
+        """In-flight jobs by status, when the oldest waiting one was sent, and each worker heard since `seen_since`.
+
+        Workers are the database's view: those that heartbeated a job (an idle worker writes nothing).
+        """
+        in_flight = (
+            select(Job)
+            .join(ForgetRequest, Job.request_id == ForgetRequest.id)
+            .where(ForgetRequest.status.in_(IN_FLIGHT), Job.status.in_(("queued", "running")))
+            .subquery()
+        )
+        counts = {
+            status: int(n)
+            for status, n in self.session.execute(select(in_flight.c.status, func.count()).group_by(in_flight.c.status))
+        }
+        oldest = self.session.scalar(
+            select(func.min(func.coalesce(in_flight.c.enqueued_at, in_flight.c.created_at))).where(
+                in_flight.c.status == "queued"
+            )
+        )
+        workers = self.session.execute(
+            select(Job.worker, func.max(Job.heartbeat_at), func.count().filter(Job.status == "running"))
+            .where(Job.worker.is_not(None), Job.heartbeat_at >= seen_since)
+            .group_by(Job.worker)
+            .order_by(func.max(Job.heartbeat_at).desc())
+        ).all()
+        return counts, oldest, list(workers)
 
     def stale_jobs(self, older_than: timedelta, now: datetime | None = None) -> list[tuple[ForgetRequest, Job]]:
         """In-flight jobs silent for `older_than`: no heartbeat since then, and not (re)sent since then.

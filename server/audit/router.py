@@ -21,7 +21,10 @@ def list_audit_events(
     service: Annotated[AuditService, Depends(audit_service)],
     limit: Limit = 20,
     offset: Offset = 0,
-    target: Annotated[str | None, Query(max_length=64, description="Only events about this id.")] = None,
+    # Printable characters only: a NUL byte is no id, and PostgreSQL refuses it in text (a 500, not a 422).
+    target: Annotated[
+        str | None, Query(max_length=64, pattern=r"^[\x20-\x7e]+$", description="Only events about this id.")
+    ] = None,
 ) -> Page[AuditEventOut]:
     items, total = service.page(limit, offset, target)
     return Page[AuditEventOut](items=items, total=total, limit=limit, offset=offset)

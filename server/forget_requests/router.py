@@ -104,8 +104,17 @@ def list_forget_requests(
     limit: Limit = 20,
     offset: Offset = 0,
     status: Annotated[str | None, Query(description=f"One of {', '.join(STATUSES)}")] = None,
+    label: Annotated[
+        str | None,
+        Query(
+            min_length=4,
+            max_length=64,
+            pattern="^[0-9a-f]+$",
+            description="Only requests whose `subject_label` starts with this (4 to 64 lowercase hex digits).",
+        ),
+    ] = None,
 ) -> Page[ForgetRequestOut]:
-    items, total = service.page(limit, offset, check_choice("status", status, STATUSES))
+    items, total = service.page(limit, offset, check_choice("status", status, STATUSES), label)
     return Page[ForgetRequestOut](items=items, total=total, limit=limit, offset=offset)
 
 

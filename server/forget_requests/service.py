@@ -194,9 +194,11 @@ class ForgetRequestService:
         with transaction(self.sessions) as session:
             return self._out(ForgetRequestRepository(session).get(request_id), viewer)
 
-    def page(self, limit: int, offset: int, status: str | None) -> tuple[list[ForgetRequestOut], int]:
+    def page(
+        self, limit: int, offset: int, status: str | None, label: str | None = None
+    ) -> tuple[list[ForgetRequestOut], int]:
         with transaction(self.sessions) as session:
-            items, total = ForgetRequestRepository(session).page(limit=limit, offset=offset, status=status)
+            items, total = ForgetRequestRepository(session).page(limit=limit, offset=offset, status=status, label=label)
             return [to_out(r) for r in items], total
 
     def events(self, request_id: str, after: int, limit: int) -> list[JobEvent]:

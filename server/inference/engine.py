@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
@@ -30,9 +30,16 @@ _CALIBRATION: dict[tuple[str, str], Any] = {}
 
 
 class InferenceEngine:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        on_gated: Callable[[list[str | None]], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
+        # Told, per answered batch, which module each image was routed to (None: none fired), for the metrics.
+        self.on_gated = on_gated
         self.gate: Any = None
         self.active: ActiveSet | None = None
         self.fingerprint: str | None = None
@@ -176,6 +183,8 @@ class InferenceEngine:
                 raise NotReadyError(f"not answering: {self.status()}")
             results = self.gate.answer([im for im, _ in items], [q for _, q in items])
             version = int(self.served_version or 0)
+        if self.on_gated is not None:
+            self.on_gated([r.module_id for r in results])
         return [(r.answer, version) for r in results]
 
     def validate_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:

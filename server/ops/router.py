@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.keys.models import ADMIN
-from server.auth import optional_admin, require
+from server.auth import Principal, authenticated, optional_admin, require
 from server.dependencies import ops_service
-from server.ops.schemas import HealthOut, ReadyOut, SigningKeyOut
+from server.ops.schemas import HealthOut, KeyOut, OperationsOut, ReadyOut, SigningKeyOut
 from server.ops.service import OpsService
 from server.schemas import ERROR_RESPONSES
 
@@ -43,9 +43,30 @@ def readyz(service: Service, admin: Annotated[bool, Depends(optional_admin)]) ->
     dependencies=[Depends(require(ADMIN))],
     responses={code: ERROR_RESPONSES[code] for code in (401, 403)},
 )
-def metrics(service: Service) -> Response:
-    service.readiness()
+def metrics(service: Service, request: Request) -> Response:
+    service.operations(request.app.state.settings.heartbeat_stale_s)  # readiness and queue gauges, read now
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/v1/operations",
+    response_model=OperationsOut,
+    summary="Readiness, the training queue, workers seen and the gate's fires per module (the console's health page)",
+    dependencies=[Depends(require(ADMIN))],
+    responses={code: ERROR_RESPONSES[code] for code in (401, 403)},
+)
+def operations(service: Service, request: Request) -> OperationsOut:
+    return service.operations(request.app.state.settings.heartbeat_stale_s)
+
+
+@router.get(
+    "/v1/me",
+    response_model=KeyOut,
+    summary="The calling API key: its id, name and scopes (what a client may offer it)",
+    responses={401: ERROR_RESPONSES[401]},
+)
+def me(principal: Annotated[Principal, Depends(authenticated)]) -> KeyOut:
+    return KeyOut(id=principal.key_id, name=principal.name, scopes=list(principal.scopes))
 
 
 @router.get(

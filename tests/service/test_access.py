@@ -37,6 +37,7 @@ ENDPOINTS = [
     ("POST", "/v1/vqa", "vqa"),
     ("GET", "/metrics", "admin"),
     ("GET", "/v1/audit", "admin"),
+    ("GET", "/v1/operations", "admin"),
     ("GET", "/healthz", None),
     ("GET", "/readyz", None),
 ]
@@ -82,7 +83,7 @@ def test_every_endpoint_checks_its_scope(app_and_db: tuple[TestClient, str]):
                 assert response.status_code == 403, (method, path, scope, response.text)
                 assert response.json() == {"error": "forbidden", "detail": f"this API key lacks the {needed!r} scope"}
             checked += 1
-    assert checked == 14 * len(SCOPES)
+    assert checked == 15 * len(SCOPES)
 
 
 def _count(pg_url: str) -> int:

@@ -13,10 +13,14 @@ from pathlib import Path
 import pytest
 import yaml
 from compose_spec import PyCompose
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.crypto import outside_data_dir
 from core.processes import api_command, worker_command
 from core.settings import Settings
+from server.app import create_app
+from tests.service.helpers import ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 LETHE_SERVICES = ("migrate", "world", "api", "worker", "flower")
@@ -62,7 +66,10 @@ def test_compose_file_is_valid_and_complete():
     # Compose resolves YAML merge keys (`<<: *lethe-env`) before validating; the validator does not, so it is given
     # the resolved document. It raises on anything the Compose specification rejects.
     compose = PyCompose.from_yaml(yaml.safe_dump(raw))
-    assert set(compose.service_names()) == {"postgres", "redis", "migrate", "world", "api", "worker", "flower"}
+    assert set(compose.service_names()) == {
+        *("postgres", "redis", "migrate", "world", "api", "worker", "flower"),
+        *("prometheus", "grafana"),  # the `monitoring` profile
+    }
     for name, service in raw["services"].items():
         for dependency in service.get("depends_on", {}):
             assert dependency in raw["services"], f"{name} depends on unknown service {dependency}"
@@ -158,3 +165,58 @@ def test_flower_needs_a_password_and_listens_on_the_hosts_loopback_only():
     for port in flower.get("ports", []):
         host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).rsplit(":", 2)[0]
         assert host_ip == "127.0.0.1", f"Flower published beyond the host's loopback: {port}"
+
+
+def test_monitoring_is_opt_in_and_its_files_are_wired():
+    """Prometheus and Grafana start only with the `monitoring` profile, mount files that exist, and agree on names."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    mounts = {}
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+        for volume in services[name]["volumes"]:
+            source, target = volume.split(":")[:2]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+                mounts[target] = ROOT / source
+    scrape = yaml.safe_load((mounts["/etc/prometheus/prometheus.yml"]).read_text())["scrape_configs"][0]
+    assert scrape["static_configs"][0]["targets"] == ["api:8000"] and scrape["metrics_path"] == "/metrics"
+    # /metrics needs an admin key: read from the compose secret, never written in the file.
+    assert scrape["authorization"]["credentials_file"] == "/run/secrets/lethe_metrics_key"
+    assert "lethe_metrics_key" in services["prometheus"]["secrets"]
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards" / "lethe.yml").read_text())["providers"][0]
+    dashboards = mounts[provider["options"]["path"]]
+    for path in dashboards.glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    # Grafana's admin password from a secret: never a default, and no `${VAR:?}` that would stop a plain `up`.
+    grafana_env = services["grafana"]["environment"]
+    assert grafana_env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert "grafana_admin_password" in services["grafana"]["secrets"]
+    for name in ("prometheus", "grafana"):
+        assert "${" not in json.dumps(services[name]), f"{name}: a variable Compose would interpolate on every up"
+
+
+def test_the_dashboard_queries_only_metrics_the_api_exports(tmp_path: Path, pg_url: str, redis_url: str):
+    """Every series the Grafana dashboard queries is in the real app's /metrics output."""
+    dashboard = json.loads((ROOT / "docker/grafana/dashboards/lethe.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queried = {name for expr in exprs for name in re.findall(r"\blethe_[a-z_]+\b", expr)}
+    assert {"lethe_gate_fires_total", "lethe_jobs_waiting", "lethe_http_request_seconds_bucket"} <= queried
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=pg_url,
+        broker_url=redis_url,
+        bootstrap_admin_key=ADMIN_TOKEN,  # type: ignore[arg-type]
+        master_key_file=tmp_path / "config" / "master.key",
+    )
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with TestClient(create_app(settings, load_model=False)) as client:
+        client.get("/healthz")
+        client.app.state.metrics.record_gate(["a1", None])  # type: ignore[attr-defined]
+        text = client.get("/metrics", headers=auth).text
+    exported = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert queried <= exported, sorted(queried - exported)
