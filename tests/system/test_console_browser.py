@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,8 +22,9 @@ from playwright.sync_api import sync_playwright
 
 from core.db import make_engine, make_session_factory, transaction
 from core.keys.repository import ApiKeyRepository
+from core.processes import api_command, python_module, worker_command
 from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
-from tests.service.test_end_to_end import _ready, ask, free_port, log_dir, spawn, stop  # noqa: F401 (log_dir)
+from tests.service.test_end_to_end import _ready, ask, free_port, spawn, stop
 from unlearning.evaluation.leakage import leaked
 from unlearning.world import World
 
@@ -91,21 +91,15 @@ def test_console_in_chromium(
     tmp_path: Path,
     pg_url: str,
     redis_url: str,
-    log_dir: Path,  # noqa: F811 (the end-to-end tests' fixture)
+    log_dir: Path,
     browser_page: Any,
 ):
     page = browser_page
     env = settings_env(service_settings(tiny_world, tmp_path, pg_url, redis_url))
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    worker_cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "train", "--pool=solo"]
-    worker = spawn(
-        [*worker_cmd, "--concurrency=1", "-n", f"test-{uuid.uuid4().hex[:6]}@%h", "--loglevel=INFO"],
-        env,
-        log_dir / "worker.log",
-    )
-    api_cmd = [sys.executable, "-m", "uvicorn", "--factory", "server.app:create_app", "--port", str(port)]
-    api = spawn(api_cmd, env, log_dir / "api.log")
+    worker = spawn(python_module(worker_command(f"test-{uuid.uuid4().hex[:6]}@%h")), env, log_dir / "worker.log")
+    api = spawn(python_module(api_command(port=port)), env, log_dir / "api.log")
     try:
         client = httpx.Client(base_url=base_url, timeout=60, headers=AUTH)
         wait_for(lambda: _ready(client), 300, 1.0, "the server to be ready")
