@@ -57,7 +57,6 @@ def serve(tmp_path: Path, log_dir: Path) -> Iterator:  # type: ignore[type-arg]
             "LETHE_RETAIN_DIR": str(retain),
             "LETHE_BOOTSTRAP_ADMIN_KEY": ADMIN_TOKEN,
             "LETHE_MASTER_KEY_FILE": str(tmp_path / "config" / "master.key"),
-            "LETHE_VERIFY_MAX_ATTEMPTS": "1",  # one training run: the verdict, not the retries, is under test
             "OMP_NUM_THREADS": "1",  # API and worker on a small machine: one thread each
         }
         port = free_port()
