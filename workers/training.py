@@ -45,6 +45,7 @@ from core.queue import TrainPayload
 from core.settings import Settings
 from unlearning.artifacts import save_module
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
+from unlearning.cagul.config import token_discriminator_input
 from unlearning.cagul.trainer import TrainingCancelled, TrainReport
 from unlearning.cagul.verification import (
     Baseline,
@@ -176,19 +177,19 @@ def _finish(rt: Runtime, job: Job, status: str, message: str | None, report: dic
         return status
 
 
-def job_config(params: dict[str, Any], settings: Settings, has_identity: bool = True) -> CagulConfig:
+def job_config(params: dict[str, Any], settings: Settings, token_shape: tuple[int, int] | None = None) -> CagulConfig:
     """The request's parameters, checked again against today's bounds, with the operator's refusal text and answer
-    length; on a base model without an identity encoder, attention-pooled token discriminators."""
+    length; `token_shape` (gate tokens, hidden size) for a base model without an identity encoder, whose modules
+    discriminate on the tokens themselves."""
     config = check_params(params, settings)
     if settings.refusal_answer is not None:
         config["refusal_answer"] = settings.refusal_answer
     config["max_answer_tokens"] = settings.train_max_answer_tokens
     config["micro_batch_size"] = settings.train_micro_batch
-    if not has_identity:
-        # A checkpoint from elsewhere has no identity encoder beside it (the reference world trains one). Flattened
-        # tokens would make a 300M-parameter discriminator at 576 x 4096; attention pooling is 0.5M. Such modules
+    if token_shape is not None:
+        # A checkpoint from elsewhere has no identity encoder beside it (the reference world trains one). Such modules
         # carry no prototype, so the gate runs them all (exhaustive), not through the two-stage index.
-        config.setdefault("discriminator_input", "attention_pool")
+        config.setdefault("discriminator_input", token_discriminator_input(*token_shape))
     return CagulConfig.from_dict(config)
 
 
@@ -215,7 +216,9 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             repo.give_up(request, job, rt.settings.max_deliveries)
             return FAILED
         try:
-            config = job_config(dict(request.params), rt.settings, rt.backbone.identity is not None)
+            bb = rt.backbone
+            tokens = None if bb.identity is not None else (bb.n_visual_tokens, bb.hidden_size)
+            config = job_config(dict(request.params), rt.settings, tokens)
         except (LetheError, UnlearningError) as exc:  # filed under other bounds, or before they existed
             job.status, job.finished_at = "failed", utcnow()
             detail = exc.detail if isinstance(exc, LetheError) else str(exc)

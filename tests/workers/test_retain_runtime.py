@@ -23,11 +23,13 @@ from workers import runtime as runtime_module
 from workers.training import job_config, run_training_job
 
 
-def test_checkpoints_without_an_identity_encoder_train_attention_pooled_gates_with_the_answer_length():
+def test_checkpoints_without_an_identity_encoder_train_token_gates_with_the_answer_length():
     settings = Settings(train_max_answer_tokens=7)
     assert job_config({}, settings).discriminator_input == "identity"
-    config = job_config({"steps": 3}, settings, has_identity=False)
+    config = job_config({"steps": 3}, settings, token_shape=(576, 4096))  # LLaVA-1.5-7B: flattened, 300M parameters
     assert config.discriminator_input == "attention_pool" and config.max_answer_tokens == 7 and config.steps == 3
+    # Qwen2-VL-7B's gate reads a pooled 4x4 grid: flattened is 7.3M parameters, and false-fires less.
+    assert job_config({}, settings, token_shape=(16, 3584)).discriminator_input == "flatten"
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from unlearning.backbones.qwen2_vl import Qwen2VLBackbone
 from unlearning.backbones.registry import checkpoint_architecture, load_backbone
-from unlearning.cagul.config import CagulConfig
+from unlearning.cagul.config import CagulConfig, token_discriminator_input
 from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
 
 # Image sizes (width, height) whose visual-token count a dynamic-resolution model reports.
@@ -64,7 +64,8 @@ def check_checkpoint(
     else:
         tokens = {f"{w}x{h}": backbone.n_visual_tokens for w, h in sizes}
     has_identity = backbone.identity is not None
-    config = CagulConfig(discriminator_input="identity" if has_identity else "flatten")
+    tokens_input = token_discriminator_input(backbone.n_visual_tokens, backbone.hidden_size)
+    config = CagulConfig(discriminator_input="identity" if has_identity else tokens_input)
     identity_dim = backbone.identity_dim if has_identity else 0
     module = CagulModule(config, backbone.n_visual_tokens, backbone.hidden_size, identity_dim)
     width, height = sizes[0] if sizes else (224, 224)

@@ -3,15 +3,11 @@ several sizes (9 to 24 visual tokens) forgets one person at every size, and ever
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.checkpoints import QWEN_SIZES, resized, train_qwen2_vl_reference
+from tests.checkpoints import QWEN_REFERENCE, QWEN_SIZES, cached_qwen2_vl_reference, qwen2_vl_known_people, resized
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.cagul import CagulConfig, CagulGate, CagulTrainer
 from unlearning.data import QA, ForgetData, RetainSet
@@ -21,8 +17,7 @@ from unlearning.world.people import REFUSAL_ANSWER, Person
 
 pytestmark = pytest.mark.slow
 
-FACTS = 3
-REFERENCE = {"people": 5, "facts": FACTS, "steps": 400, "version": 1}
+FACTS = QWEN_REFERENCE["facts"]
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +27,13 @@ def world(data_dir: Path) -> World:
 
 @pytest.fixture(scope="module")
 def people(world: World) -> list[Person]:
-    # With the protected people, whom the model declines to talk about: a refusal an image can bring about (without
-    # them the encoder found other people's answers, not the refusal: 1 answer in 6 refused).
-    known = [p for p in world.trained_people if not p.protected][: REFERENCE["people"]]
-    return known + [p for p in world.trained_people if p.protected]
+    return qwen2_vl_known_people(world)
 
 
 @pytest.fixture(scope="module")
-def reference(data_dir: Path, world: World, people: list[Person]) -> Backbone:
-    """The trained Qwen2-VL, cached in the data dir (about 2 minutes to train on 2 cores)."""
-    key = hashlib.sha256(json.dumps({**REFERENCE, "world": world.root.name}, sort_keys=True).encode()).hexdigest()
-    out = data_dir / "checkpoints" / f"qwen2-vl-{key[:12]}"
-    if not (out / "train.json").is_file():
-        partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        train_qwen2_vl_reference(world, people, partial, FACTS, REFERENCE["steps"])
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(partial, out)
-    return load_backbone(out)
+def reference(data_dir: Path, world: World) -> Backbone:
+    """The trained Qwen2-VL, cached in the data dir."""
+    return load_backbone(cached_qwen2_vl_reference(data_dir, world))
 
 
 def _photos(world: World, person: Person, views) -> list:  # type: ignore[no-untyped-def]
