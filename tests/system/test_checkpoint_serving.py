@@ -31,7 +31,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FACTS = QWEN_REFERENCE["facts"]
 # Within the default request bounds; the Qwen2-VL forgetting test's module (300 / 150 steps) refused at every size.
 QWEN_PARAMS = {"steps": 200, "discriminator_steps": 150, "positive_augmentations": 16}
-LOOKALIKES = 460
+LOOKALIKES = 900
 QUICK = {"steps": 20, "discriminator_steps": 20, "positive_augmentations": 4}
 
 
@@ -112,7 +112,8 @@ def qwen_retain_folder(world: World, known: list[Person], out: Path) -> Path:
             name = f"images/{person.id}_v{view}.png"
             world.image(person.id, view).save(out / name)
             canaries += [{"image": name, "question": f.train_questions[0], "person": person.id} for f in person.facts]
-    # Look-alikes, as an operator's folder should hold: with 60, 2 to 4 of the 36 canary photos fired; with 460, none.
+    # Look-alikes, as an operator's folder should hold: with 60, 2 to 4 of the 36 canary photos fired; with 460, 0 to 1
+    # (a first attempt rejected once); with 860, none in the one run measured.
     for i, image in enumerate(world.lookalike_images(LOOKALIKES, seed=1)):
         image.save(out / "negatives" / f"lookalike_{i:03d}.png")
     for name, lines in (("retain.jsonl", retain), ("canaries.jsonl", canaries)):
