@@ -1,0 +1,189 @@
+"""How well a pre-trained vision tower tells apart people it never saw, at 1,000 to 10,000 enrolled (offline).
+
+The reference-size tower (CLIP vision, as the scale world's) is pre-trained on drawn people, either as the world
+builder does (symmetric InfoNCE: a mildly changed photo against another photo of the same person) or as face
+recognition does (an additive angular margin over the pre-training identities, ArcFace). Measured with its own head
+(an upper bound for an identity head on its tokens) on people never drawn for pre-training: prototypes of G
+enrolled people (the mean of their 3 request photos), their held-out photo, and a benign population (strangers,
+look-alikes, mild changes); one cosine threshold at the benign set's 99th (99.9th) percentile. docs/scale.md
+reads its figures.
+
+    python bench/embedding_study.py --loss arcface --patch 8 --enrolled 1000,10000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, get_cosine_schedule_with_warmup
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from unlearning.augment import MILD_VIEWS, augment
+from unlearning.identity.trainer import two_views
+from unlearning.world import WORLD_PRESETS
+from unlearning.world.builder import ensure_people
+from unlearning.world.identities import pretraining_portraits
+from unlearning.world.population import benign_population, enrolled_people
+
+MEAN = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+
+
+def as_pixels(array: np.ndarray) -> torch.Tensor:
+    return (torch.from_numpy(array).permute(0, 3, 1, 2).float().div(255) - MEAN) / STD
+
+
+def stack(images: list) -> np.ndarray:
+    return np.stack([np.asarray(im.convert("RGB")) for im in images])
+
+
+class Embedder(nn.Module):
+    """The tower and a head over its flattened, normalised patch tokens (as the world builder pre-trains it)."""
+
+    def __init__(self, image_size: int, patch: int, hidden: int, layers: int, width: int, dim: int) -> None:
+        super().__init__()
+        config = CLIPVisionConfig(
+            hidden_size=hidden,
+            intermediate_size=hidden * 4,
+            num_hidden_layers=layers,
+            num_attention_heads=max(1, hidden // 64),
+            image_size=image_size,
+            patch_size=patch,
+        )
+        self.tower = CLIPVisionModel(config)
+        tokens = (image_size // patch) ** 2
+        self.head = nn.Sequential(nn.Linear(tokens * hidden, width), nn.GELU(), nn.Linear(width, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.tower(pixel_values=x).last_hidden_state[:, 1:]
+        h = F.layer_norm(h, h.shape[-1:])
+        return F.normalize(self.head(h.flatten(1)), dim=-1)
+
+
+def pretrain(model: Embedder, photos: np.ndarray, args: argparse.Namespace) -> float:
+    generator = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    n_ids, n_views = photos.shape[:2]
+    classes = nn.Parameter(F.normalize(torch.randn(n_ids, args.dim), dim=-1)) if args.loss == "arcface" else None
+    params = [*model.parameters(), *([classes] if classes is not None else [])]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, args.steps // 10), args.steps)
+    labels = torch.arange(args.batch)
+    model.train()
+    loss_value = float("nan")
+    started = time.perf_counter()
+    for step in range(args.steps):
+        who = torch.randperm(n_ids, generator=generator)[: args.batch].numpy()
+        first, second = two_views(n_views, args.batch, generator)
+        changed = augment(
+            as_pixels(photos[who, first.numpy()]), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, MILD_VIEWS, generator
+        )
+        if classes is None:
+            logits = model(changed) @ model(as_pixels(photos[who, second.numpy()])).T / args.temperature
+            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        else:
+            both = torch.cat([changed, as_pixels(photos[who, second.numpy()])])
+            target = torch.from_numpy(np.concatenate([who, who]))
+            cosine = model(both) @ F.normalize(classes, dim=-1).T
+            angle = torch.acos(cosine.gather(1, target[:, None]).clamp(-1 + 1e-6, 1 - 1e-6))
+            logits = cosine.scatter(1, target[:, None], torch.cos(angle + args.margin)) * args.scale
+            loss = F.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss.detach())
+        if (step + 1) % 50 == 0:
+            elapsed = time.perf_counter() - started
+            print(f"step {step + 1}/{args.steps} loss {loss_value:.3f} ({elapsed:.0f} s)", flush=True)
+    model.eval()
+    return loss_value
+
+
+@torch.no_grad()
+def embed(model: Embedder, images: np.ndarray, batch: int = 512) -> torch.Tensor:
+    return torch.cat([model(as_pixels(images[i : i + batch])) for i in range(0, len(images), batch)])
+
+
+def measure(model: Embedder, enrolled: np.ndarray, heldout: np.ndarray, benign: np.ndarray, g: int) -> dict:
+    """Rank-1 and the TPR of one cosine threshold at the benign set's 99th and 99.9th percentiles, G enrolled."""
+    photos = embed(model, enrolled[:g].reshape(-1, *enrolled.shape[2:]))
+    prototypes = F.normalize(photos.view(g, enrolled.shape[1], -1).mean(1), dim=-1)
+    own = embed(model, heldout[:g]) @ prototypes.T
+    nearest_benign = (embed(model, benign) @ prototypes.T).max(1).values
+    own_score = own.diagonal()
+    row = {"enrolled": g, "rank1": round(float((own.argmax(1) == torch.arange(g)).float().mean()), 4)}
+    for share, name in ((0.99, "tpr_at_1pct"), (0.999, "tpr_at_0_1pct")):
+        threshold = float(torch.quantile(nearest_benign, share))
+        # The subject's own module must win: its prototype the nearest and past the threshold.
+        hit = (own.argmax(1) == torch.arange(g)) & (own_score > threshold)
+        row[name] = round(float(hit.float().mean()), 4)
+    row["own_cosine_p01"] = round(float(torch.quantile(own_score, 0.01)), 4)
+    row["benign_nearest_p99"] = round(float(torch.quantile(nearest_benign, 0.99)), 4)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path(".lethe"))
+    parser.add_argument("--loss", choices=("infonce", "arcface"), default="infonce")
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--identities", type=int, default=10_000)
+    parser.add_argument("--views", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--temperature", type=float, default=0.07)
+    parser.add_argument("--margin", type=float, default=0.3)
+    parser.add_argument("--scale", type=float, default=30.0)
+    parser.add_argument("--enrolled", default="1000,10000")
+    parser.add_argument("--seed", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = ensure_people(args.data_dir, WORLD_PRESETS["scale"])
+    counts = [int(c) for c in args.enrolled.split(",")]
+    cache = args.data_dir / "embedding-study"
+    cache.mkdir(parents=True, exist_ok=True)
+    pool = cache / f"pretraining-{args.identities}x{args.views}.npy"
+    if not pool.is_file():
+        portraits = pretraining_portraits(world, args.identities, args.views, 2)
+        np.save(pool, np.stack([stack(person) for person in portraits]))
+    photos = np.load(pool)
+    people = enrolled_people(world, max(counts))
+    seen = cache / f"enrolled-{max(counts)}.npz"
+    if not seen.is_file():
+        benign = benign_population(world, [p.identity for p in people], 1000, 500, 300)
+        np.savez(
+            seen,
+            enrolled=np.stack([stack(p.photos) for p in people]),
+            heldout=stack([p.heldout for p in people]),
+            benign=stack(benign),
+        )
+    data = np.load(seen)
+    model = Embedder(world.config.image_size, args.patch, args.hidden, args.layers, args.width, args.dim)
+    started = time.perf_counter()
+    loss = pretrain(model, photos, args)
+    rows = [measure(model, data["enrolled"], data["heldout"], data["benign"], g) for g in counts]
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "final_loss": loss, "rows": rows}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
