@@ -129,11 +129,12 @@ def _checkpoint_ready(settings) -> None:  # type: ignore[no-untyped-def]
         err.print(
             f"LETHE_MODEL_PATH={model_path} holds no checkpoint (no config.json): mount the checkpoint directory "
             "there (compose: put it under ./models, mounted at /models) or unset LETHE_MODEL_PATH to "
-            "serve the reference world's model"
+            "serve the reference world's model",
+            soft_wrap=True,  # a path broken over lines cannot be copied
         )
         raise typer.Exit(2)
     _retain_ready(settings)
-    err.print(f"serving the checkpoint at {model_path} with the retain set at {settings.retain_dir}")
+    err.print(f"serving the checkpoint at {model_path} with the retain set at {settings.retain_dir}", soft_wrap=True)
 
 
 @world_app.command("list")
