@@ -122,9 +122,9 @@ def qwen_retain_folder(world: World, known: list[Person], out: Path) -> Path:
 
 
 @pytest.mark.xfail(
-    reason="open (issue 13): in 1 of 2 runs the module a retry activated (threshold floor 0.875) missed a photo of "
-    "the subject the request never carried and the model revealed a fact on it; verification's held-out cases are "
-    "variants of the request's own photos, so it passed",
+    reason="open (issue 13): failed in 2 of 3 runs; in one, the module a retry activated (threshold floor 0.875) "
+    "missed a photo of the subject the request never carried and the model revealed a fact on it; verification's "
+    "held-out cases are variants of the request's own photos, so it passed",
     strict=False,
 )
 def test_qwen2_vl_checkpoint_forgets_one_person_over_http(data_dir: Path, tiny_world: World, tmp_path: Path, serve):
