@@ -15,6 +15,8 @@ from unlearning.identity.config import TowerConfig
 from unlearning.identity.trainer import two_views
 
 ProgressFn = Callable[[int, int, float], None]
+# (identities, view indices, mildly changed) -> the tower's patch tokens [batch, tokens, hidden], with gradients.
+TokensFn = Callable[[np.ndarray, torch.Tensor, bool], torch.Tensor]
 
 
 def pretrain_vision_tower(
@@ -26,29 +28,46 @@ def pretrain_vision_tower(
     autocast: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, float]:
-    """Symmetric InfoNCE on the tower's patch tokens: a photo (mildly changed) against another of the same person.
+    """Symmetric InfoNCE on a CLIP-style tower's patch tokens (`last_hidden_state`, class token first).
 
-    `tower`: a CLIP-style vision model (`last_hidden_state`, class token first); `photos`: uint8 [identities,
-    views, H, W, 3]. The projection head is thrown away, as CLIP's is when a VLM is built on its tower.
+    `photos`: uint8 [identities, views, H, W, 3]. The projection head is thrown away, as CLIP's is when a VLM is
+    built on its tower.
     """
-    generator = torch.Generator().manual_seed(config.seed)
-    torch.manual_seed(config.seed)
-    n_ids, n_views = photos.shape[:2]
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
+    generator = torch.Generator().manual_seed(config.seed)
 
-    def pixels(who: np.ndarray, view: torch.Tensor) -> torch.Tensor:
-        x = torch.from_numpy(photos[who, view.numpy()]).permute(0, 3, 1, 2).float().div(255)
-        return (x - m) / s
+    def tokens(who: np.ndarray, view: torch.Tensor, changed: bool) -> torch.Tensor:
+        x = (torch.from_numpy(photos[who, view.numpy()]).permute(0, 3, 1, 2).float().div(255) - m) / s
+        x = augment(x, mean, std, MILD_VIEWS, generator) if changed else x
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return tower(pixel_values=x).last_hidden_state[:, 1:]
 
+    return pretrain_contrastively(tower, tokens, photos.shape[:2], config, generator, autocast, progress)
+
+
+def pretrain_contrastively(
+    tower: nn.Module,
+    tokens: TokensFn,
+    shape: tuple[int, int],
+    config: TowerConfig,
+    generator: torch.Generator,
+    autocast: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, float]:
+    """Symmetric InfoNCE through a flattening head: a photo (mildly changed) against another of the same person.
+
+    The extension point for other towers: `tokens` runs `tower` on drawn people's photos ([identities, views] as
+    `shape`) however its model takes images; `generator` draws the batches and the changes.
+    """
+    torch.manual_seed(config.seed)
+    n_ids, n_views = shape
     with torch.no_grad():
-        tokens = tower(pixel_values=pixels(np.zeros(1, dtype=int), torch.zeros(1, dtype=torch.long)))
-    n_tokens, hidden = tokens.last_hidden_state[:, 1:].shape[1:]
+        n_tokens, hidden = tokens(np.zeros(1, dtype=int), torch.zeros(1, dtype=torch.long), False).shape[1:]
     head = nn.Sequential(nn.Linear(n_tokens * hidden, config.width), nn.GELU(), nn.Linear(config.width, 128))
 
-    def embed(x: torch.Tensor) -> torch.Tensor:
+    def embed(h: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            h = tower(pixel_values=x).last_hidden_state[:, 1:]
             h = F.layer_norm(h.float(), h.shape[-1:])
             return F.normalize(head(h.flatten(1)).float(), dim=-1)
 
@@ -61,8 +80,7 @@ def pretrain_vision_tower(
     for step in range(config.steps):
         who = torch.randperm(n_ids, generator=generator)[: config.batch_size].numpy()
         first, second = two_views(n_views, config.batch_size, generator)
-        changed = augment(pixels(who, first), mean, std, MILD_VIEWS, generator)
-        logits = embed(changed) @ embed(pixels(who, second)).T / config.temperature
+        logits = embed(tokens(who, first, True)) @ embed(tokens(who, second, False)).T / config.temperature
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
