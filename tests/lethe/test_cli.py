@@ -121,18 +121,18 @@ def test_serve_bootstrap_prints_a_first_admin_key_once(tmp_path, capsys):
     from core.db import make_engine, make_session_factory, transaction, upgrade_database
     from core.keys.repository import ApiKeyRepository
     from core.settings import Settings
-    from lethe.cli import _bootstrap_admin
+    from lethe.runner import bootstrap_admin
 
     settings = Settings(data_dir=tmp_path)
     upgrade_database(settings.resolved_database_url())
-    _bootstrap_admin(settings)
+    bootstrap_admin(settings)
     printed = capsys.readouterr().err
     token = printed.split("store it): ")[1].split()[0]
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     with transaction(sessions) as session:
         key = ApiKeyRepository(session).authenticate(token)
         assert key is not None and key.scopes == ["admin"]
-    _bootstrap_admin(settings)  # keys exist now: nothing new, nothing printed
+    bootstrap_admin(settings)  # keys exist now: nothing new, nothing printed
     assert "admin key" not in capsys.readouterr().err
 
 
