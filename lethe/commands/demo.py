@@ -32,8 +32,12 @@ def demo(
 
     A demonstration on the reference world: no request is filed with a service (that is POST /v1/forget-requests).
     """
-    subjects = [s.strip() for given in subject or ["p000"] for s in given.split(",") if s.strip()]
-    _print_result(_run_demo(subjects, data_dir, world, params), as_json)
+    _print_result(_run_demo(subject_ids(subject), data_dir, world, params), as_json)
+
+
+def subject_ids(given: list[str] | None) -> list[str]:
+    """The ids of repeated and comma-separated `--subject` options, p000 when none is given."""
+    return [s.strip() for ids in given or ["p000"] for s in ids.split(",") if s.strip()]
 
 
 def _run_demo(subjects: list[str], data_dir: Path | None, world: str | None, params: str | None) -> dict:

@@ -63,6 +63,16 @@ def test_export_of_unknown_subject_fails_with_a_clear_message(data_dir, tmp_path
     assert "unknown subject" in result.output
 
 
+def test_the_in_process_demo_is_one_command_that_says_it_files_nothing():
+    from lethe.commands.demo import subject_ids
+
+    assert runner.invoke(app, ["forget", "--subjects", "p000"]).exit_code == 2  # no command to mistake for filing
+    shown = " ".join(runner.invoke(app, ["demo", "--help"]).output.replace("│", " ").split())
+    assert "nothing filed" in shown and "POST /v1/forget-requests" in shown
+    assert subject_ids(None) == ["p000"]
+    assert subject_ids(["p000, p001", "p002"]) == ["p000", "p001", "p002"]
+
+
 @pytest.mark.slow
 def test_demo_forgets_the_subject_and_leaves_everyone_else_alone(data_dir, tiny_world, backbone, monkeypatch):
     import unlearning.evaluation.demo as demo
