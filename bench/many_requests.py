@@ -113,7 +113,7 @@ def built_world(name: str, cache: Path) -> World:
 
 def exported_body(world: World, cache: Path, person_id: str, keywords: bool) -> dict[str, Any]:
     """The API body `lethe world export --inline` writes for one person, keywords dropped on request."""
-    from lethe.cli import world_export  # the command itself, called in this process (no start-up per person)
+    from lethe.commands.world import world_export  # the command itself, called in this process (no start-up per person)
 
     with tempfile.TemporaryDirectory(prefix="lethe-export-") as out, redirect_stdout(io.StringIO()):
         world_export(person_id, Path(out), inline=True, data_dir=cache, world=world.config.name)

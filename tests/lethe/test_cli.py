@@ -63,6 +63,16 @@ def test_export_of_unknown_subject_fails_with_a_clear_message(data_dir, tmp_path
     assert "unknown subject" in result.output
 
 
+def test_the_in_process_demo_is_one_command_that_says_it_files_nothing():
+    from lethe.commands.demo import subject_ids
+
+    assert runner.invoke(app, ["forget", "--subjects", "p000"]).exit_code == 2  # no command to mistake for filing
+    shown = " ".join(runner.invoke(app, ["demo", "--help"]).output.replace("│", " ").split())
+    assert "nothing filed" in shown and "POST /v1/forget-requests" in shown
+    assert subject_ids(None) == ["p000"]
+    assert subject_ids(["p000, p001", "p002"]) == ["p000", "p001", "p002"]
+
+
 @pytest.mark.slow
 def test_demo_forgets_the_subject_and_leaves_everyone_else_alone(data_dir, tiny_world, backbone, monkeypatch):
     import unlearning.evaluation.demo as demo
@@ -121,18 +131,18 @@ def test_serve_bootstrap_prints_a_first_admin_key_once(tmp_path, capsys):
     from core.db import make_engine, make_session_factory, transaction, upgrade_database
     from core.keys.repository import ApiKeyRepository
     from core.settings import Settings
-    from lethe.cli import _bootstrap_admin
+    from lethe.runner import bootstrap_admin
 
     settings = Settings(data_dir=tmp_path)
     upgrade_database(settings.resolved_database_url())
-    _bootstrap_admin(settings)
+    bootstrap_admin(settings)
     printed = capsys.readouterr().err
     token = printed.split("store it): ")[1].split()[0]
     sessions = make_session_factory(make_engine(settings.resolved_database_url()))
     with transaction(sessions) as session:
         key = ApiKeyRepository(session).authenticate(token)
         assert key is not None and key.scopes == ["admin"]
-    _bootstrap_admin(settings)  # keys exist now: nothing new, nothing printed
+    bootstrap_admin(settings)  # keys exist now: nothing new, nothing printed
     assert "admin key" not in capsys.readouterr().err
 
 

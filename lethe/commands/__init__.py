@@ -1,0 +1,1 @@
+"""The `lethe` command groups, one module each; `lethe.cli` puts them together."""

@@ -1,0 +1,1 @@
+"""`lethe bench scale`: the run (`bench`), the registry rows it writes, the timed server process, the report."""

@@ -1,0 +1,138 @@
+"""The timed server process of `lethe bench scale`: one uvicorn per gate kind, reading the registry as in
+production, asked /v1/vqa at each active count."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core.db import make_engine, make_session_factory, upgrade_database
+from core.processes import api_command, python_module
+from lethe.scale.registry import TOKEN, deactivate_all, one_more_activation, register, set_active
+
+GATES = ("two_stage", "exhaustive")
+Log = Callable[[str], None]
+
+
+def gate_kinds(candidates: int) -> tuple[tuple[str, int], ...]:
+    """Each gate of the bench and its stage-1 candidates (0: every module)."""
+    return (("two_stage", candidates), ("exhaustive", 0))
+
+
+def serving_rows(
+    data_dir: Path,
+    world_root: Path,
+    world_name: str,
+    modules: list,
+    counts: list[int],
+    candidates: int,
+    requests: int,
+    log: Log,
+) -> list[dict[str, Any]]:
+    work = data_dir / "scale" / "serve"
+    work.mkdir(parents=True, exist_ok=True)
+    database = work / "registry.db"
+    database.unlink(missing_ok=True)
+    url = f"sqlite:///{database.resolve()}"
+    upgrade_database(url)
+    sessions = make_session_factory(make_engine(url))
+    adapter_ids = register(sessions, modules, max(counts))
+    queries = _queries(world_root)
+    rows = []
+    for gate, k in gate_kinds(candidates):
+        deactivate_all(sessions)  # each server starts from an empty set, as the first does
+        with _server(data_dir, world_name, url, k, work / f"serve-{gate}.log") as (client, pid):
+            for n in counts:
+                load_s = set_active(sessions, client, adapter_ids, n)
+                for image, question in queries[:10]:  # warm-up: first calls after a set change pay for allocations
+                    client.post("/v1/vqa", json={"image": image, "question": question})
+                latencies = []
+                for i in range(requests):
+                    image, question = queries[i % len(queries)]
+                    started = time.perf_counter()
+                    response = client.post("/v1/vqa", json={"image": image, "question": question})
+                    latencies.append(1000 * (time.perf_counter() - started))
+                    response.raise_for_status()
+                rss = _rss_mb(pid)
+                activation = one_more_activation(sessions, client, adapter_ids, n)
+                latencies.sort()
+                rows.append(
+                    {
+                        "gate": gate,
+                        "n": n,
+                        "p50_ms": round(statistics.median(latencies), 1),
+                        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+                        "rss_mb": rss,
+                        "activation_s": activation,
+                        "set_load_s": load_s,
+                    }
+                )
+                log(f"{gate} server, {n} modules: {rows[-1]}")
+    return rows
+
+
+def _queries(world_root: Path) -> list[tuple[str, str]]:
+    from unlearning.world import World
+
+    world = World(world_root)
+    people = world.split("retain") + world.split("unseen")
+    return [
+        (base64.b64encode(world.image_path(p.id, v).read_bytes()).decode(), f.train_questions[0])
+        for p in people
+        for v in range(world.config.n_views)
+        for f in p.facts[:1]
+    ]
+
+
+@contextmanager
+def _server(
+    data_dir: Path, world_name: str, url: str, candidates: int, log_path: Path
+) -> Iterator[tuple[httpx.Client, int]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "LETHE_DATA_DIR": str(data_dir),
+        "LETHE_WORLD": world_name,
+        "LETHE_DATABASE_URL": url,
+        "LETHE_BROKER_URL": "memory://",
+        "LETHE_GATE_CANDIDATES": str(candidates),
+    }
+    command = python_module(api_command(port=port))
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                try:
+                    if client.get("/readyz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None:
+                    raise RuntimeError(f"the server exited: see {log_path}")
+                time.sleep(0.2)
+            yield client, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
