@@ -17,17 +17,7 @@ from PIL import Image
 
 from core.db import transaction, utcnow
 from core.errors import LetheError, NotFoundError
-from core.forget_requests.models import (
-    ACTIVE,
-    CANCELLED,
-    FAILED,
-    IN_FLIGHT,
-    NOTHING_TO_FORGET,
-    REJECTED,
-    TERMINAL,
-    TRAINING,
-    VERIFYING,
-)
+from core.forget_requests.models import IN_FLIGHT, TERMINAL, JobStatus, RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
 from unlearning.cagul import CagulGate, CagulModule, CagulTrainer
@@ -53,12 +43,12 @@ from workers.training.reporter import JobReporter
 log = logging.getLogger(__name__)
 
 
-def _finish(rt: Runtime, job: Job, status: str, message: str | None, report: dict | None = None) -> str:
+def _finish(rt: Runtime, job: Job, status: RequestStatus, message: str | None, report: dict | None = None) -> str:
     with transaction(rt.sessions) as session:
         repo = ForgetRequestRepository(session)
         request = repo.get(job.request_id, for_update=True)
         row = repo.get_job(job.job_id)
-        row.status = "finished" if status != FAILED else "failed"
+        row.status = JobStatus.FINISHED if status != RequestStatus.FAILED else JobStatus.FAILED
         row.finished_at = utcnow()
         if request.status in TERMINAL:
             return str(request.status)
@@ -81,35 +71,45 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
         if request.status in TERMINAL:
             return str(request.status)  # a redelivery after the job finished: nothing to do
         alive_for = (utcnow() - job.heartbeat_at).total_seconds() if job.heartbeat_at else None
-        if job.status == "running" and alive_for is not None and alive_for < rt.settings.heartbeat_stale_s:
+        if job.status == JobStatus.RUNNING and alive_for is not None and alive_for < rt.settings.heartbeat_stale_s:
             return "duplicate"  # a re-sent copy while another worker is alive and on it
         if request.cancel_requested:
-            repo.set_status(request, CANCELLED, "cancelled before training started", job_id=job.id)
-            job.status = "finished"
-            return CANCELLED
+            repo.set_status(request, RequestStatus.CANCELLED, "cancelled before training started", job_id=job.id)
+            job.status = JobStatus.FINISHED
+            return RequestStatus.CANCELLED
         if job.deliveries >= rt.settings.max_deliveries:  # every earlier start died: this request kills workers
             repo.give_up(request, job, rt.settings.max_deliveries)
-            return FAILED
+            return RequestStatus.FAILED
         try:
             bb = rt.backbone
             tokens = None if bb.identity is not None else (bb.n_visual_tokens, bb.hidden_size)
             config = job_config(dict(request.params), rt.settings, tokens)
         except (LetheError, UnlearningError) as exc:  # filed under other bounds, or before they existed
-            job.status, job.finished_at = "failed", utcnow()
+            job.status, job.finished_at = JobStatus.FAILED, utcnow()
             detail = exc.detail if isinstance(exc, LetheError) else str(exc)
-            repo.set_status(request, FAILED, f"the request's parameters are not allowed: {detail}", job_id=job.id)
-            return FAILED
+            repo.set_status(
+                request, RequestStatus.FAILED, f"the request's parameters are not allowed: {detail}", job_id=job.id
+            )
+            return RequestStatus.FAILED
         job.deliveries += 1
-        job.status = "running"
+        job.status = JobStatus.RUNNING
         job.worker = f"{socket.gethostname()}:{os.getpid()}"
         job.started_at = job.heartbeat_at = utcnow()
         if job.deliveries > 1:
-            repo.add_event(request.id, job_id=job.id, kind="status", status=TRAINING, message="redelivered; restarting")
-        repo.set_status(request, TRAINING, job_id=job.id)
+            repo.add_event(
+                request.id,
+                job_id=job.id,
+                kind="status",
+                status=RequestStatus.TRAINING,
+                message="redelivered; restarting",
+            )
+        repo.set_status(request, RequestStatus.TRAINING, job_id=job.id)
         sealed = [im.ciphertext for im in request.images]
         if request.key is None or request.qa_ciphertext is None or request.subject_ciphertext is None or None in sealed:
-            repo.set_status(request, FAILED, "the request's uploaded data was purged before training", job_id=job.id)
-            return FAILED
+            repo.set_status(
+                request, RequestStatus.FAILED, "the request's uploaded data was purged before training", job_id=job.id
+            )
+            return RequestStatus.FAILED
         cipher = rt.master_key.open(request.key.wrapped_key)
         images = [Image.open(io.BytesIO(cipher.decrypt(c))).convert("RGB") for c in sealed if c is not None]
         qa_pairs = [
@@ -118,7 +118,7 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
         subject = cipher.decrypt(request.subject_ciphertext).decode()
         # People filed for deletion (active or in flight, this request included) are never retain data or canaries.
         own = {pixels_sha256(im) for im in images}
-        filed = repo.image_hashes(IN_FLIGHT | {ACTIVE}) | own
+        filed = repo.image_hashes(IN_FLIGHT | {RequestStatus.ACTIVE}) | own
         work = Job(
             request.id,
             job.id,
@@ -133,12 +133,12 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
         try:
             return _run(rt, work, reporter)
         except TrainingCancelled as exc:
-            return _finish(rt, work, CANCELLED, str(exc))
+            return _finish(rt, work, RequestStatus.CANCELLED, str(exc))
         except TimeBudgetExceeded as exc:
-            return _finish(rt, work, FAILED, f"the job stopped: {exc} (LETHE_TRAIN_TIME_LIMIT_S)")
+            return _finish(rt, work, RequestStatus.FAILED, f"the job stopped: {exc} (LETHE_TRAIN_TIME_LIMIT_S)")
         except Exception as exc:
             log.exception("training job %s failed", payload.job_id)
-            return _finish(rt, work, FAILED, f"{type(exc).__name__}: {exc}")
+            return _finish(rt, work, RequestStatus.FAILED, f"{type(exc).__name__}: {exc}")
 
 
 def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
@@ -149,7 +149,9 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
     base = baseline(CagulGate(rt.backbone), cases, vcfg, job.deadline)
     early = nothing_to_forget(base, vcfg)
     if early is not None:  # decided before any training: the reference model itself does not reveal enough
-        status = NOTHING_TO_FORGET if early.outcome == Outcome.NOTHING_TO_FORGET else REJECTED
+        status = (
+            RequestStatus.NOTHING_TO_FORGET if early.outcome == Outcome.NOTHING_TO_FORGET else RequestStatus.REJECTED
+        )
         return _finish(rt, job, status, "; ".join(early.reasons), {"attempts": [], "verification": early.to_dict()})
     reporter.poll_cancel("the reference baseline")
     train_data = ForgetData(job.forget.subject, train_photos, train_pairs)
@@ -167,14 +169,14 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
         if verification is not None:  # the remedy answers what failed, not a blanket "more of everything"
             config = config.strengthened(verification.causes)
             reporter.status(
-                TRAINING,
+                RequestStatus.TRAINING,
                 f"attempt {attempt} of {max_attempts} after {', '.join(verification.failed)} failed "
                 f"({verification.leaks_past_gate} of {verification.leaks} leaks past the gate): "
                 f"{strengthening(job.config, config)}",
             )
         trainer = CagulTrainer(rt.backbone, config, reporter.progress, reporter.should_stop, job.deadline)
         module, train_report = trainer.train(train_data, retain)
-        reporter.status(VERIFYING, f"verifying attempt {attempt} of {max_attempts}")
+        reporter.status(RequestStatus.VERIFYING, f"verifying attempt {attempt} of {max_attempts}")
         published, verification = verify_and_publish(rt, job, module, train_report, base, canaries, vcfg, attempts)
         attempts.append(attempt_record(attempt, job.config, config, train_report, verification))
         if published is not None:

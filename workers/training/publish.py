@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from core.adapters.models import ACTIVE as ADAPTER_ACTIVE
+from core.adapters.models import AdapterState
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.audit.repository import AuditRepository
 from core.db import new_id, transaction, utcnow
-from core.forget_requests.models import ACTIVE, CANCELLED, TERMINAL
+from core.forget_requests.models import TERMINAL, JobStatus, RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from unlearning.artifacts import save_module
 from unlearning.cagul import CagulModule
@@ -112,12 +112,12 @@ def _publish(
             discard(directory)
             return str(request.status)
         row = repo.get_job(job.job_id)
-        row.status, row.finished_at = "finished", utcnow()
+        row.status, row.finished_at = JobStatus.FINISHED, utcnow()
         if request.cancel_requested:  # honoured up to the moment of publishing
             discard(directory)
-            repo.set_status(request, CANCELLED, "cancelled before publishing", job_id=job.job_id)
-            return CANCELLED
-        record_adapter(session, rt, request, adapter_id, ADAPTER_ACTIVE, directory, manifest, train_report, report)
+            repo.set_status(request, RequestStatus.CANCELLED, "cancelled before publishing", job_id=job.job_id)
+            return RequestStatus.CANCELLED
+        record_adapter(session, rt, request, adapter_id, AdapterState.ACTIVE, directory, manifest, train_report, report)
         AuditRepository(session).record(
             f"worker:{row.worker}",
             "adapter.verified",
@@ -129,8 +129,9 @@ def _publish(
             retain_identical=verification.figure("retain_identical"),
         )
         sets.record(f"adapter {adapter_id} activated for request {request.id}")
-        repo.set_status(request, ACTIVE, _verified_message(verification, len(report["attempts"])), job_id=job.job_id)
-        return ACTIVE
+        message = _verified_message(verification, len(report["attempts"]))
+        repo.set_status(request, RequestStatus.ACTIVE, message, job_id=job.job_id)
+        return RequestStatus.ACTIVE
 
 
 def _verified_message(verification: Verification, attempts: int) -> str:

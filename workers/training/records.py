@@ -8,12 +8,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from core.adapters.models import ACTIVE as ADAPTER_ACTIVE
-from core.adapters.models import REJECTED as ADAPTER_REJECTED
+from core.adapters.models import AdapterState
 from core.adapters.repository import AdapterRepository
 from core.audit.repository import AuditRepository
 from core.db import new_id, transaction, utcnow
-from core.forget_requests.models import REJECTED, TERMINAL, ForgetRequest
+from core.forget_requests.models import TERMINAL, ForgetRequest, JobStatus, RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from unlearning.artifacts import save_module
 from unlearning.cagul import CagulConfig, CagulModule
@@ -86,13 +85,15 @@ def _record_rejection(
         if request.status in TERMINAL:
             return str(request.status)
         row = repo.get_job(job.job_id)
-        row.status, row.finished_at = "finished", utcnow()
-        record_adapter(session, rt, request, adapter_id, ADAPTER_REJECTED, directory, manifest, train_report, report)
+        row.status, row.finished_at = JobStatus.FINISHED, utcnow()
+        record_adapter(
+            session, rt, request, adapter_id, AdapterState.REJECTED, directory, manifest, train_report, report
+        )
         AuditRepository(session).record(
             f"worker:{row.worker}", "adapter.rejected", adapter_id, request_id=request.id, attempts=len(attempts)
         )
-        repo.set_status(request, REJECTED, "; ".join([*verification.reasons, advice]), job_id=job.job_id)
-        return REJECTED
+        repo.set_status(request, RequestStatus.REJECTED, "; ".join([*verification.reasons, advice]), job_id=job.job_id)
+        return RequestStatus.REJECTED
 
 
 def record_adapter(
@@ -100,7 +101,7 @@ def record_adapter(
     rt: Runtime,
     request: ForgetRequest,
     adapter_id: str,
-    state: str,
+    state: AdapterState,
     directory: Path,
     manifest: dict[str, Any],
     train_report: TrainReport,
@@ -117,7 +118,7 @@ def record_adapter(
         base_fingerprint=rt.fingerprint,
         trainable_params=train_report.trainable_params,
         report=report,
-        activated_at=utcnow() if state == ADAPTER_ACTIVE else None,
+        activated_at=utcnow() if state == AdapterState.ACTIVE else None,
     )
     request.report = report
     request.adapter_id = adapter_id

@@ -7,7 +7,7 @@ import threading
 import time
 
 from core.db import transaction, utcnow
-from core.forget_requests.models import TERMINAL
+from core.forget_requests.models import TERMINAL, RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from unlearning.cagul.trainer import TrainingCancelled
 from workers.runtime import Runtime
@@ -69,7 +69,7 @@ class JobReporter:
             )
             self.cancelled = repo.get(self.request_id).cancel_requested
 
-    def status(self, status: str, message: str) -> None:
+    def status(self, status: RequestStatus, message: str) -> None:
         """A status event (the request's status changes too) and a fresh look at cancellation."""
         with transaction(self.rt.sessions) as session:
             repo = ForgetRequestRepository(session)
