@@ -63,7 +63,7 @@ def test_serve_and_a_worker_exit_at_once_on_a_bad_retain_folder(tmp_path: Path):
     code, errors = _run_briefly([sys.executable, "-m", "lethe.cli", "serve", "--port", "0"], env, tmp_path)
     assert code == 2 and "invalid setting LETHE_RETAIN_DIR" in errors and "lacks ['answer']" in errors, errors
     assert "retain.jsonl:1" in errors and time.monotonic() - started < 60
-    worker = [sys.executable, "-m", "celery", "-A", "workers.main:celery_app", "worker", "--pool=solo", "-Q", "train"]
+    worker = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool=solo", "-Q", "train"]
     code, errors = _run_briefly(worker, env, tmp_path)
     assert code != 0 and "the retain set cannot be used" in errors and "lacks ['answer']" in errors, errors
 
