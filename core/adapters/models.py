@@ -20,7 +20,7 @@ class AdapterState(StrEnum):
 
 
 STATES = tuple(str(s) for s in AdapterState)
-# lethe/scale.py still imports these two; they go once it names the enum.
+# The scale bench (lethe/scale) still imports these two; they go once it names the enum.
 ACTIVE, INACTIVE = AdapterState.ACTIVE, AdapterState.INACTIVE
 
 
