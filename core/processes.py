@@ -9,7 +9,7 @@ from core.queue import TRAIN_QUEUE
 
 # By import string: whoever starts the API does not import it.
 API_APP = "server.app:create_app"
-CELERY_APP = "workers.app"
+CELERY_APP = "workers.main:celery_app"
 
 
 def api_command(host: str = "127.0.0.1", port: int = 8000) -> list[str]:

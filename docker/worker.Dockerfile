@@ -14,4 +14,4 @@ COPY server server
 COPY workers workers
 COPY migrations migrations
 RUN pip install .
-CMD ["celery", "-A", "workers.app", "worker", "-Q", "train", "--pool=solo", "--concurrency=1", "--loglevel=INFO"]
+CMD ["celery", "-A", "workers.main:celery_app", "worker", "-Q", "train", "--pool=solo", "--concurrency=1", "--loglevel=INFO"]

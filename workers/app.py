@@ -1,4 +1,4 @@
-"""The Celery app the training worker runs; its command line is `core.processes.worker_command()`."""
+"""The Celery app the training worker runs, and nothing else: `workers.main` registers the tasks on it."""
 
 from __future__ import annotations
 
@@ -6,5 +6,3 @@ from core.queue import make_celery
 from core.settings import get_settings
 
 celery_app = make_celery(get_settings())
-
-import workers.tasks  # noqa: E402,F401  (registers the tasks on the app)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from core.adapters.models import ACTIVE, Adapter, AdapterSetVersion
+from core.adapters.models import Adapter, AdapterSetVersion, AdapterState
 from core.db import fetch_one, paginate, utcnow
 
 
@@ -42,15 +42,19 @@ class AdapterRepository:
         return list(self.session.scalars(select(Adapter).where(Adapter.id.in_(ids))).all())
 
     def active(self) -> list[Adapter]:
-        return list(self.session.scalars(select(Adapter).where(Adapter.state == ACTIVE).order_by(Adapter.id)).all())
+        return list(
+            self.session.scalars(select(Adapter).where(Adapter.state == AdapterState.ACTIVE).order_by(Adapter.id)).all()
+        )
 
     def active_ids(self) -> list[str]:
         """The ids of the ACTIVE rows, sorted (the order `AdapterSetRepository.record` stores)."""
-        return list(self.session.scalars(select(Adapter.id).where(Adapter.state == ACTIVE).order_by(Adapter.id)))
+        return list(
+            self.session.scalars(select(Adapter.id).where(Adapter.state == AdapterState.ACTIVE).order_by(Adapter.id))
+        )
 
-    def set_state(self, adapter: Adapter, state: str) -> None:
+    def set_state(self, adapter: Adapter, state: AdapterState) -> None:
         adapter.state = state
-        if state == ACTIVE:
+        if state == AdapterState.ACTIVE:
             adapter.activated_at = utcnow()
         else:
             adapter.deactivated_at = utcnow()

@@ -9,12 +9,11 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.adapters.models import ACTIVE as ADAPTER_ACTIVE
-from core.adapters.models import INACTIVE, Adapter
+from core.adapters.models import Adapter, AdapterState
 from core.certificates.models import CertificateRevocation
 from core.db import fetch_one
 from core.errors import ConflictError
-from core.forget_requests.models import ACTIVE, ForgetRequest
+from core.forget_requests.models import ForgetRequest, RequestStatus
 
 
 class CertificateStatus(StrEnum):
@@ -56,11 +55,19 @@ class CertificateRepository:
         request = fetch_one(self.session, ForgetRequest, request_id, "forget request")
         adapter = self.session.get(Adapter, adapter_id or request.adapter_id or "")
         # Only a module that was served (active now, or inactive after a deactivation) was ever certified.
-        if adapter is None or adapter.request_id != request.id or adapter.state not in (ADAPTER_ACTIVE, INACTIVE):
+        if (
+            adapter is None
+            or adapter.request_id != request.id
+            or adapter.state not in (AdapterState.ACTIVE, AdapterState.INACTIVE)
+        ):
             raise ConflictError(
                 f"request {request_id} is {request.status}: only an erasure whose module was activated is certified"
             )
-        if adapter.state == ADAPTER_ACTIVE and request.status == ACTIVE and request.adapter_id == adapter.id:
+        if (
+            adapter.state == AdapterState.ACTIVE
+            and request.status == RequestStatus.ACTIVE
+            and request.adapter_id == adapter.id
+        ):
             return CertificateState(request, adapter, CertificateStatus.ACTIVE)
         revocation = self.latest_revocation(adapter.id)
         if revocation is not None:

@@ -26,24 +26,27 @@ class RequestStatus(StrEnum):
     REVOKED = "revoked"
 
 
-VALIDATING, QUEUED, TRAINING, VERIFYING = (
-    RequestStatus.VALIDATING,
-    RequestStatus.QUEUED,
-    RequestStatus.TRAINING,
-    RequestStatus.VERIFYING,
-)
-ACTIVE, FAILED, CANCELLED, REJECTED, REVOKED = (
-    RequestStatus.ACTIVE,
-    RequestStatus.FAILED,
-    RequestStatus.CANCELLED,
-    RequestStatus.REJECTED,
-    RequestStatus.REVOKED,
-)
-NOTHING_TO_FORGET = RequestStatus.NOTHING_TO_FORGET
 STATUSES = tuple(str(s) for s in RequestStatus)
 # No training will run any more for a request in one of these: its uploaded data is purged on entry.
-TERMINAL = frozenset({ACTIVE, FAILED, CANCELLED, REJECTED, NOTHING_TO_FORGET, REVOKED})
-IN_FLIGHT = frozenset({VALIDATING, QUEUED, TRAINING, VERIFYING})
+TERMINAL = frozenset(
+    {
+        RequestStatus.ACTIVE,
+        RequestStatus.FAILED,
+        RequestStatus.CANCELLED,
+        RequestStatus.REJECTED,
+        RequestStatus.NOTHING_TO_FORGET,
+        RequestStatus.REVOKED,
+    }
+)
+IN_FLIGHT = frozenset({RequestStatus.VALIDATING, RequestStatus.QUEUED, RequestStatus.TRAINING, RequestStatus.VERIFYING})
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    # The job reached an outcome (published, rejected, nothing to forget, cancelled); FAILED: it could not.
+    FINISHED = "finished"
+    FAILED = "failed"
 
 
 class ForgetRequest(Base):

@@ -13,14 +13,15 @@ from core.callbacks.repository import CallbackRepository
 from core.crypto import DataKeyError, MasterKey, SealedRequest
 from core.db import fetch_one, paginate, utcnow
 from core.forget_requests.models import (
-    FAILED,
     IN_FLIGHT,
     TERMINAL,
     ForgetRequest,
     Job,
     JobEvent,
+    JobStatus,
     RequestImage,
     RequestKey,
+    RequestStatus,
 )
 
 
@@ -75,13 +76,13 @@ class ForgetRequestRepository:
         return paginate(self.session, query, limit, offset)
 
     def set_status(
-        self, request: ForgetRequest, status: str, message: str | None = None, job_id: str | None = None
+        self, request: ForgetRequest, status: RequestStatus, message: str | None = None, job_id: str | None = None
     ) -> None:
         request.status = status
         request.updated_at = utcnow()
-        if status == "active":
+        if status == RequestStatus.ACTIVE:
             request.error = None  # an in-flight message such as "verifying attempt 1 of 3" is not an error now
-        elif message is not None and status != "revoked":
+        elif message is not None and status != RequestStatus.REVOKED:
             request.error = message
         self.add_event(request.id, kind="status", status=status, message=message, job_id=job_id)
         if status in TERMINAL and request.purged_at is None:
@@ -153,19 +154,19 @@ class ForgetRequestRepository:
         return set(self.session.scalars(query).all())
 
     def create_job(self, request: ForgetRequest) -> Job:
-        job = Job(request_id=request.id, status="queued", enqueued_at=utcnow())
+        job = Job(request_id=request.id, status=JobStatus.QUEUED, enqueued_at=utcnow())
         self.session.add(job)
         self.session.flush()
         return job
 
     def give_up(self, request: ForgetRequest, job: Job, max_deliveries: int) -> None:
         """Fail a job started `max_deliveries` times that never finished, instead of sending it again."""
-        job.status, job.finished_at = "failed", utcnow()
+        job.status, job.finished_at = JobStatus.FAILED, utcnow()
         message = (
             f"the training job was started {job.deliveries} times and never finished (its worker died or went "
             f"silent each time, e.g. killed for memory); it is not sent again (LETHE_MAX_DELIVERIES={max_deliveries})"
         )
-        self.set_status(request, FAILED, message, job_id=job.id)
+        self.set_status(request, RequestStatus.FAILED, message, job_id=job.id)
         AuditRepository(self.session).record("system", "job.give_up", job.id, request_id=request.id)
 
     def get_job(self, job_id: str, *, for_update: bool = False) -> Job:
@@ -183,7 +184,7 @@ class ForgetRequestRepository:
         in_flight = (
             select(Job)
             .join(ForgetRequest, Job.request_id == ForgetRequest.id)
-            .where(ForgetRequest.status.in_(IN_FLIGHT), Job.status.in_(("queued", "running")))
+            .where(ForgetRequest.status.in_(IN_FLIGHT), Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
             .subquery()
         )
         counts = {
@@ -192,11 +193,11 @@ class ForgetRequestRepository:
         }
         oldest = self.session.scalar(
             select(func.min(func.coalesce(in_flight.c.enqueued_at, in_flight.c.created_at))).where(
-                in_flight.c.status == "queued"
+                in_flight.c.status == JobStatus.QUEUED
             )
         )
         workers = self.session.execute(
-            select(Job.worker, func.max(Job.heartbeat_at), func.count().filter(Job.status == "running"))
+            select(Job.worker, func.max(Job.heartbeat_at), func.count().filter(Job.status == JobStatus.RUNNING))
             .where(Job.worker.is_not(None), Job.heartbeat_at >= seen_since)
             .group_by(Job.worker)
             .order_by(func.max(Job.heartbeat_at).desc())
@@ -211,14 +212,14 @@ class ForgetRequestRepository:
         """
         cutoff = (now or utcnow()) - older_than
         busy = aliased(Job)
-        queue_moving = exists().where(busy.status == "running", busy.heartbeat_at >= cutoff)
+        queue_moving = exists().where(busy.status == JobStatus.RUNNING, busy.heartbeat_at >= cutoff)
         query = (
             select(ForgetRequest, Job)
             .join(Job, Job.request_id == ForgetRequest.id)
-            .where(ForgetRequest.status.in_(IN_FLIGHT), Job.status.in_(("queued", "running")))
+            .where(ForgetRequest.status.in_(IN_FLIGHT), Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
             .where(func.coalesce(Job.heartbeat_at, Job.created_at) < cutoff)
             .where(func.coalesce(Job.enqueued_at, Job.created_at) < cutoff)
-            .where(or_(Job.status == "running", ~queue_moving))
+            .where(or_(Job.status == JobStatus.RUNNING, ~queue_moving))
             .with_for_update(of=Job, skip_locked=True)
         )
         return [(r, j) for r, j in self.session.execute(query).all()]

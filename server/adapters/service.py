@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.adapters.models import ACTIVE, INACTIVE, Adapter
+from core.adapters.models import Adapter, AdapterState
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.audit.repository import AuditRepository
 from core.certificates.repository import CertificateRepository
 from core.db import transaction
 from core.errors import ConflictError
-from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
-from core.forget_requests.models import REVOKED
+from core.forget_requests.models import RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from server.adapters.schemas import AdapterOut, AdapterSetOut
 from server.inference import InferenceEngine
@@ -43,15 +42,18 @@ class AdapterService:
             requests = ForgetRequestRepository(session)
             adapter = adapters.get(adapter_id)
             request = requests.get(adapter.request_id, for_update=True)
-            wanted, allowed_from = (ACTIVE, INACTIVE) if active else (INACTIVE, ACTIVE)
+            on, off = AdapterState.ACTIVE, AdapterState.INACTIVE
+            wanted, allowed_from = (on, off) if active else (off, on)
             if adapter.state != allowed_from:
                 raise ConflictError(
                     f"adapter {adapter_id} is {adapter.state}; only an {allowed_from} adapter can be set {wanted}"
                 )
-            if active and any(a.state == ACTIVE for a in adapters.for_request(adapter.request_id)):
+            if active and any(a.state == AdapterState.ACTIVE for a in adapters.for_request(adapter.request_id)):
                 raise ConflictError(f"request {adapter.request_id} already has an active adapter; deactivate it first")
             adapters.set_state(adapter, wanted)
-            requests.set_status(request, REQUEST_ACTIVE if active else REVOKED, f"adapter {adapter_id} {wanted}")
+            requests.set_status(
+                request, RequestStatus.ACTIVE if active else RequestStatus.REVOKED, f"adapter {adapter_id} {wanted}"
+            )
             if active:
                 request.adapter_id = adapter.id
             else:

@@ -15,7 +15,7 @@ from core.certificates.verify import new_salt, request_commitments
 from core.crypto import MasterKey, seal_request
 from core.db import transaction
 from core.errors import ConflictError, InvalidRequestError, QueueUnavailableError
-from core.forget_requests.models import CANCELLED, FAILED, QUEUED, TERMINAL, VALIDATING, ForgetRequest, JobEvent
+from core.forget_requests.models import TERMINAL, ForgetRequest, JobEvent, RequestStatus
 from core.forget_requests.params import check_params
 from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import IdempotencyRepository
@@ -152,13 +152,13 @@ class ForgetRequestService:
                     params=params,
                     qa_sha256=[hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest() for p in qa_pairs],
                     callback_url=body.callback_url,
-                    status=VALIDATING,
+                    status=RequestStatus.VALIDATING,
                 )
                 request.filed_by = api_key_id
                 request.commitments = commitments
                 request.commitment_salt_ciphertext = self.master_key.open(sealed.wrapped_key).encrypt(salt)
                 # Queued before the task is sent: a fast worker must never see an older status than its own.
-                repo.set_status(request, QUEUED)
+                repo.set_status(request, RequestStatus.QUEUED)
                 job = repo.create_job(request)
                 request_id, job_id = request.id, job.id
                 AuditRepository(session).record(
@@ -186,7 +186,7 @@ class ForgetRequestService:
         except Exception as exc:
             with transaction(self.sessions) as session:
                 repo = ForgetRequestRepository(session)
-                repo.set_status(repo.get(request_id), FAILED, f"could not queue the training job: {exc}")
+                repo.set_status(repo.get(request_id), RequestStatus.FAILED, f"could not queue the training job: {exc}")
             raise QueueUnavailableError(f"the job queue is unavailable ({type(exc).__name__}); retry later") from exc
         return self.get(request_id).model_copy(update={"commitment_salt": salt.hex()}), False
 
@@ -220,8 +220,8 @@ class ForgetRequestService:
                 raise ConflictError(f"request {request_id} is already {request.status}; nothing to cancel")
             request.cancel_requested = True
             AuditRepository(session).record(actor, "forget_request.cancel", request_id, status=request.status)
-            if request.status in (VALIDATING, QUEUED):
-                repo.set_status(request, CANCELLED, "cancelled before training started")
+            if request.status in (RequestStatus.VALIDATING, RequestStatus.QUEUED):
+                repo.set_status(request, RequestStatus.CANCELLED, "cancelled before training started")
             else:
                 repo.add_event(request.id, kind="status", status=request.status, message="cancellation requested")
         return self.get(request_id)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.crypto import CertificateSigner
 from core.db import transaction, utcnow
+from core.forget_requests.models import JobStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from server.inference import InferenceEngine
 from server.ops.schemas import GateActivityOut, GateFiresOut, OperationsOut, QueueOut, ReadyOut, WorkerOut
@@ -94,8 +95,8 @@ class OpsService:
         ops = OperationsOut(
             readiness=self.readiness(),
             queue=QueueOut(
-                waiting=counts.get("queued", 0),
-                running=counts.get("running", 0),
+                waiting=counts.get(JobStatus.QUEUED, 0),
+                running=counts.get(JobStatus.RUNNING, 0),
                 oldest_waiting_s=None if oldest is None else round((now - _aware(oldest)).total_seconds(), 1),
             ),
             workers=[

@@ -12,11 +12,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect
 
-from core.adapters.models import ACTIVE, INACTIVE
+from core.adapters.models import AdapterState
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.crypto import MasterKey, seal_request
 from core.db import MIGRATIONS, make_engine, make_session_factory, transaction, upgrade_database, utcnow
-from core.forget_requests.models import QUEUED
+from core.forget_requests.models import RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.models import Base
 
@@ -30,7 +30,7 @@ def _request(repo: ForgetRequestRepository, subject: str = "someone"):  # type: 
         params={},
         qa_sha256=["0" * 64],
         callback_url=None,
-        status=QUEUED,
+        status=RequestStatus.QUEUED,
     )
 
 
@@ -62,18 +62,18 @@ def test_requests_jobs_events_and_adapter_set(pg_url: str):
         sets = AdapterSetRepository(session)
         assert sets.current() is None
         common = {"method": "cagul", "path": "/x", "sha256": "f" * 64, "base_fingerprint": "b" * 64}
-        a1 = adapters.create(request_id=ids[0], state=ACTIVE, trainable_params=5, report={}, **common)
+        a1 = adapters.create(request_id=ids[0], state=AdapterState.ACTIVE, trainable_params=5, report={}, **common)
         a2 = adapters.create(
-            request_id=ids[0], state=INACTIVE, parent_id=a1.id, trainable_params=5, report={}, **common
+            request_id=ids[0], state=AdapterState.INACTIVE, parent_id=a1.id, trainable_params=5, report={}, **common
         )
         assert (a1.version, a2.version) == (1, 2)
         v1 = sets.record("first")
-        adapters.set_state(a1, INACTIVE)
+        adapters.set_state(a1, AdapterState.INACTIVE)
         v2 = sets.record("rollback")
         assert (v1.adapter_ids, v2.adapter_ids, v2.version) == ([a1.id], [], v1.version + 1)
         assert sets.current().version == v2.version
-        a3 = adapters.create(request_id=ids[1], state=ACTIVE, trainable_params=5, report={}, **common)
-        adapters.set_state(a1, ACTIVE)
+        a3 = adapters.create(request_id=ids[1], state=AdapterState.ACTIVE, trainable_params=5, report={}, **common)
+        adapters.set_state(a1, AdapterState.ACTIVE)
         assert adapters.active_ids() == sorted([a1.id, a3.id])
         # Drift: rows changed with no version recorded is what the engine must see.
         assert sets.snapshot() == (v2, sorted([a1.id, a3.id]))
@@ -99,7 +99,7 @@ def test_lock_serialises_changes_of_the_active_set(backend: str, request: pytest
             AdapterRepository(session).create(
                 request_id=request_id,
                 method="cagul",
-                state=ACTIVE,
+                state=AdapterState.ACTIVE,
                 path="/x",
                 sha256="f" * 64,
                 base_fingerprint="b" * 64,

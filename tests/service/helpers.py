@@ -15,12 +15,11 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
-from core.adapters.models import ACTIVE
+from core.adapters.models import AdapterState
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.crypto import MasterKey, seal_request
 from core.db import make_engine, make_session_factory, transaction
-from core.forget_requests.models import ACTIVE as REQUEST_ACTIVE
-from core.forget_requests.models import ForgetRequest
+from core.forget_requests.models import ForgetRequest, RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
 from unlearning.artifacts import save_module
@@ -107,7 +106,7 @@ def activate_module(database_url: str, world: World, client: TestClient, module:
         AdapterRepository(session).create(
             request_id=request_id,
             method="cagul",
-            state=ACTIVE,
+            state=AdapterState.ACTIVE,
             path=str(directory),
             sha256=manifest["digest"],
             base_fingerprint=engine.fingerprint,
@@ -140,9 +139,9 @@ def request_row(session: Session, status: str) -> ForgetRequest:
     )
 
 
-def adapter_row(session: Session, artifact: tuple[str, str], fingerprint: str, state: str = ACTIVE) -> str:
+def adapter_row(session: Session, artifact: tuple[str, str], fingerprint: str, state: str = AdapterState.ACTIVE) -> str:
     """A request and its adapter in `state`, as the worker's publish writes them (no set version)."""
-    request = request_row(session, REQUEST_ACTIVE)
+    request = request_row(session, RequestStatus.ACTIVE)
     adapter = AdapterRepository(session).create(
         request_id=request.id,
         method="cagul",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from core.adapters.models import INACTIVE
+from core.adapters.models import AdapterState
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import make_engine, make_session_factory, transaction
 from core.settings import Settings
@@ -52,7 +52,7 @@ def test_one_activation_loads_one_module_and_leaves_the_others(
 
     with transaction(sessions) as session:
         AdapterSetRepository(session).lock()
-        AdapterRepository(session).set_state(AdapterRepository(session).get(first[0]), INACTIVE)
+        AdapterRepository(session).set_state(AdapterRepository(session).get(first[0]), AdapterState.INACTIVE)
         version = AdapterSetRepository(session).record("one deactivated").version
     engine.sync()
     assert engine.ready and engine.served_version == version and engine.active.loads == 3

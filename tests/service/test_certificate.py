@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from core.adapters.models import ACTIVE
+from core.adapters.models import AdapterState
 from core.adapters.repository import AdapterRepository
 from core.certificates.models import CertificateRevocation
 from core.certificates.verify import commitment
@@ -71,7 +71,7 @@ def _activate(pg_url: str, request_id: str) -> str:
         adapter = AdapterRepository(session).create(
             request_id=request_id,
             method="cagul",
-            state=ACTIVE,
+            state=AdapterState.ACTIVE,
             path="/nowhere",
             sha256="a" * 64,
             base_fingerprint="b" * 64,

@@ -9,7 +9,7 @@ from pathlib import Path
 import redis
 
 from core.db import make_engine, make_session_factory, transaction, utcnow
-from core.forget_requests.models import TRAINING
+from core.forget_requests.models import RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import make_celery
 from core.settings import Settings
@@ -21,7 +21,7 @@ def silent_job(sessions, deliveries: int) -> tuple[str, str]:  # type: ignore[no
     """A request in training whose worker died `deliveries` starts in, an hour ago."""
     with transaction(sessions) as session:
         repo = ForgetRequestRepository(session)
-        request = request_row(session, TRAINING)
+        request = request_row(session, RequestStatus.TRAINING)
         job = repo.create_job(request)
         an_hour_ago = utcnow() - timedelta(hours=1)
         job.status, job.deliveries, job.heartbeat_at, job.enqueued_at = "running", deliveries, an_hour_ago, an_hour_ago

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.adapters.models import INACTIVE
+from core.adapters.models import AdapterState
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import make_engine, make_session_factory, transaction
 from core.settings import Settings
@@ -101,7 +101,7 @@ def _keep_two_active(sessions: sessionmaker[Session]) -> None:
         sets, adapters = AdapterSetRepository(session), AdapterRepository(session)
         sets.lock()
         for adapter_id in adapters.active_ids()[2:]:
-            adapters.set_state(adapters.get(adapter_id), INACTIVE)
+            adapters.set_state(adapters.get(adapter_id), AdapterState.INACTIVE)
         sets.record("rollback")
 
 
@@ -164,7 +164,7 @@ def test_a_set_that_drifts_from_the_active_rows_fails_closed_and_recovers(
 
         # A version recorded, then a row flipped behind its back (a rollback undone, or a deactivation lost).
         with transaction(sessions) as session:
-            AdapterRepository(session).set_state(AdapterRepository(session).get(first), INACTIVE)
+            AdapterRepository(session).set_state(AdapterRepository(session).get(first), AdapterState.INACTIVE)
         refused(holds=[first], rows=[])
         with transaction(sessions) as session:
             version = AdapterSetRepository(session).record("rollback").version

@@ -131,7 +131,7 @@ def test_a_worker_with_a_long_host_name_still_finishes_its_job_and_is_audited(
     client, rt = service
     host = "h" * 63 + "." + "n" * 63 + "." + "o" * 63 + ".example1"  # 200 characters, as DNS allows
     assert len(host) == 200
-    monkeypatch.setattr("workers.training.socket.gethostname", lambda: host)
+    monkeypatch.setattr("workers.training.flow.socket.gethostname", lambda: host)
     payload = file(service, request_body(tiny_world, "p000", params={"steps": 1, "discriminator_steps": 20}))
     assert run_training_job(rt, payload) == "rejected_verification"
     with transaction(rt.sessions) as session:

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.db import make_engine, make_session_factory, transaction, utcnow
-from core.forget_requests.models import QUEUED, TRAINING
+from core.forget_requests.models import RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import ApiKeyRepository
 from core.settings import Settings
@@ -86,7 +86,7 @@ def test_me_tells_a_key_its_scopes(client: TestClient):
 
 def test_label_search_matches_the_start_of_the_label(client: TestClient):
     with transaction(client.app.state.sessions) as session:  # type: ignore[attr-defined]
-        labels = [request_row(session, QUEUED).subject_label for _ in range(3)]
+        labels = [request_row(session, RequestStatus.QUEUED).subject_label for _ in range(3)]
     found = client.get("/v1/forget-requests", params={"label": labels[1][:8]}, headers=AUTH).json()
     assert [r["subject_label"] for r in found["items"]] == [labels[1]] and found["total"] == 1
     assert client.get("/v1/forget-requests", params={"label": labels[2]}, headers=AUTH).json()["total"] == 1
@@ -101,9 +101,9 @@ def test_operations_shows_the_queue_workers_and_gate_fires(client: TestClient):
     sessions = make_session_factory(make_engine(str(client.app.state.settings.database_url)))  # type: ignore[attr-defined]
     with transaction(sessions) as session:
         repo = ForgetRequestRepository(session)
-        waiting = request_row(session, QUEUED)
+        waiting = request_row(session, RequestStatus.QUEUED)
         repo.create_job(waiting).enqueued_at = utcnow() - timedelta(seconds=30)
-        running = repo.create_job(request_row(session, TRAINING))
+        running = repo.create_job(request_row(session, RequestStatus.TRAINING))
         running.status, running.worker, running.heartbeat_at = "running", "gpu-1:42", utcnow()
         old = repo.create_job(request_row(session, "failed"))
         old.status, old.worker, old.heartbeat_at = "failed", "gpu-2:7", utcnow() - timedelta(hours=1)
