@@ -17,7 +17,9 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
@@ -34,7 +36,7 @@ from transformers import (
 )
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from unlearning.augment import MILD_VIEWS
+from unlearning.augment import MILD_VIEWS, augment
 from unlearning.backbones.qwen2_vl import ImageOnlyQwen2VLProcessor, Qwen2VLBackbone
 from unlearning.identity.config import TowerConfig
 from unlearning.identity.tower import pretrain_contrastively
@@ -285,24 +287,40 @@ def train_qwen2_vl_reference(
 
 
 def pretrain_qwen2_vl_tower(backbone: Qwen2VLBackbone, world: World, config: TowerConfig) -> dict[str, float]:
-    """Contrastive pre-training of the Qwen2-VL vision encoder on the gate's pooled tokens of drawn people, photos
-    at every size of `QWEN_SIZES`; the encoder is frozen after it, the merger (the projector) is not."""
+    """Contrastive pre-training of the Qwen2-VL vision encoder on the gate's pooled tokens of drawn people, each
+    batch at one size of `QWEN_SIZES`; the encoder is frozen after it, the merger (the projector) is not."""
     portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
+    photos = torch.from_numpy(np.stack([np.stack([np.asarray(im.convert("RGB")) for im in p]) for p in portraits]))
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
+    ip = backbone.processor.image_processor
+    mean, std = torch.tensor(ip.image_mean).view(1, 3, 1, 1), torch.tensor(ip.image_std).view(1, 3, 1, 1)
     # The gate's own view of an image, with gradients: `visual_tokens` is the served, gradient-free one.
     pooled = Qwen2VLBackbone.visual_tokens.__wrapped__  # type: ignore[attr-defined]
 
     def tokens(who, view, changed):  # type: ignore[no-untyped-def]
-        photos = [resized(portraits[w][v], rng.choice(QWEN_SIZES)) for w, v in zip(who, view.tolist(), strict=True)]
-        inputs = backbone.augmented_inputs(photos, MILD_VIEWS, generator) if changed else backbone.pixel_values(photos)
-        return pooled(backbone, inputs)
+        x = photos[torch.from_numpy(who), view].permute(0, 3, 1, 2).float().div(255)
+        width, height = rng.choice(QWEN_SIZES)
+        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True).clamp(0, 1)
+        x = augment(x, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), MILD_VIEWS, generator) if changed else x
+        return pooled(backbone, qwen2_vl_patches((x - mean) / std, ip))
 
     visual = backbone.model.model.visual
     report = pretrain_contrastively(visual, tokens, (config.identities, config.views), config, generator)
     for name, parameter in visual.named_parameters():
         parameter.requires_grad_(name.startswith("merger."))
     return report
+
+
+def qwen2_vl_patches(x: torch.Tensor, ip: Qwen2VLImageProcessorPil) -> dict[str, torch.Tensor]:
+    """Normalised images [batch, 3, H, W] (H, W multiples of patch x merge) as the Qwen2-VL processor flattens
+    them (equal to its output): the pre-training's batches skip its per-image PIL path."""
+    b, c, h, w = x.shape
+    p, m, t = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    rows, cols = h // p, w // p
+    x = x[:, None].expand(b, t, c, h, w).reshape(b, 1, t, c, rows // m, m, p, cols // m, m, p)
+    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9).reshape(b * rows * cols, c * t * p * p)
+    return {"pixel_values": x, "image_grid_thw": torch.tensor([[1, rows, cols]] * b)}
 
 
 # What the cached Qwen2-VL learnt; its directory name hashes this with the world's, so a change retrains it.

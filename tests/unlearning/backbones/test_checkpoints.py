@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.checkpoints import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, write_llava_checkpoint, write_qwen2_vl_checkpoint
+from tests.checkpoints import (
+    QWEN_MAX_PIXELS,
+    QWEN_MIN_PIXELS,
+    qwen2_vl_patches,
+    write_llava_checkpoint,
+    write_qwen2_vl_checkpoint,
+)
 from unlearning.backbones import load_backbone
 from unlearning.backbones.llava import LlavaBackbone
 from unlearning.backbones.qwen2_vl import GATE_GRID, Qwen2VLBackbone
@@ -130,3 +137,15 @@ def test_an_identity_encoder_trains_and_loads_on_photos_of_mixed_sizes(checkpoin
     embeddings = served.identity_embeddings(served.visual_tokens(served.pixel_values(_photos())))
     assert embeddings.shape == (3, 8)
     assert torch.allclose(embeddings.norm(dim=1), torch.ones(3))
+
+
+def test_the_pre_training_patches_equal_the_qwen2_vl_processors(checkpoints: dict[str, Path]):
+    backbone = load_backbone(checkpoints["qwen2_vl"])
+    ip = backbone.processor.image_processor
+    photos = [Image.new("RGB", (80, 64), (20 * i, 90, 200 - 30 * i)) for i in range(3)]
+    photos[1].paste((250, 10, 10), (8, 8, 40, 30))
+    x = torch.stack([torch.from_numpy(np.asarray(im, dtype=np.float32) / 255).permute(2, 0, 1) for im in photos])
+    x = (x - torch.tensor(ip.image_mean).view(1, 3, 1, 1)) / torch.tensor(ip.image_std).view(1, 3, 1, 1)
+    ours, theirs = qwen2_vl_patches(x, ip), backbone.pixel_values(photos)
+    assert torch.equal(ours["image_grid_thw"], theirs["image_grid_thw"])
+    assert torch.allclose(ours["pixel_values"], theirs["pixel_values"], atol=1e-6)

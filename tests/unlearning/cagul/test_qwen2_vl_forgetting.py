@@ -64,7 +64,7 @@ def gates(reference: Backbone, world: World, people: list[Person]) -> tuple[Cagu
     heldout = [im for p in others + strangers for im in _photos(world, p, world.heldout_views())]
     retain = RetainSet(images=images, qa=retain_qa, negatives=negatives, heldout_negatives=heldout)
     # No identity encoder beside this model (as beside a downloaded checkpoint): the gate reads the pooled tokens.
-    # Held-out photo scores (48x48 .. 64x96) against the highest of other people's 80 photos: 600 discriminator steps
+    # Measured on the reference before its vision encoder was pre-trained (version 1), held-out photo scores (48x48 .. 64x96) against the highest of other people's 80 photos: 600 discriminator steps
     # 0.69 0.89 0.97 0.55 / 0.00, 300 steps 0.96 0.92 0.97 0.73 / 0.00, 150 steps 0.99 0.92 0.96 0.83 / 0.01. The
     # floor a retry for a missing gate reaches (0.5) leaves a margin on both sides.
     config = CagulConfig(discriminator_input="flatten", steps=300, discriminator_steps=150, threshold_floor=0.5)
