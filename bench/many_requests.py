@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from unlearning.evaluation.leakage import leaked
+from unlearning.evaluation.metrics.leakage import leaked
 from unlearning.world import WORLD_PRESETS, World
 
 TOKEN = "lethe_0123456789ab_many-requests-bench-key-not-secret"

@@ -207,7 +207,7 @@ def _run_demo(subjects: list[str], data_dir: Path | None, world: str | None, par
     from unlearning.backbones import load_backbone
     from unlearning.cagul import CagulConfig
     from unlearning.errors import InvalidInputError
-    from unlearning.evaluation.demo import run_demo
+    from unlearning.evaluation.drivers.demo import run_demo
 
     built = _built_world(data_dir, world, with_retain_model=False)
     try:
@@ -303,7 +303,7 @@ def bench_quality(
     from rich.table import Table
 
     from unlearning.errors import InvalidInputError
-    from unlearning.evaluation.bench import COLUMNS, format_value, markdown_table, plan_rows, run_quality_bench
+    from unlearning.evaluation.drivers.bench import COLUMNS, format_value, markdown_table, plan_rows, run_quality_bench
 
     try:
         rows = plan_rows([m.strip() for m in methods.split(",") if m.strip()] if methods else None, ablations, quick)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,8 +11,7 @@ from transformers import get_cosine_schedule_with_warmup
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.identity.config import TowerConfig
 from unlearning.identity.trainer import two_views
-
-ProgressFn = Callable[[int, int, float], None]
+from unlearning.progress import ProgressFn
 
 
 def pretrain_vision_tower(
@@ -70,6 +67,6 @@ def pretrain_vision_tower(
         schedule.step()
         loss_value = float(loss.detach())
         if progress is not None:
-            progress(step + 1, config.steps, loss_value)
+            progress("tower", step + 1, config.steps, loss_value)
     tower.eval()
     return {"final_loss": round(loss_value, 4)}

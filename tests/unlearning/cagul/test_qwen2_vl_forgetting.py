@@ -10,10 +10,11 @@ import pytest
 from tests.checkpoints import QWEN_REFERENCE, QWEN_SIZES, cached_qwen2_vl_reference, qwen2_vl_known_people, resized
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.cagul import CagulConfig, CagulGate, CagulTrainer
+from unlearning.config import REFUSAL_ANSWER
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import ensure_people
-from unlearning.world.people import REFUSAL_ANSWER, Person
+from unlearning.world.people import Person
 
 pytestmark = pytest.mark.slow
 
