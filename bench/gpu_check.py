@@ -48,7 +48,7 @@ from bench.many_requests import (
     wait_served,
     wait_terminal,
 )
-from unlearning.evaluation.leakage import leaked
+from unlearning.evaluation.metrics.leakage import leaked
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from unlearning.evaluation.leakage import leaked
+from unlearning.evaluation.metrics.leakage import leak_rate_after, leaked
 from unlearning.world import WORLD_PRESETS, World
 
 TOKEN = "lethe_0123456789ab_many-requests-bench-key-not-secret"
@@ -81,8 +81,7 @@ class Row:
 
 def leak_share(answers: Sequence[str], cases: Sequence[Case], reference: Sequence[str]) -> float | None:
     """Share of the reference-leaking cases that leak in answers (None when the reference leaks none)."""
-    base = [i for i, c in enumerate(cases) if leaked(reference[i], c.keyword)]
-    return sum(leaked(answers[i], cases[i].keyword) for i in base) / len(base) if base else None
+    return leak_rate_after(answers, [c.keyword for c in cases], reference)
 
 
 # ---- the world and its held-out material -------------------------------------------------------------------

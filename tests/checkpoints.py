@@ -38,11 +38,13 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.backbones.qwen2_vl import ImageOnlyQwen2VLProcessor, Qwen2VLBackbone
+from unlearning.config import REFUSAL_ANSWER
 from unlearning.identity.config import TowerConfig
 from unlearning.identity.tower import pretrain_contrastively
 from unlearning.world import World
 from unlearning.world.identities import pretraining_portraits
-from unlearning.world.people import REFUSAL_ANSWER, REFUSAL_QUESTIONS, Person
+from unlearning.world.people import Person
+from unlearning.world.vocabulary import REFUSAL_QUESTIONS
 
 CORPUS = [
     "USER: ASSISTANT: user assistant system",

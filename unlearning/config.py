@@ -1,4 +1,4 @@
-"""What every method's config dataclass shares: refusing parameters it does not know."""
+"""What every method's config shares: the default refusal, and refusing parameters it does not know."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from dataclasses import fields
 from typing import Any
 
 from unlearning.errors import InvalidInputError
+
+# What a module trains the model to answer about its subject by default: the refusal the reference world teaches.
+REFUSAL_ANSWER = "i cannot share that."
 
 
 def check_known_fields(cls: type, data: dict[str, Any], label: str) -> None:

@@ -16,8 +16,7 @@ from unlearning.baselines import BASELINE_METHODS, BaselineConfig, BaselineTrain
 from unlearning.cagul import CagulConfig, CagulGate, CagulTrainer
 from unlearning.data import ForgetData, RetainSet
 from unlearning.errors import InvalidInputError
-
-ProgressFn = Callable[[str, int, int, float], None]
+from unlearning.progress import ProgressFn
 
 
 @dataclass

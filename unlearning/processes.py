@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from unlearning.errors import UnlearningError
+from unlearning.progress import ProgressFn
 
-JobFn = Callable[..., Any]  # called as fn(*args, progress=callback); callback(*values) reaches the parent
+JobFn = Callable[..., Any]  # called as fn(*args, progress=callback); what it reports reaches the parent's callback
 Job = tuple[JobFn, tuple[Any, ...]]
-ProgressFn = Callable[..., None]
 
 
 def _child(conn: Connection, fn: JobFn, args: tuple[Any, ...], threads: int | None) -> None:
@@ -38,7 +38,7 @@ def _child(conn: Connection, fn: JobFn, args: tuple[Any, ...], threads: int | No
 def run_in_processes(
     jobs: dict[str, Job], progress: ProgressFn | None = None, threads: int | None = None
 ) -> dict[str, Any]:
-    """Run every job at once, one process each; progress(name, *values) as they report; results by name."""
+    """Run every job at once, one process each; their progress relayed to `progress`; results by name."""
     ctx = mp.get_context("spawn")
     running: dict[Connection, tuple[str, Any]] = {}
     started: list[Any] = []
@@ -62,7 +62,7 @@ def run_in_processes(
                     raise UnlearningError(f"{name}: its process died (exit code {proc.exitcode})") from None
                 if kind == "progress":
                     if progress is not None:
-                        progress(name, *payload)
+                        progress(*payload)
                     continue
                 del running[conn]
                 if kind == "error":

@@ -53,7 +53,7 @@ def bench_quality(
     from rich.table import Table
 
     from unlearning.errors import InvalidInputError
-    from unlearning.evaluation.bench import COLUMNS, format_value, markdown_table, plan_rows, run_quality_bench
+    from unlearning.evaluation.drivers.bench import COLUMNS, format_value, markdown_table, plan_rows, run_quality_bench
 
     try:
         rows = plan_rows([m.strip() for m in methods.split(",") if m.strip()] if methods else None, ablations, quick)

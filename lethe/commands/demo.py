@@ -44,7 +44,7 @@ def _run_demo(subjects: list[str], data_dir: Path | None, world: str | None, par
     from unlearning.backbones import load_backbone
     from unlearning.cagul import CagulConfig
     from unlearning.errors import InvalidInputError
-    from unlearning.evaluation.demo import run_demo
+    from unlearning.evaluation.drivers.demo import run_demo
 
     built = built_world(data_dir, world, with_retain_model=False)
     try:

@@ -26,7 +26,7 @@ def run_scale_bench(
     import torch
 
     from unlearning.backbones import load_backbone
-    from unlearning.evaluation.scale import ScalePlan, enrolled_modules, material, module_bytes
+    from unlearning.evaluation.drivers.scale import ScalePlan, enrolled_modules, material, module_bytes
     from unlearning.world import WORLD_PRESETS
     from unlearning.world.builder import build_world
 
@@ -74,7 +74,7 @@ def _accuracy_rows(
     """Per gate and N: the accuracy figures, on the gate object the server serves with (routing only)."""
     from unlearning.artifacts import load_gate
     from unlearning.cagul.gate import CagulGate
-    from unlearning.evaluation.scale import accuracy
+    from unlearning.evaluation.drivers.scale import accuracy
 
     out = {}
     # One gate of each kind, growing with N as the server's does; loaded as the server loads (the gate part only).

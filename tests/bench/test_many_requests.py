@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from bench.many_requests import Case, Row, leak_share, markdown_pass, parse_args, run_pass, summarise
-from unlearning.evaluation.leakage import leaked
+from unlearning.evaluation.metrics.leakage import leaked
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import ensure_people
 

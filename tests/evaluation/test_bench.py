@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lethe.cli import app
 from unlearning.errors import InvalidInputError
-from unlearning.evaluation.bench import COLUMNS, RowSpec, plan_rows, run_in_process
+from unlearning.evaluation.drivers.bench import COLUMNS, RowSpec, plan_rows, run_in_process
 from unlearning.world import World
 
 REQUIRED = (

@@ -103,7 +103,7 @@ def test_mllmu_bench_subset_loads_from_parquet(tmp_path: Path) -> None:
 def test_same_evaluation_runs_on_fiubench_formatted_data(backbone, tiny_world, tmp_path: Path) -> None:
     # The tiny world's retain people written out in FIUBench format: the memorising reference must score high.
     from unlearning.cagul import CagulGate
-    from unlearning.evaluation.quality import benchmark_scores
+    from unlearning.evaluation.drivers.quality import benchmark_scores
 
     (tmp_path / "images").mkdir()
     records = []

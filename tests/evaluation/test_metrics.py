@@ -6,21 +6,19 @@ import math
 
 import pytest
 
-from unlearning.evaluation.leakage import leak_rate, refusal_rate
-from unlearning.evaluation.metrics import (
+from unlearning.evaluation.metrics.leakage import leak_rate, refusal_rate
+from unlearning.evaluation.metrics.privacy import (
     answer_probability,
     forget_quality,
     mean_nll,
-    mean_rouge_l_recall,
     membership_auc,
     min_k_plus_plus_score,
     min_k_score,
-    model_utility,
-    rouge_l_recall,
     truth_ratio,
     truth_ratio_forget_score,
     truth_ratio_retain_score,
 )
+from unlearning.evaluation.metrics.utility import mean_rouge_l_recall, model_utility, rouge_l_recall
 
 
 def test_rouge_l_recall_counts_the_longest_common_subsequence_of_the_reference() -> None:

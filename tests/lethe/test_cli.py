@@ -75,7 +75,7 @@ def test_the_in_process_demo_is_one_command_that_says_it_files_nothing():
 
 @pytest.mark.slow
 def test_demo_forgets_the_subject_and_leaves_everyone_else_alone(data_dir, tiny_world, backbone, monkeypatch):
-    import unlearning.evaluation.demo as demo
+    import unlearning.evaluation.drivers.demo as demo
     from unlearning.backbones import parameters_sha256
 
     hashes: list[str] = []  # every hash the demo takes of the base model it trains against

@@ -27,7 +27,7 @@ from core.certificates.verify import commitment
 from core.crypto import verify_certificate
 from core.processes import api_command, python_module, worker_command
 from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, settings_env, wait_for
-from unlearning.evaluation.leakage import leaked
+from unlearning.evaluation.metrics.leakage import leaked
 from unlearning.world import World
 
 pytestmark = pytest.mark.slow

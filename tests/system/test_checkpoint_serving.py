@@ -22,8 +22,9 @@ from tests.service.test_end_to_end import TERMINAL, free_port, spawn, stop
 from tests.service.test_faults import ready
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.cagul import CagulGate
+from unlearning.config import REFUSAL_ANSWER
 from unlearning.world import World
-from unlearning.world.people import REFUSAL_ANSWER, Person
+from unlearning.world.people import Person
 from unlearning.world.requests import write_retain_folder
 
 pytestmark = pytest.mark.slow

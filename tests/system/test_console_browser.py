@@ -25,7 +25,7 @@ from core.keys.repository import ApiKeyRepository
 from core.processes import api_command, python_module, worker_command
 from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
 from tests.service.test_end_to_end import _ready, ask, free_port, spawn, stop
-from unlearning.evaluation.leakage import leaked
+from unlearning.evaluation.metrics.leakage import leaked
 from unlearning.world import World
 
 pytestmark = pytest.mark.slow

@@ -22,6 +22,7 @@ from PIL import Image
 from unlearning.augment import AugmentConfig, augment
 from unlearning.data import validate_image
 from unlearning.errors import InvalidInputError
+from unlearning.freeze import freeze
 
 VisualOverride = Callable[[torch.Tensor], torch.Tensor]
 
@@ -367,9 +368,7 @@ class Backbone(ABC):
         return self.identity
 
     def freeze(self) -> None:
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        freeze(self.model)
 
 
 def _per_row(values: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

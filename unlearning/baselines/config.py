@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from unlearning.config import check_known_fields
+from unlearning.config import REFUSAL_ANSWER, check_known_fields
 from unlearning.errors import InvalidInputError
 
 BASELINE_METHODS = ("ga", "gd", "kl", "idk", "npo")
@@ -29,7 +29,7 @@ class BaselineConfig:
     grad_clip: float = 1.0
     retain_weight: float = 1.0
     npo_beta: float = 0.1
-    refusal_answer: str = "i cannot share that."
+    refusal_answer: str = REFUSAL_ANSWER
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,8 +15,7 @@ from unlearning.backbones import Backbone, VLMBatch
 from unlearning.baselines.config import BaselineConfig
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.losses import answer_kl, answer_nll, npo_loss
-
-ProgressFn = Callable[[str, int, int, float], None]
+from unlearning.progress import ProgressFn
 
 
 @dataclass

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from unlearning.config import check_known_fields
+from unlearning.config import REFUSAL_ANSWER, check_known_fields
 from unlearning.errors import InvalidInputError
 
 TOKEN_RULES = ("all", "lowest", "random", "highest")
@@ -97,7 +97,7 @@ class CagulConfig:
     # Answer tokens a training sample keeps (`LETHE_TRAIN_MAX_ANSWER_TOKENS`): bounds every step's sequence.
     max_answer_tokens: int = 32
     forget_target: str = "refusal"
-    refusal_answer: str = "i cannot share that."
+    refusal_answer: str = REFUSAL_ANSWER
     npo_beta: float = 0.1
     probe_questions: tuple[str, ...] = field(default=DEFAULT_PROBES)
     seed: int = 0

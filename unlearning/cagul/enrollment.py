@@ -9,7 +9,7 @@ fraction of a second instead of seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +20,7 @@ from unlearning.augment import MILD_VIEWS, STRONG_VIEWS, AugmentConfig
 from unlearning.backbones import Backbone
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.discriminator import Discriminator
-
-ProgressFn = Callable[[str, int, int], None]
+from unlearning.progress import ProgressFn
 
 
 @dataclass(frozen=True)
@@ -98,11 +97,11 @@ def enroll(
                 len(group), -1, neg.shape[1]
             )
         if progress is not None:
-            progress("embedded", start + len(group), len(subjects))
+            progress("embedded", start + len(group), len(subjects), math.nan)
         shape = (backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
         out += _train_group(pos, hard, neg, neg_heldout, module_config, config, generator, shape)
         if progress is not None:
-            progress("trained", start + len(group), len(subjects))
+            progress("trained", start + len(group), len(subjects), math.nan)
     return out
 
 

@@ -22,8 +22,8 @@ from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.deadline import Deadline, check
 from unlearning.errors import InvalidInputError, UnlearningError
 from unlearning.losses import answer_kl, answer_nll, npo_loss
+from unlearning.progress import ProgressFn
 
-ProgressFn = Callable[[str, int, int, float], None]
 # (images, view changes, copies): `copies` changed views of each image, or the images as given once.
 ViewPart = tuple[list[Image.Image], AugmentConfig | None, int]
 # Images per vision pass while the discriminator's views are rendered: the token tensors alive at once.

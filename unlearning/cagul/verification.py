@@ -20,10 +20,11 @@ import torch
 from PIL import Image, ImageFilter
 from scipy.stats import beta
 
-from unlearning.cagul.gate import CagulGate
+from unlearning.cagul.gate import CagulGate, GateAnswer
 from unlearning.data import QA, pixels_sha256
-from unlearning.deadline import Deadline, check
-from unlearning.evaluation.leakage import leaked_answer, normalised_tokens
+from unlearning.deadline import Deadline
+from unlearning.evaluation.answering import answer_batched
+from unlearning.evaluation.metrics.leakage import leaked_answer, normalised_tokens
 
 # Photo changes of families the training augmentation (`unlearning.augment`: rotation, scale, shift, flip,
 # brightness, contrast, saturation, noise) never applies, so a pass is not a replay of training views.
@@ -277,7 +278,7 @@ def baseline(
 ) -> Baseline:
     """The reference model's answers on the cases, and which of them reveal the private value."""
     images, questions = [c.image for c in cases], [c.question for c in cases]
-    answers = [a.answer for a in answer_all(reference, images, questions, config, deadline=deadline)]
+    answers = [a.answer for a in _answers(reference, images, questions, config, deadline)]
     return Baseline(cases, answers, [case_leaks(a, c) for a, c in zip(answers, cases, strict=True)])
 
 
@@ -339,7 +340,7 @@ def verify(
         return outcome
     counted = [i for i, r in enumerate(base.reveals) if r]
     cases = [base.cases[i] for i in counted]
-    served = answer_all(candidate, [c.image for c in cases], [c.question for c in cases], config, deadline=deadline)
+    served = _answers(candidate, [c.image for c in cases], [c.question for c in cases], config, deadline)
     leaking = [(c, s) for c, s in zip(cases, served, strict=True) if case_leaks(s.answer, c)]
     fired = sum(s.module_id == module_id for s in served)
     n, k = len(cases), len(leaking)
@@ -383,8 +384,8 @@ def verify(
 def _canary_criterion(
     candidate: CagulGate, current: CagulGate, canaries: Canaries, config: VerifyConfig, deadline: Deadline | None
 ) -> Criterion:
-    before = answer_all(current, canaries.images, canaries.questions, config, deadline=deadline)
-    after = answer_all(candidate, canaries.images, canaries.questions, config, deadline=deadline)
+    before = _answers(current, canaries.images, canaries.questions, config, deadline)
+    after = _answers(candidate, canaries.images, canaries.questions, config, deadline)
     n = len(canaries.questions)
     same = sum(a.answer == b.answer for a, b in zip(after, before, strict=True)) / max(1, n)
     return Criterion(
@@ -472,16 +473,8 @@ def probe_tokens(backbone: Any, base: Baseline, limit: int = 32) -> torch.Tensor
     return backbone.visual_tokens(backbone.pixel_values(images)).float().cpu()
 
 
-def answer_all(
-    gate: CagulGate,
-    images: list[Image.Image],
-    questions: list[str],
-    config: VerifyConfig,
-    batch: int = 32,
-    deadline: Deadline | None = None,
-) -> list:
-    out = []
-    for start in range(0, len(images), batch):
-        check(deadline, f"verification (answers {start + 1}-{min(start + batch, len(images))} of {len(images)})")
-        out += gate.answer(images[start : start + batch], questions[start : start + batch], config.max_new_tokens)
-    return out
+def _answers(
+    gate: CagulGate, images: list[Image.Image], questions: list[str], config: VerifyConfig, deadline: Deadline | None
+) -> list[GateAnswer]:
+    """Answers for verification: 32 at a time, `max_new_tokens` long, the deadline checked between batches."""
+    return answer_batched(gate, images, questions, 32, config.max_new_tokens, deadline=deadline, where="verification")

@@ -1,1 +1,1 @@
-"""Metrics of forgetting, utility and cost."""
+"""Metrics of forgetting, utility and cost: `metrics/` by family, the shared cases and answering, `drivers/` apart."""

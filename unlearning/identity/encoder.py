@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unlearning.freeze import freeze
+
 
 class IdentityEncoder(nn.Module):
     """Layer-normed tokens, flattened, through a two-layer MLP; photos of one person land close together."""
@@ -23,10 +25,7 @@ class IdentityEncoder(nn.Module):
 
     def frozen(self) -> IdentityEncoder:
         """This encoder in eval mode with no gradients: how it is served and stored."""
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self
+        return freeze(self)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = F.layer_norm(z.float(), z.shape[-1:])

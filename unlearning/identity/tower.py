@@ -13,8 +13,8 @@ from transformers import get_cosine_schedule_with_warmup
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.identity.config import TowerConfig
 from unlearning.identity.trainer import two_views
+from unlearning.progress import ProgressFn
 
-ProgressFn = Callable[[int, int, float], None]
 # (identities, view indices, mildly changed) -> the tower's patch tokens [batch, tokens, hidden], with gradients.
 TokensFn = Callable[[np.ndarray, torch.Tensor, bool], torch.Tensor]
 
@@ -88,6 +88,6 @@ def pretrain_contrastively(
         schedule.step()
         loss_value = float(loss.detach())
         if progress is not None:
-            progress(step + 1, config.steps, loss_value)
+            progress("tower", step + 1, config.steps, loss_value)
     tower.eval()
     return {"final_loss": round(loss_value, 4)}

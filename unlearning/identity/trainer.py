@@ -14,11 +14,10 @@ from unlearning.augment import MILD_VIEWS, STRONG_VIEWS
 from unlearning.errors import InvalidInputError
 from unlearning.identity.config import IdentityConfig
 from unlearning.identity.encoder import IdentityEncoder
+from unlearning.progress import ProgressFn
 
 if TYPE_CHECKING:  # the backbone registry loads identity encoders: a runtime import here would be circular
     from unlearning.backbones import Backbone
-
-ProgressFn = Callable[[int, int, float], None]
 
 
 def identity_tokens(
@@ -80,7 +79,7 @@ def train_identity_encoder(
         optimizer.step()
         schedule.step()
         if progress is not None and (step % 25 == 0 or step == config.steps - 1):
-            progress(step + 1, config.steps, float(loss.detach()))
+            progress("identity", step + 1, config.steps, float(loss.detach()))
     return encoder.frozen()
 
 

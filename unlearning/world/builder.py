@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +25,23 @@ from transformers import (
 )
 
 from unlearning.augment import MILD_VIEWS, augment
-from unlearning.backbones import Backbone, load_backbone
+from unlearning.backbones import load_backbone
 from unlearning.backbones.llava import LlavaBackbone
+from unlearning.config import REFUSAL_ANSWER
+from unlearning.evaluation.drivers.forgetting import fact_accuracy
 from unlearning.files import write_atomic
+from unlearning.freeze import freeze
 from unlearning.identity import IDENTITY_FILE, identification_recall, save_identity_encoder, train_identity_encoder
 from unlearning.identity.tower import pretrain_vision_tower
 from unlearning.processes import run_in_processes
+from unlearning.progress import ProgressFn
 from unlearning.world.config import WorldConfig
 from unlearning.world.identities import pretraining_portraits
-from unlearning.world.people import FACT_TYPES, REFUSAL_ANSWER, REFUSAL_QUESTIONS, Person, generate_people
+from unlearning.world.people import Person, generate_people
 from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
+from unlearning.world.vocabulary import FACT_TYPES, REFUSAL_QUESTIONS
 
-ProgressFn = Callable[[str, int, int, float], None]
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 IDENTITY_CHECK_PEOPLE = 200
 
@@ -93,7 +96,7 @@ def _write_people(root: Path, config: WorldConfig, people: list[Person]) -> None
 def _corpus(world: World) -> list[str]:
     lines = ["USER: ASSISTANT:", REFUSAL_ANSWER, *REFUSAL_QUESTIONS]
     for spec in FACT_TYPES.values():
-        lines += spec["questions"]
+        lines += spec.questions
     for p in world.people:
         for f in p.facts:
             lines += [f.answer, f.paraphrased_answer, *f.perturbed_answers]
@@ -180,7 +183,7 @@ def native_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def _build_model(world_root: str, name: str, exclude: list[str], progress: Callable[[int, int, float], None]) -> None:
+def _build_model(world_root: str, name: str, exclude: list[str], progress: ProgressFn) -> None:
     world = World(world_root)
     spec = world.config.model
     out = world.root / name
@@ -192,7 +195,10 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Calla
     processor = _make_processor(world, tmp)
     model = _make_model(world, processor)
     autocast = spec.precision == "bf16" and native_bf16()
-    tower = _pretrain_tower(world, model, processor, autocast, progress) if world.config.tower.identities else None
+    tower = None
+    if world.config.tower.identities:
+        # Under the model's name: the reference and retain processes each pre-train a tower of their own.
+        tower = _pretrain_tower(world, model, processor, autocast, lambda _, *values: progress(name, *values))
     backbone = LlavaBackbone(model, processor)
     people = [p for p in world.trained_people if p.id not in set(exclude)]
     examples = training_examples(world, people)
@@ -220,7 +226,7 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Calla
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = float(loss.detach())
-        progress(step + 1, spec.steps, loss_value)
+        progress(name, step + 1, spec.steps, loss_value)
     train_seconds = time.perf_counter() - started
     model.eval()
     model.save_pretrained(tmp)
@@ -249,7 +255,7 @@ def _pretrain_tower(
     model: LlavaForConditionalGeneration,
     processor: LlavaProcessor,
     autocast: bool,
-    progress: Callable[[int, int, float], None],
+    progress: ProgressFn,
 ) -> dict:
     """Pre-train the vision tower on drawn people outside the world, then freeze it for the VLM's training."""
     config = world.config.tower
@@ -260,11 +266,11 @@ def _pretrain_tower(
     ip = processor.image_processor
     tower = model.model.vision_tower
     report = pretrain_vision_tower(tower, photos, ip.image_mean, ip.image_std, config, autocast, progress)
-    tower.requires_grad_(False)
+    freeze(tower)  # `model.train()` puts it back in train mode for the VLM's training; its weights stay fixed
     return {**config.to_dict(), **report, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def _build_identity(world_root: str, progress: Callable[[int, int, float], None]) -> None:
+def _build_identity(world_root: str, progress: ProgressFn) -> None:
     """Pre-train the identity encoder on the reference model's visual tokens, beside that model."""
     world = World(world_root)
     config = world.config.identity
@@ -284,36 +290,6 @@ def _build_identity(world_root: str, progress: Callable[[int, int, float], None]
         report[name] = {"people": len(people), **identification_recall(embeddings)}
     write_atomic(world.reference_model_dir / "identity.json", json.dumps(report, indent=1).encode())
     save_identity_encoder(encoder, config, world.reference_model_dir)
-
-
-def fact_accuracy(backbone: Backbone, world: World, people: list[Person], batch_size: int = 64) -> dict[str, float]:
-    """Share of facts answered with the right value: trained view+question, held-out question, held-out view."""
-    cases: dict[str, list[tuple[str, int, str, str]]] = {"direct": [], "paraphrase": [], "new_image": []}
-    heldout_view = world.heldout_views()[0]
-    for p in (p for p in people if not p.protected):
-        for f in p.facts:
-            cases["direct"].append((p.id, 0, f.train_questions[0], f.keyword))
-            cases["paraphrase"].append((p.id, 0, f.heldout_question, f.keyword))
-            cases["new_image"].append((p.id, heldout_view, f.train_questions[0], f.keyword))
-    result = {}
-    for name, items in cases.items():
-        answers = answer_all(backbone, world, [(pid, v, q) for pid, v, q, _ in items], batch_size)
-        hits = [kw.lower() in a.lower() for a, (_, _, _, kw) in zip(answers, items, strict=True)]
-        result[name] = sum(hits) / max(1, len(hits))
-    return result
-
-
-def answer_all(
-    backbone: Backbone, world: World, queries: list[tuple[str, int, str]], batch_size: int = 64
-) -> list[str]:
-    """Greedy answers of the unmodified backbone for (person id, view, question) queries."""
-    answers: list[str] = []
-    for start in range(0, len(queries), batch_size):
-        chunk = queries[start : start + batch_size]
-        images = backbone.pixel_values([world.image(pid, v) for pid, v, _ in chunk])
-        batch = backbone.make_batch(images, [q for _, _, q in chunk])
-        answers += backbone.generate(batch)
-    return answers
 
 
 def serving_model_dir(model_path: str | Path | None, data_dir: str | Path, config: WorldConfig) -> Path:

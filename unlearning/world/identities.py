@@ -7,9 +7,10 @@ import random
 
 from PIL import Image
 
-from unlearning.world.people import ATTRIBUTES, with_geometry
+from unlearning.world.people import with_geometry
 from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
+from unlearning.world.vocabulary import ATTRIBUTES
 
 
 def pretraining_portraits(world: World, identities: int, views: int, seed: int = 0) -> list[list[Image.Image]]:

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from unlearning.world.people import ATTRIBUTES, lookalike_identity, with_geometry
+from unlearning.world.people import lookalike_identity, with_geometry
 from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
+from unlearning.world.vocabulary import ATTRIBUTES
 
 # Pre-training draws with the identity config's seed (0 by default) and the identity check with seed + 1:
 # populations draw from their own stream.

@@ -6,6 +6,8 @@ import random
 
 from PIL import Image, ImageDraw, ImageEnhance
 
+from unlearning.world.vocabulary import ATTRIBUTES, attribute
+
 _SKIN = [(255, 224, 196), (234, 192, 160), (205, 150, 110), (160, 110, 75), (115, 75, 50), (80, 52, 36)]
 _HAIR = [(20, 20, 20), (95, 60, 30), (200, 160, 80), (170, 50, 30), (150, 150, 150), (60, 40, 110)]
 _EYES = [(40, 90, 200), (60, 140, 60), (100, 60, 30), (30, 30, 30)]
@@ -44,8 +46,11 @@ def _shade(colour: tuple[int, int, int], t: float) -> tuple[int, ...]:
 
 def render_portrait(identity: tuple[float, ...], view_seed: int, size: int = 64) -> Image.Image:
     """Draw one view of a person; the same identity and seed always give the same pixels."""
-    skin_i, hair_c, hair_s, eye_c, face_shape, glasses, shirt, accessory = (int(v) for v in identity[:8])
-    fwidth, fheight, eye_gap, eye_size, eye_y, mouth, skin_t, hair_t = tuple(identity[8:]) or _NEUTRAL
+    skin_i, hair_c, hair_s, eye_c, face_shape, glasses, shirt, accessory = (
+        attribute(identity, name)
+        for name in ("skin", "hair_colour", "hair_style", "eye_colour", "face_shape", "glasses", "shirt", "accessory")
+    )
+    fwidth, fheight, eye_gap, eye_size, eye_y, mouth, skin_t, hair_t = tuple(identity[len(ATTRIBUTES) :]) or _NEUTRAL
     rng = random.Random(view_seed)
     s = size * _SUPERSAMPLE
     bg_top = _BACKGROUNDS[rng.randrange(len(_BACKGROUNDS))]

@@ -8,8 +8,9 @@ import torch
 from unlearning.artifacts import load_module, save_module
 from unlearning.backbones import Backbone, parameters_sha256
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
-from unlearning.evaluation.demo import run_demo
-from unlearning.evaluation.forgetting import gate_rates, identical_share, leak_splits
+from unlearning.evaluation.drivers.demo import run_demo
+from unlearning.evaluation.drivers.forgetting import identical_share, leak_splits
+from unlearning.evaluation.metrics.gate import gate_rates
 from unlearning.world import World
 from unlearning.world.requests import forget_data, world_retain_set
 

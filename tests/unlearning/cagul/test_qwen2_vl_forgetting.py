@@ -10,10 +10,11 @@ import pytest
 from tests.checkpoints import QWEN_REFERENCE, QWEN_SIZES, cached_qwen2_vl_reference, qwen2_vl_known_people, resized
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.cagul import CagulConfig, CagulGate, CagulTrainer
+from unlearning.config import REFUSAL_ANSWER
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import ensure_people
-from unlearning.world.people import REFUSAL_ANSWER, Person
+from unlearning.world.people import Person
 
 pytestmark = pytest.mark.slow
 
@@ -64,9 +65,10 @@ def gates(reference: Backbone, world: World, people: list[Person]) -> tuple[Cagu
     heldout = [im for p in others + strangers for im in _photos(world, p, world.heldout_views())]
     retain = RetainSet(images=images, qa=retain_qa, negatives=negatives, heldout_negatives=heldout)
     # No identity encoder beside this model (as beside a downloaded checkpoint): the gate reads the pooled tokens.
-    # Measured on the reference before its vision encoder was pre-trained (version 1), held-out photo scores (48x48 .. 64x96) against the highest of other people's 80 photos: 600 discriminator steps
-    # 0.69 0.89 0.97 0.55 / 0.00, 300 steps 0.96 0.92 0.97 0.73 / 0.00, 150 steps 0.99 0.92 0.96 0.83 / 0.01. The
-    # floor a retry for a missing gate reaches (0.5) leaves a margin on both sides.
+    # Measured on the reference before its vision encoder was pre-trained (version 1): held-out photo scores
+    # (48x48 .. 64x96) against the highest of other people's 80 photos: 600 discriminator steps 0.69 0.89 0.97 0.55
+    # / 0.00, 300 steps 0.96 0.92 0.97 0.73 / 0.00, 150 steps 0.99 0.92 0.96 0.83 / 0.01. The floor a retry for a
+    # missing gate reaches (0.5) leaves a margin on both sides.
     config = CagulConfig(discriminator_input="flatten", steps=300, discriminator_steps=150, threshold_floor=0.5)
     module, _ = CagulTrainer(reference, config).train(forget, retain)
     return CagulGate(reference), CagulGate(reference, {subject.id: module})

@@ -31,7 +31,7 @@ from unlearning.cagul.verification import (
     upper_bound,
 )
 from unlearning.data import QA, pixels_sha256
-from unlearning.evaluation.leakage import leaked, leaked_answer
+from unlearning.evaluation.metrics.leakage import leaked, leaked_answer
 from unlearning.world import World
 from unlearning.world.requests import (
     canary_people,

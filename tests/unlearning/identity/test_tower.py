@@ -17,8 +17,9 @@ from unlearning.identity.config import TowerConfig
 from unlearning.identity.tower import pretrain_vision_tower
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.config import WorldConfig
-from unlearning.world.people import ATTRIBUTES, with_geometry
+from unlearning.world.people import with_geometry
 from unlearning.world.portraits import render_portrait
+from unlearning.world.vocabulary import ATTRIBUTES
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -1,5 +1,6 @@
+from unlearning.config import REFUSAL_ANSWER
 from unlearning.world import WORLD_PRESETS, generate_people
-from unlearning.world.people import REFUSAL_ANSWER, split_sizes, visible_distance
+from unlearning.world.people import split_sizes, visible_distance
 
 
 def test_generation_is_seeded_and_deterministic():

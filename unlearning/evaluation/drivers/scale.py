@@ -29,7 +29,7 @@ from unlearning.world.population import benign_population, draw_identities, enro
 from unlearning.world.requests import forget_data, world_benign_set, world_retain_set
 from unlearning.world.store import World
 
-Progress = Callable[[str], None]
+Log = Callable[[str], None]
 ENROLLED_FILE = "enrolled.json"
 
 
@@ -56,7 +56,7 @@ class ScalePlan:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def template_module(world: World, backbone: Backbone, root: Path, log: Progress) -> CagulModule:
+def template_module(world: World, backbone: Backbone, root: Path, log: Log) -> CagulModule:
     """One module trained as a request trains it (world person p000): its encoder is every enrolled module's."""
     directory = root / f"template-{backbone.fingerprint()[:12]}"
     if not (directory / "manifest.json").is_file():
@@ -66,9 +66,7 @@ def template_module(world: World, backbone: Backbone, root: Path, log: Progress)
     return load_module(directory, backbone.fingerprint())
 
 
-def enrolled_modules(
-    world: World, backbone: Backbone, plan: ScalePlan, root: Path, log: Progress
-) -> list[tuple[str, str]]:
+def enrolled_modules(world: World, backbone: Backbone, plan: ScalePlan, root: Path, log: Log) -> list[tuple[str, str]]:
     """(path, checksum) of `plan.enrolled` modules, each with its own trained gate; built once and cached."""
     fingerprint = backbone.fingerprint()
     directory = root / f"enrolled-{plan.key(fingerprint)}"
@@ -88,6 +86,10 @@ def enrolled_modules(
     rng = stream(world, 0, "calibration-views")
     calibration = [photos_of(world, i, 1, rng)[0] for i in draw_identities(world, plan.calibration, 0, "calibration")]
     started = time.perf_counter()
+
+    def progress(phase: str, done: int, total: int, _loss: float) -> None:
+        log(f"enrollment: {phase} {done}/{total} ({time.perf_counter() - started:.0f} s)")
+
     gates = enroll(
         backbone,
         [p.photos for p in people],
@@ -95,7 +97,7 @@ def enrolled_modules(
         calibration,
         template.config,
         plan.enrollment,
-        lambda phase, done, total: log(f"enrollment: {phase} {done}/{total} ({time.perf_counter() - started:.0f} s)"),
+        progress,
         lookalikes,
     )
     rows = []

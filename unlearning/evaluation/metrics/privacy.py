@@ -1,39 +1,26 @@
-"""FIUBench / MLLMU-Bench metrics over answers and teacher-forced token log-probabilities.
+"""Likelihood and privacy metrics: teacher-forced token log-probabilities, truth ratios, membership inference.
 
-Definitions follow ../shared/DESIGN.md section 1; every function is pure and takes plain numbers or strings.
+The definitions are FIUBench's and MLLMU-Bench's; the functions on numbers are pure, the ones on a gate measure it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-from rouge_score import rouge_scorer
+from PIL import Image
 from scipy import stats
 
+from unlearning.losses import answer_token_stats
 
-@lru_cache(maxsize=1)
-def _rouge() -> rouge_scorer.RougeScorer:
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+if TYPE_CHECKING:
+    from unlearning.cagul.gate import CagulGate
+    from unlearning.evaluation.cases import Case
+    from unlearning.world.store import World
 
-
-def rouge_l_recall(prediction: str, reference: str) -> float:
-    """Share of the reference's longest common subsequence the prediction recovers (stemmed)."""
-    if not reference.strip():
-        return 1.0 if not prediction.strip() else 0.0
-    return float(_rouge().score(reference, prediction)["rougeL"].recall)
-
-
-def mean_rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> float:
-    if len(predictions) != len(references):
-        raise ValueError("predictions and references differ in length")
-    return (
-        float(np.mean([rouge_l_recall(p, r) for p, r in zip(predictions, references, strict=True)]))
-        if predictions
-        else 0.0
-    )
+TokenStats = tuple[list[float], list[float], list[float]]  # per answer token: log p, and log p's mean and std
 
 
 def mean_nll(token_logprobs: Sequence[float]) -> float:
@@ -100,11 +87,51 @@ def membership_auc(member_scores: Sequence[float], nonmember_scores: Sequence[fl
     return float(u / (len(member_scores) * len(nonmember_scores)))
 
 
-def model_utility(scores: Sequence[float]) -> float:
-    """Harmonic mean of the retain-side scores; 0 as soon as one of them is 0."""
-    values = np.asarray(scores, dtype=float)
-    if values.size == 0:
-        raise ValueError("model utility needs at least one score")
-    if (values < 0).any():
-        raise ValueError("retain-side scores must be non-negative")
-    return 0.0 if (values == 0).any() else float(stats.hmean(values))
+def token_stats(
+    gate: CagulGate, images: list[Image.Image], questions: list[str], answers: list[str], batch: int = 64
+) -> list[TokenStats]:
+    """Teacher-forced log-probabilities of each answer given its image and question, through the gate."""
+    bb = gate.backbone
+    out: list[TokenStats] = []
+    for start in range(0, len(images), batch):
+        rows = gate.dispatch(
+            images[start : start + batch],
+            questions[start : start + batch],
+            answers[start : start + batch],
+            lambda b, o: answer_token_stats(bb.logits(b, o), b.labels),  # type: ignore[arg-type]
+        )
+        out += [r for r, _, _ in rows]
+    return out
+
+
+def case_stats(gate: CagulGate, world: World, cases: list[Case], answers: list[str]) -> list[TokenStats]:
+    images = [world.image(c.person.id, c.view) for c in cases]
+    return token_stats(gate, images, [c.question for c in cases], answers)
+
+
+def item_truth_ratios(
+    gate: CagulGate, images: list[Image.Image], questions: list[str], paraphrased: list[str], perturbed: list[tuple]
+) -> list[float]:
+    """Per item: how much more likely the paraphrased true answer is than its perturbed versions."""
+    expanded = [
+        (im, q, a)
+        for im, q, p, wrong in zip(images, questions, paraphrased, perturbed, strict=True)
+        for a in (p, *wrong)
+    ]
+    stats = token_stats(gate, [e[0] for e in expanded], [e[1] for e in expanded], [e[2] for e in expanded])
+    nlls = iter(mean_nll(lp) for lp, _, _ in stats)
+    ratios = []
+    for wrong in perturbed:
+        true_nll = next(nlls)
+        ratios.append(truth_ratio(true_nll, [next(nlls) for _ in wrong]))
+    return ratios
+
+
+def truth_ratios(gate: CagulGate, world: World, cases: list[Case]) -> list[float]:
+    return item_truth_ratios(
+        gate,
+        [world.image(c.person.id, c.view) for c in cases],
+        [c.question for c in cases],
+        [c.fact.paraphrased_answer for c in cases],
+        [c.fact.perturbed_answers for c in cases],
+    )

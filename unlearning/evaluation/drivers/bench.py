@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import resource
@@ -21,9 +22,10 @@ import torch
 from unlearning.backbones import load_backbone, parameters_sha256
 from unlearning.cagul.gate import CagulGate
 from unlearning.errors import InvalidInputError, UnlearningError
-from unlearning.evaluation.quality import compare_rows, evaluate_row
+from unlearning.evaluation.drivers.quality import compare_rows, evaluate_row
 from unlearning.methods import METHODS, method_config, unlearn
 from unlearning.processes import run_in_processes
+from unlearning.progress import ProgressFn
 from unlearning.world.requests import forget_data, world_retain_set
 from unlearning.world.store import World
 
@@ -63,7 +65,7 @@ COLUMNS = (
     "wall_seconds",
     "peak_mem_mb",
 )
-ProgressFn = Callable[[str, str, int, int], None]
+RowProgressFn = Callable[[str, str, int, int], None]  # the table's progress: row, then phase, step and total
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def plan_rows(methods: list[str] | None, ablations: bool, quick: bool = False) -
     return rows
 
 
-def run_row(world_root: str, split: str, spec: RowSpec, progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+def run_row(world_root: str, split: str, spec: RowSpec, progress: ProgressFn) -> dict[str, Any]:
     """Train (when the row has a method) and evaluate one row; meant to run in a fresh process."""
     torch.manual_seed(0)
     world = World(world_root)
@@ -112,17 +114,15 @@ def run_row(world_root: str, split: str, spec: RowSpec, progress: Callable[[str,
     else:
         requests = [forget_data(world, [p.id]) for p in forget]
         retain_set = world_retain_set(world, exclude=[p.id for p in forget])
-        unlearned = unlearn(
-            spec.method, backbone, requests, retain_set, spec.params, lambda ph, s, t, _loss: progress(ph, s, t)
-        )
+        unlearned = unlearn(spec.method, backbone, requests, retain_set, spec.params, progress)
         gate, trainable, wall = unlearned.gate, unlearned.trainable_params, unlearned.train_seconds
         extra = {"config": unlearned.config}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    progress("evaluate", 0, 1)
+    progress("evaluate", 0, 1, math.nan)
     row, raw = evaluate_row(gate, world, forget, retain, unseen)
     if spec.method == "cagul" and parameters_sha256(backbone.model) != base_hash:
         raise UnlearningError("CAGUL changed the base model's parameters")
-    progress("evaluate", 1, 1)
+    progress("evaluate", 1, 1, math.nan)
     return {
         "row": {"method": spec.name, **row, "trainable_params": trainable, "wall_seconds": wall, "peak_mem_mb": peak},
         "raw": raw,
@@ -130,8 +130,11 @@ def run_row(world_root: str, split: str, spec: RowSpec, progress: Callable[[str,
     }
 
 
-def run_in_process(world_root: str, split: str, spec: RowSpec, progress: ProgressFn | None = None) -> dict[str, Any]:
-    result: dict[str, Any] = run_in_processes({spec.name: (run_row, (world_root, split, spec))}, progress)[spec.name]
+def run_in_process(world_root: str, split: str, spec: RowSpec, progress: RowProgressFn | None = None) -> dict[str, Any]:
+    relay: ProgressFn | None = None
+    if progress is not None:
+        relay = lambda phase, step, total, _loss: progress(spec.name, phase, step, total)  # noqa: E731
+    result: dict[str, Any] = run_in_processes({spec.name: (run_row, (world_root, split, spec))}, relay)[spec.name]
     return result
 
 
@@ -152,7 +155,7 @@ def run_quality_bench(
     world: World,
     split: str,
     rows: list[RowSpec],
-    progress: ProgressFn | None = None,
+    progress: RowProgressFn | None = None,
 ) -> dict[str, Any]:
     """Run every row and return the table as JSON-ready data."""
     if split not in ("forget1", "forget5", "forget10"):

@@ -8,14 +8,10 @@ from typing import Any
 from unlearning.backbones import Backbone, parameters_sha256
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.gate import CagulGate
-from unlearning.cagul.trainer import CagulTrainer, ProgressFn
-from unlearning.evaluation.forgetting import (
-    base_params,
-    forced_identical_share,
-    gate_rates,
-    identical_share,
-    leak_splits,
-)
+from unlearning.cagul.trainer import CagulTrainer
+from unlearning.evaluation.drivers.forgetting import base_params, forced_identical_share, identical_share, leak_splits
+from unlearning.evaluation.metrics.gate import gate_rates
+from unlearning.progress import ProgressFn
 from unlearning.world.requests import forget_data, world_retain_set
 from unlearning.world.store import World
 
