@@ -20,8 +20,6 @@ class AdapterState(StrEnum):
 
 
 STATES = tuple(str(s) for s in AdapterState)
-# The scale bench (lethe/scale) still imports these two; they go once it names the enum.
-ACTIVE, INACTIVE = AdapterState.ACTIVE, AdapterState.INACTIVE
 
 
 class Adapter(Base):

@@ -8,10 +8,11 @@ from typing import Any
 
 import httpx
 
-from core.adapters.models import ACTIVE, INACTIVE
+from core.adapters.models import AdapterState
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.crypto import MasterKey, seal_request
 from core.db import transaction
+from core.forget_requests.models import RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import ApiKeyRepository
 
@@ -32,12 +33,12 @@ def register(sessions: Any, modules: list, count: int) -> list[str]:
                 params={},
                 qa_sha256=[],
                 callback_url=None,
-                status="active",
+                status=RequestStatus.ACTIVE,
             )
             adapter = adapters.create(
                 request_id=request.id,
                 method="cagul",
-                state=INACTIVE,
+                state=AdapterState.INACTIVE,
                 path=path,
                 sha256=digest,
                 base_fingerprint="",
@@ -54,7 +55,7 @@ def deactivate_all(sessions: Any) -> None:
         sets, adapters = AdapterSetRepository(session), AdapterRepository(session)
         sets.lock()
         for adapter in adapters.active():
-            adapters.set_state(adapter, INACTIVE)
+            adapters.set_state(adapter, AdapterState.INACTIVE)
         sets.record("scale bench: none active")
 
 
@@ -65,7 +66,7 @@ def set_active(sessions: Any, client: httpx.Client, adapter_ids: list[str], n: i
         sets.lock()
         first = set(adapter_ids[:n])
         for adapter in adapters.by_ids(adapter_ids):
-            wanted = ACTIVE if adapter.id in first else INACTIVE
+            wanted = AdapterState.ACTIVE if adapter.id in first else AdapterState.INACTIVE
             if adapter.state != wanted:
                 adapters.set_state(adapter, wanted)
         version = sets.record(f"scale bench: {n} active").version
@@ -81,7 +82,8 @@ def one_more_activation(sessions: Any, client: httpx.Client, adapter_ids: list[s
     if not adapter_ids:
         return None
     extra = adapter_ids[n] if n < len(adapter_ids) else adapter_ids[n - 1]
-    steps = [(ACTIVE, True), (INACTIVE, False)] if n < len(adapter_ids) else [(INACTIVE, False), (ACTIVE, True)]
+    on, off = (AdapterState.ACTIVE, True), (AdapterState.INACTIVE, False)
+    steps = [on, off] if n < len(adapter_ids) else [off, on]
     timed = None
     for state, measured in steps:
         with transaction(sessions) as session:

@@ -50,10 +50,11 @@ def stop(proc: subprocess.Popen, timeout: float = 60) -> int:  # type: ignore[ty
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"process {proc.args} did not stop within {timeout} s of SIGTERM") from None
+            # Chained, not suppressed: raised while a test fails, it must not hide that failure.
+            raise AssertionError(f"process {proc.args} did not stop within {timeout} s of SIGTERM") from exc
     return int(proc.returncode)
 
 
