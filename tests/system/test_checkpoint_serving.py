@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 from tests.checkpoints import QWEN_REFERENCE, cached_qwen2_vl_reference, qwen2_vl_known_people, write_llava_checkpoint
-from tests.service.helpers import ADMIN_TOKEN, request_body, wait_for
-from tests.service.test_end_to_end import TERMINAL, free_port, spawn, stop
-from tests.service.test_faults import ready
+from tests.helpers import ADMIN_TOKEN, request_body, wait_for
+from tests.system.processes import TERMINAL, free_port, ready, spawn, stop
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.cagul import CagulGate
 from unlearning.config import REFUSAL_ANSWER

@@ -20,7 +20,7 @@ from core.crypto import outside_data_dir
 from core.processes import api_command, worker_command
 from core.settings import Settings
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN
+from tests.helpers import ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 LETHE_SERVICES = ("migrate", "world", "api", "worker", "flower")

@@ -23,8 +23,9 @@ from playwright.sync_api import sync_playwright
 from core.db import make_engine, make_session_factory, transaction
 from core.keys.repository import ApiKeyRepository
 from core.processes import api_command, python_module, worker_command
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
-from tests.service.test_end_to_end import _ready, ask, free_port, spawn, stop
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
+from tests.system.processes import ask, free_port, spawn, stop
+from tests.system.processes import ready as _ready
 from unlearning.evaluation.metrics.leakage import leaked
 from unlearning.world import World
 

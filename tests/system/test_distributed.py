@@ -20,9 +20,8 @@ from core.adapters.models import Adapter
 from core.forget_requests.models import Job
 from core.processes import api_command, python_module, worker_command
 from core.queue import make_celery
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
-from tests.service.test_end_to_end import TERMINAL, free_port, spawn, stop
-from tests.service.test_faults import QUICK, ready
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
+from tests.system.processes import QUICK, TERMINAL, free_port, ready, spawn, stop
 from unlearning.world import World
 
 pytestmark = pytest.mark.slow

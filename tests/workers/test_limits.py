@@ -19,7 +19,7 @@ from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
 from core.settings import Settings
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings
 from unlearning.backbones import Backbone
 from unlearning.world import World
 from unlearning.world.requests import WorldRetain

@@ -14,7 +14,7 @@ from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
 from core.settings import Settings
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, request_body
+from tests.helpers import ADMIN_TOKEN, request_body
 from unlearning.data import pixels_sha256
 from unlearning.retain import RetainFolder
 from unlearning.world import World
@@ -48,7 +48,7 @@ def checkpoint_env(
         "ARTIFACT_ROOT": tmp_path / "modules",
         "BOOTSTRAP_ADMIN_KEY": ADMIN_TOKEN,
         "MASTER_KEY_FILE": tmp_path / "config" / "master.key",
-        "VERIFY_MAX_BENIGN_FIRE": 0.06,  # the tiny world's identity encoder, as in tests.service.helpers
+        "VERIFY_MAX_BENIGN_FIRE": 0.06,  # the tiny world's identity encoder, as in tests.helpers
         "VERIFY_MAX_ATTEMPTS": 1,
     }
     for name, value in env.items():

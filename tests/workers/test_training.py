@@ -17,7 +17,7 @@ from core.db import make_engine, make_session_factory, transaction
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig
 from unlearning.world import World

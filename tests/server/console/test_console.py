@@ -18,7 +18,7 @@ from core.keys.repository import ApiKeyRepository
 from core.settings import Settings
 from server.app import create_app
 from server.console.router import HERE
-from tests.service.helpers import ADMIN_TOKEN, request_row
+from tests.helpers import ADMIN_TOKEN, request_row
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 XSS = "<img src=x onerror=alert(1)>"

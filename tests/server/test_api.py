@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, func, select
 from core.db import make_session_factory
 from core.forget_requests.models import ForgetRequest
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, activate_module, b64_file, request_body, service_settings, wait_for
+from tests.helpers import ADMIN_TOKEN, activate_module, b64_file, request_body, service_settings, wait_for
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
 from unlearning.world import World

@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from core.settings import Settings
 from server.app import create_app
 from server.body_limit import BodyLimitMiddleware
-from tests.service.helpers import ADMIN_TOKEN, wait_for
+from tests.helpers import ADMIN_TOKEN, wait_for
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

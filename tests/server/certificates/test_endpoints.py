@@ -29,7 +29,7 @@ from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import ApiKeyRepository
 from lethe.cli import app as cli
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
 from unlearning.world import World
 
 VALIDITY_S = 3600

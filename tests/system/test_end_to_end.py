@@ -11,9 +11,7 @@ import copy
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -26,42 +24,14 @@ from bench.load_vqa import hold_load, vqa_queries
 from core.certificates.verify import commitment
 from core.crypto import verify_certificate
 from core.processes import api_command, python_module, worker_command
-from tests.service.helpers import ADMIN_TOKEN, b64_file, request_body, service_settings, settings_env, wait_for
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
+from tests.system.processes import TERMINAL, ask, free_port, spawn, stop
+from tests.system.processes import ready as _ready
 from unlearning.evaluation.metrics.leakage import leaked
 from unlearning.world import World
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-TERMINAL = {"active", "failed", "cancelled", "rejected_verification", "nothing_to_forget", "revoked"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
-    return subprocess.Popen(args, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen, timeout: float = 60) -> int:  # type: ignore[type-arg]
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired as exc:
-            proc.kill()
-            proc.wait()
-            # Chained, not suppressed: raised while a test fails, it must not hide that failure.
-            raise AssertionError(f"process {proc.args} did not stop within {timeout} s of SIGTERM") from exc
-    return int(proc.returncode)
-
-
-def ask(client: httpx.Client, world: World, pid: str, view: int, question: str) -> dict:
-    response = client.post("/v1/vqa", json={"image": b64_file(world, pid, view), "question": question})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def forget_over_http(base_url: str, world: World, subject: str, rollback: bool = True) -> dict:
@@ -175,13 +145,6 @@ def check_certificate(client: httpx.Client, request_id: str, adapter: dict, salt
     tampered["certificate"]["verification"]["criteria"][0]["module"] = 0.0
     tampered["certificate"]["verification"]["passed"] = not doc["verification"]["passed"]
     assert not verify_certificate(tampered, key["public_key"])
-
-
-def _ready(client: httpx.Client) -> bool:
-    try:
-        return client.get("/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def test_postgres_redis_worker_and_api(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str, log_dir: Path):

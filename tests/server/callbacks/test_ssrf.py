@@ -32,7 +32,7 @@ from server.callbacks import (
     deliver_due_callbacks,
     is_public_address,
 )
-from tests.service.helpers import request_row
+from tests.helpers import request_row
 
 # Each a way to name an address inside: private, loopback, link-local (cloud metadata), shared (RFC 6598, another
 # cloud's metadata), reserved, multicast, and IPv6 forms that carry such an IPv4 address.

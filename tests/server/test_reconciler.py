@@ -14,7 +14,7 @@ from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import make_celery
 from core.settings import Settings
 from server.reconciler import resend_silent_jobs
-from tests.service.helpers import request_row
+from tests.helpers import request_row
 
 
 def silent_job(sessions, deliveries: int) -> tuple[str, str]:  # type: ignore[no-untyped-def]

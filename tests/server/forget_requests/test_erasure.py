@@ -20,7 +20,7 @@ from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
 from lethe.cli import app as cli
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings
 from unlearning.world import World
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, activate_module, b64_file, service_settings, wait_for
+from tests.helpers import ADMIN_TOKEN, activate_module, b64_file, service_settings, wait_for
 from unlearning.artifacts import MANIFEST, WEIGHTS
 from unlearning.cagul import CagulConfig
 from unlearning.cagul.module import CagulModule

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from core.callbacks.repository import CallbackRepository
 from core.crypto import CallbackSigner
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
 from unlearning.world import World
 
 

@@ -19,7 +19,7 @@ from core.settings import Settings
 from server.adapters.service import AdapterService
 from server.app import create_app
 from server.inference import InferenceEngine
-from tests.service.helpers import ADMIN_TOKEN, adapter_row, b64_file, module_artifact, service_settings, wait_for
+from tests.helpers import ADMIN_TOKEN, adapter_row, b64_file, module_artifact, service_settings, wait_for
 from unlearning.backbones import Backbone
 from unlearning.world import World
 

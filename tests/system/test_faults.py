@@ -18,14 +18,12 @@ from sqlalchemy import create_engine, select
 from core.adapters.models import Adapter
 from core.forget_requests.models import Job
 from core.processes import api_command, python_module, worker_command
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
-from tests.service.test_end_to_end import TERMINAL, free_port, spawn, stop
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
+from tests.system.processes import QUICK, TERMINAL, free_port, ready, spawn, stop
 from unlearning.world import World
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-# Short training: these tests are about not losing work, not about forgetting well.
-QUICK = {"steps": 60, "discriminator_steps": 100, "positive_augmentations": 8}
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
@@ -34,13 +32,6 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:  # type: i
 
 def start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:  # type: ignore[type-arg]
     return spawn(python_module(api_command(port=port)), env, log)
-
-
-def ready(client: httpx.Client) -> bool:
-    try:
-        return client.get("/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def outcome(pg_url: str, request_id: str) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from core.forget_requests.models import ForgetRequest
 from core.keys.models import SCOPES, ApiKey
 from core.keys.repository import ApiKeyRepository
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
+from tests.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
 from unlearning.world import World
 
 ID = "00000000-0000-4000-8000-000000000000"

@@ -12,7 +12,7 @@ from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import make_engine, make_session_factory, transaction
 from core.settings import Settings
 from server.inference import InferenceEngine
-from tests.service.helpers import adapter_row, module_artifact
+from tests.helpers import adapter_row, module_artifact
 from unlearning.backbones import Backbone
 from unlearning.world import World
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
 from server.app import create_app
-from tests.service.helpers import ADMIN_TOKEN, service_settings, wait_for
+from tests.helpers import ADMIN_TOKEN, service_settings, wait_for
 from unlearning.world import World
 
 EXAMPLES_PER_OPERATION = 45
