@@ -144,7 +144,7 @@ def outside_data_dir(path: Path, settings: Settings) -> Path:
 
 
 def master_key_file(settings: Settings) -> Path:
-    return outside_data_dir(settings.resolved_master_key_file(), settings)
+    return outside_data_dir(settings.resolved_master_key_file, settings)
 
 
 def master_key_at(path: Path, settings: Settings) -> MasterKey:
@@ -159,7 +159,7 @@ def master_key(settings: Settings) -> MasterKey:
     """The master key of LETHE_MASTER_KEY, else of the key file (created on first start outside the data dir)."""
     if settings.master_key is not None:
         return MasterKey(settings.master_key.get_secret_value())
-    return master_key_at(settings.resolved_master_key_file(), settings)
+    return master_key_at(settings.resolved_master_key_file, settings)
 
 
 def canonical_json(document: dict[str, Any]) -> bytes:

@@ -22,7 +22,7 @@ class TrainPayload(BaseModel):
 
 def make_celery(settings: Settings) -> Celery:
     """The Celery app both sides use; the worker registers the tasks on it."""
-    broker = settings.resolved_broker_url()
+    broker = settings.resolved_broker_url
     app = Celery("lethe", broker=broker)
     app.conf.update(
         task_default_queue=TRAIN_QUEUE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -227,6 +228,8 @@ class Settings(BaseSettings):
             )
         return value
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def resolved_model_dtype(self) -> str:
         """The served model's dtype name: 'auto' is bfloat16 on a GPU, float32 elsewhere."""
         if self.model_dtype != "auto":
@@ -247,19 +250,29 @@ class Settings(BaseSettings):
         """Largest body filing a deletion request: every image at its limit, base64 or multipart, plus the text."""
         return self.max_images * self.max_image_bytes * 2 + 1_000_000
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'lethe.db').resolve()}"
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.db').resolve()}"
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def resolved_artifact_root(self) -> Path:
         return self.artifact_root or self.data_dir / "modules"
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def resolved_master_key_file(self) -> Path:
         config_home = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
         return self.master_key_file or Path(config_home) / "lethe" / "master.key"
 
 
+@lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
     return Settings()

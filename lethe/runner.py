@@ -61,7 +61,7 @@ def bootstrap_admin(settings) -> None:  # type: ignore[no-untyped-def]
     from core.db import make_engine, make_session_factory, transaction
     from core.keys.repository import ApiKeyRepository
 
-    with transaction(make_session_factory(make_engine(settings.resolved_database_url()))) as session:
+    with transaction(make_session_factory(make_engine(settings.resolved_database_url))) as session:
         configured = settings.bootstrap_admin_key.get_secret_value() if settings.bootstrap_admin_key else None
         token = ApiKeyRepository(session).ensure_admin(configured)
     if token is None:
@@ -105,7 +105,7 @@ def prepare(settings) -> None:  # type: ignore[no-untyped-def]
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.model_path is None:
         built_world(settings.data_dir, settings.world, with_retain_model=False)
-    upgrade_database(settings.resolved_database_url())
+    upgrade_database(settings.resolved_database_url)
     bootstrap_admin(settings)
 
 

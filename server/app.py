@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = make_engine(settings.resolved_database_url())
+        db = make_engine(settings.resolved_database_url)
         app.state.settings = settings
         app.state.sessions = make_session_factory(db)
         app.state.celery = make_celery(settings)

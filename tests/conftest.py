@@ -12,11 +12,20 @@ import redis
 from sqlalchemy import create_engine, text
 
 from core.db import upgrade_database
+from core.settings import get_settings
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import build_world
 
 DATA_DIR = Path(os.environ.get("LETHE_TEST_DATA_DIR", Path(__file__).resolve().parent.parent / ".lethe-test"))
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings() -> Iterator[None]:
+    """Each test reads the environment it set: the process-wide settings cache starts and ends empty."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -145,11 +145,11 @@ def runtime() -> Runtime:
     settings = get_settings()
     source = retain_source(settings)  # a bad retain folder stops the worker before minutes of model loading
     model_dir = serving_model_dir(settings.model_path, settings.data_dir, WORLD_PRESETS[settings.world])
-    backbone = load_backbone(model_dir, device=settings.device, dtype=settings.resolved_model_dtype())
+    backbone = load_backbone(model_dir, device=settings.device, dtype=settings.resolved_model_dtype)
     backbone.freeze()
     return Runtime(
         settings=settings,
-        sessions=make_session_factory(make_engine(settings.resolved_database_url())),
+        sessions=make_session_factory(make_engine(settings.resolved_database_url)),
         backbone=backbone,
         fingerprint=backbone.fingerprint(),
         source=source,

@@ -15,6 +15,6 @@ def db_upgrade() -> None:
     """Apply every migration to the database of LETHE_DATABASE_URL (default: SQLite in the data dir)."""
     from core.db import upgrade_database
 
-    url = get_settings().resolved_database_url()
+    url = get_settings().resolved_database_url
     upgrade_database(url)
     err.print(f"database at {url.split('@')[-1]} is at the newest schema")

@@ -17,7 +17,7 @@ keys_app = typer.Typer(help="API keys: stored hashed, each with scopes (forget:w
 def _sessions():  # type: ignore[no-untyped-def]
     from core.db import make_engine, make_session_factory, upgrade_database
 
-    url = get_settings().resolved_database_url()
+    url = get_settings().resolved_database_url
     upgrade_database(url)
     return make_session_factory(make_engine(url))
 

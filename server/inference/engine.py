@@ -62,7 +62,7 @@ class InferenceEngine:
             model_dir = serving_model_dir(
                 self.settings.model_path, self.settings.data_dir, WORLD_PRESETS[self.settings.world]
             )
-            backbone = load_backbone(model_dir, device=self.settings.device, dtype=self.settings.resolved_model_dtype())
+            backbone = load_backbone(model_dir, device=self.settings.device, dtype=self.settings.resolved_model_dtype)
             backbone.freeze()
             self.attach(backbone)
         except Exception as exc:

@@ -134,11 +134,11 @@ def test_serve_bootstrap_prints_a_first_admin_key_once(tmp_path, capsys):
     from lethe.runner import bootstrap_admin
 
     settings = Settings(data_dir=tmp_path)
-    upgrade_database(settings.resolved_database_url())
+    upgrade_database(settings.resolved_database_url)
     bootstrap_admin(settings)
     printed = capsys.readouterr().err
     token = printed.split("store it): ")[1].split()[0]
-    sessions = make_session_factory(make_engine(settings.resolved_database_url()))
+    sessions = make_session_factory(make_engine(settings.resolved_database_url))
     with transaction(sessions) as session:
         key = ApiKeyRepository(session).authenticate(token)
         assert key is not None and key.scopes == ["admin"]

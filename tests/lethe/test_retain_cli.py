@@ -49,8 +49,8 @@ def test_a_checkpoint_without_a_retain_set_is_refused_naming_the_setting(tmp_pat
     with pytest.raises(ValidationError, match="LETHE_RETAIN_DIR must name the operator's retain set"):
         Settings(model_path=tmp_path / "llava")
     assert Settings(model_path=tmp_path / "llava", retain_dir=tmp_path / "r").retain_dir == tmp_path / "r"
-    assert Settings().resolved_model_dtype() == "float32"
-    assert Settings(device="cuda:0").resolved_model_dtype() == "bfloat16"
+    assert Settings().resolved_model_dtype == "float32"
+    assert Settings(device="cuda:0").resolved_model_dtype == "bfloat16"
 
 
 def test_serve_and_a_worker_exit_at_once_on_a_bad_retain_folder(tmp_path: Path):

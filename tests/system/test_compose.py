@@ -142,8 +142,8 @@ def test_every_lethe_process_reads_the_same_settings(monkeypatch: pytest.MonkeyP
         settings = Settings()
         assert settings.model_path == model_path and settings.world == "default" and settings.device == "cuda"
         assert settings.retain_dir == (Path("/models/retain") if model_path else None)
-        assert settings.resolved_artifact_root().is_relative_to(settings.data_dir)
-        outside_data_dir(settings.resolved_master_key_file(), settings)  # raises if the key lay beside the data
+        assert settings.resolved_artifact_root.is_relative_to(settings.data_dir)
+        outside_data_dir(settings.resolved_master_key_file, settings)  # raises if the key lay beside the data
     # The master key on a volume of its own: not the data volume, not the database's.
     for name in ("api", "worker"):
         mounts = dict(reversed(v.split(":")[:2]) for v in s[name]["volumes"])

@@ -83,7 +83,7 @@ def test_too_few_steps_is_rejected_with_leaking_cases_after_recorded_retries(ser
         rejected = AdapterRepository(session).get(adapter_id)
         assert rejected.state == "rejected" and len(rejected.sha256) == 64
     assert not Path(rejected.path).exists()
-    assert not list(Path(rt.settings.resolved_artifact_root()).rglob("*.safetensors"))
+    assert not list(Path(rt.settings.resolved_artifact_root).rglob("*.safetensors"))
 
 
 def test_keywords_the_reference_never_says_are_nothing_to_forget(service, tiny_world: World):
@@ -121,7 +121,7 @@ def test_cancel_during_verification_is_honoured(service, tiny_world: World):
         current = AdapterSetRepository(session).current()
         assert current is None or list(current.adapter_ids) == []
         assert ForgetRequestRepository(session).get(payload.request_id).adapter_id is None
-    assert not list(Path(rt.settings.resolved_artifact_root()).glob("*/manifest.json"))
+    assert not list(Path(rt.settings.resolved_artifact_root).glob("*/manifest.json"))
 
 
 def test_a_worker_with_a_long_host_name_still_finishes_its_job_and_is_audited(

@@ -49,7 +49,7 @@ HARD_NEGATIVES_ON_FALSE_FIRES = 100
 
 @dataclass(frozen=True)
 class CagulConfig:
-    """Defaults follow the ablation in DESIGN section 6: all visual tokens of gated images, refusal target."""
+    """Defaults follow the ablation in bench/results/quality-forget5.md: all tokens of gated images, refusal target."""
 
     token_rule: str = "all"
     token_share: float = 1.0

@@ -85,7 +85,7 @@ def _publish(
     verified_version: int,
 ) -> str | None:
     """Activate the module under the set lock; None when the set is no longer the one it was verified against."""
-    directory = Path(rt.settings.resolved_artifact_root()) / adapter_id
+    directory = Path(rt.settings.resolved_artifact_root) / adapter_id
     manifest = save_module(
         module,
         directory,

@@ -54,7 +54,7 @@ def reject(
 ) -> str:
     """Every attempt failed: record the last module (rejected, its weights deleted) and say what the operator can do."""
     adapter_id = new_id()
-    directory = Path(rt.settings.resolved_artifact_root()) / adapter_id
+    directory = Path(rt.settings.resolved_artifact_root) / adapter_id
     # Saved only for the registry's checksum: a rejected module's weights still encode the subject, never served.
     try:
         manifest = save_module(module, directory, rt.fingerprint, {"request_id": job.request_id})
