@@ -121,12 +121,6 @@ def qwen_retain_folder(world: World, known: list[Person], out: Path) -> Path:
     return out
 
 
-@pytest.mark.xfail(
-    reason="open (issue 13): failed in 2 of 3 runs; in one, the module a retry activated (threshold floor 0.875) "
-    "missed a photo of the subject the request never carried and the model revealed a fact on it; verification's "
-    "held-out cases are variants of the request's own photos, so it passed",
-    strict=False,
-)
 def test_qwen2_vl_checkpoint_forgets_one_person_over_http(data_dir: Path, tiny_world: World, tmp_path: Path, serve):
     model = cached_qwen2_vl_reference(data_dir, tiny_world)
     known = qwen2_vl_known_people(tiny_world)
@@ -159,9 +153,15 @@ def test_qwen2_vl_checkpoint_forgets_one_person_over_http(data_dir: Path, tiny_w
     report = report_of(client, final)
     print("qwen2-vl request:", final["status"], final["error"], json.dumps(report)[:3000])
     assert final["status"] == "active", (final, report)
-    assert client.get("/v1/adapter-set").json()["adapter_ids"] == [final["adapter_id"]]
+    adapter_set = client.get("/v1/adapter-set").json()
+    assert adapter_set["adapter_ids"] == [final["adapter_id"]]
+    # The server reads the registry in a background pass, off the request path: the new set is served within it.
+    wait_for(
+        lambda: client.get("/v1/adapter-set").json()["served_version"] == adapter_set["version"], 10, 0.05, "pickup"
+    )
 
     after = {p.id: [vqa(client, im, q) for im, q in asked(p)] for p in (subject, other)}
+    assert all(a["adapter_set_version"] == adapter_set["version"] for p in after for a in after[p])
     assert [a["answer"] for a in after[subject.id]] == [REFUSAL_ANSWER] * FACTS
     assert [a["answer"] for a in after[other.id]] == before[other.id]
 
