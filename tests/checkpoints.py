@@ -290,7 +290,7 @@ def train_qwen2_vl_reference(
 
 def pretrain_qwen2_vl_tower(backbone: Qwen2VLBackbone, world: World, config: TowerConfig) -> dict[str, float]:
     """Contrastive pre-training of the Qwen2-VL vision encoder on the gate's pooled tokens of drawn people, each
-    batch at one size of `QWEN_SIZES`; the encoder is frozen after it, the merger (the projector) is not."""
+    view of a batch at a size of `QWEN_SIZES` drawn for it; the encoder is frozen after it, the merger is not."""
     portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
     photos = torch.from_numpy(np.stack([np.stack([np.asarray(im.convert("RGB")) for im in p]) for p in portraits]))
     generator = torch.Generator().manual_seed(config.seed)
@@ -326,10 +326,10 @@ def qwen2_vl_patches(x: torch.Tensor, ip: Qwen2VLImageProcessorPil) -> dict[str,
 
 
 # What the cached Qwen2-VL learnt; its directory name hashes this with the world's, so a change retrains it.
-# The vision encoder pre-trained first: trained with the language model on 5 people alone, gates on its tokens missed
-# the held-out photo of 1 of 5 people at 64x64 (score 0.62 under a 0.75 threshold) and fired on 0 to 7.8% of other
-# people's photos; pre-trained on 2,000 drawn people, 0 of 4 missed and 3 of 4 fired on no other person
-# (bench-style measurement in the issue 13 note).
+# The vision encoder pre-trained first (`bench/qwen_tower.py` measures both): trained with the language model on 5
+# people alone, the service's gates missed the held-out photo of 1 of 5 people at 64x64 (0.62 and, in a second
+# training, 0.28 under a 0.75 threshold) and fired on 0 to 12% of other people's photos; with `QWEN_TOWER`, 0 of 5
+# missed (0.86 to 0.999) and 3 of 5 fired on no other person (the others 3.3% and 4.4%).
 QWEN_TOWER = TowerConfig(identities=1000, views=6, steps=300, batch_size=96, width=256)
 QWEN_REFERENCE = {"people": 5, "facts": 3, "steps": 400, "tower": QWEN_TOWER.to_dict(), "version": 2}
 
