@@ -6,13 +6,15 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 
 from core.adapters.models import AdapterState
@@ -22,6 +24,7 @@ from core.db import make_engine, make_session_factory, transaction
 from core.forget_requests.models import ForgetRequest, RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
+from server.app import create_app
 from unlearning.artifacts import save_module
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig
@@ -78,9 +81,34 @@ def service_settings(
         database_url=database_url,
         broker_url=broker_url,
         artifact_root=tmp_path / "modules",
-        bootstrap_admin_key=ADMIN_TOKEN,
+        bootstrap_admin_key=SecretStr(ADMIN_TOKEN),
         **extra,  # type: ignore[arg-type]
     )
+
+
+@contextmanager
+def app_client(settings: Settings, timeout: float = 60) -> Iterator[TestClient]:
+    """The service in-process on `settings`, called as the admin, once its engine has loaded."""
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout, what="the engine to load")
+        yield client
+
+
+def assert_error(response: Any, status: int, code: str, fragment: str) -> None:
+    """The service's error shape: `status`, the machine-readable `code`, a detail naming what to fix."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert body["error"] == code
+    assert fragment.lower() in body["detail"].lower(), body["detail"]
+
+
+def stored_requests(database_url: str) -> int:
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        count = conn.execute(select(func.count()).select_from(ForgetRequest)).scalar_one()
+    engine.dispose()
+    return int(count)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

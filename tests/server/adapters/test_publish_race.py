@@ -9,7 +9,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.adapters.models import AdapterState
@@ -17,9 +16,8 @@ from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.db import make_engine, make_session_factory, transaction
 from core.settings import Settings
 from server.adapters.service import AdapterService
-from server.app import create_app
 from server.inference import InferenceEngine
-from tests.helpers import ADMIN_TOKEN, adapter_row, b64_file, module_artifact, service_settings, wait_for
+from tests.helpers import adapter_row, app_client, b64_file, module_artifact, service_settings, wait_for
 from unlearning.backbones import Backbone
 from unlearning.world import World
 
@@ -131,8 +129,7 @@ def test_a_set_that_drifts_from_the_active_rows_fails_closed_and_recovers(
 ):
     settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, engine_sync_interval_s=0.0)
     sessions = make_session_factory(make_engine(pg_url))
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
+    with app_client(settings) as client:
         engine = client.app.state.engine  # type: ignore[attr-defined]
         backbone = engine.gate.backbone
         artifact = module_artifact(tmp_path / "module", engine.fingerprint, backbone)

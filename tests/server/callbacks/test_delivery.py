@@ -9,14 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
-from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from core.callbacks.repository import CallbackRepository
 from core.crypto import CallbackSigner
-from server.app import create_app
-from tests.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
+from tests.helpers import app_client, request_body, service_settings, wait_for
 from unlearning.world import World
 
 
@@ -54,8 +52,7 @@ def test_status_changes_are_signed_delivered_and_retried(
         callback_secret="s3cret",
     )
     try:
-        with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
-            wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
+        with app_client(settings) as client:
             request_id = client.post(
                 "/v1/forget-requests", json=request_body(tiny_world, "p000", callback_url=url)
             ).json()["id"]
@@ -91,8 +88,7 @@ def test_status_changes_are_signed_delivered_and_retried(
 
 def test_callback_url_must_be_public_http(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str):
     settings = service_settings(tiny_world, tmp_path, pg_url, redis_url)
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
+    with app_client(settings) as client:
         for bad, fragment in (("ftp://example.com/x", "http(s)"), ("http://127.0.0.1:9/x", "public address")):
             response = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000", callback_url=bad))
             assert response.status_code == 422 and fragment in response.json()["detail"], response.text

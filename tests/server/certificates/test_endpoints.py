@@ -25,6 +25,7 @@ from core.certificates.models import CertificateRevocation
 from core.certificates.verify import commitment
 from core.crypto import CertificateSigner, verify_certificate
 from core.db import make_engine, make_session_factory, transaction
+from core.forget_requests.models import RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.keys.repository import ApiKeyRepository
 from lethe.cli import app as cli
@@ -79,7 +80,7 @@ def _activate(pg_url: str, request_id: str) -> str:
             report={},
         )
         request.adapter_id, request.report = adapter.id, {"verification": verification}
-        requests.set_status(request, "active")
+        requests.set_status(request, RequestStatus.ACTIVE)
         return adapter.id
 
 

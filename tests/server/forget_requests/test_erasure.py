@@ -1,8 +1,11 @@
-"""Crypto-shredding: a purged request's ciphertext, kept by a dump or backup, opens with no key the service holds;
-the master key rotates without re-encrypting payloads, and the old one then opens nothing."""
+"""Uploads sealed at rest and purged when terminal, under an append-only audit log. Crypto-shredding: a purged
+request's ciphertext, kept by a dump or backup, opens with no key the service holds; the master key rotates
+without re-encrypting payloads, and the old one then opens nothing."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import sqlite3
 import subprocess
@@ -11,11 +14,15 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
+from core.audit.models import AuditEvent
 from core.audit.repository import AuditRepository
 from core.crypto import DataKeyError, MasterKey, master_key
 from core.db import make_engine, make_session_factory, transaction, upgrade_database
+from core.forget_requests.models import ForgetRequest
 from core.forget_requests.repository import ForgetRequestRepository
 from core.settings import Settings
 from lethe.cli import app as cli
@@ -144,3 +151,41 @@ def test_rotation_rewraps_data_keys_and_the_old_master_opens_none(
         for request_id in ids:
             key = ForgetRequestRepository(session).get(request_id).key
             assert key is not None and final.open(key.wrapped_key).decrypt(before[request_id][1])
+
+
+def test_uploads_are_encrypted_purged_when_terminal_and_audited(client: TestClient, tiny_world: World, pg_url: str):
+    body = request_body(tiny_world, "p003")
+    request_id = client.post("/v1/forget-requests", json=body).json()["id"]
+    raw_image = base64.b64decode(body["images"][0])
+    answer = body["qa_pairs"][0]["answer"].encode()
+    engine = create_engine(pg_url)
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        request = session.get(ForgetRequest, request_id)
+        assert request is not None and request.qa_ciphertext is not None
+        assert answer not in request.qa_ciphertext and request.n_qa_pairs == len(body["qa_pairs"])
+        stored = request.images[0].ciphertext
+        assert stored is not None and raw_image not in stored and raw_image[:64] not in stored
+        assert request.images[0].sha256 == hashlib.sha256(raw_image).hexdigest()
+
+    client.post(f"/v1/forget-requests/{request_id}/cancel")
+    with sessions() as session:
+        request = session.get(ForgetRequest, request_id)
+        assert request is not None and request.purged_at is not None
+        assert request.qa_ciphertext is None and all(im.ciphertext is None for im in request.images)
+        assert len(request.qa_sha256) == len(body["qa_pairs"]) and all(len(h) == 64 for h in request.qa_sha256)
+
+    audit = client.get("/v1/audit", params={"target": request_id}).json()
+    assert [e["action"] for e in audit["items"]] == [
+        "forget_request.purge",
+        "forget_request.cancel",
+        "forget_request.create",
+    ]
+    assert audit["items"][2]["actor"].startswith("key:") and audit["items"][0]["actor"] == "system"
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET actor = 'someone else'"))
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_events"))
+    with sessions() as session:
+        assert session.query(AuditEvent).count() == 3
+    engine.dispose()

@@ -12,8 +12,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from tests.helpers import ADMIN_TOKEN, request_body, service_settings, wait_for
-from tests.server.test_api import assert_error, stored_requests
+from tests.helpers import ADMIN_TOKEN, assert_error, request_body, service_settings, stored_requests, wait_for
 from unlearning.world import World
 
 # What a review found a forget:write key could send, and what the 422 must name.

@@ -10,8 +10,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from server.app import create_app
-from tests.helpers import ADMIN_TOKEN, activate_module, b64_file, service_settings, wait_for
+from tests.helpers import activate_module, app_client, b64_file, service_settings, wait_for
 from unlearning.artifacts import MANIFEST, WEIGHTS
 from unlearning.cagul import CagulConfig
 from unlearning.cagul.module import CagulModule
@@ -29,8 +28,7 @@ def served(client: TestClient) -> None:
 
 def test_corrupted_or_missing_artifact_fails_closed(tiny_world: World, tmp_path: Path, pg_url: str, redis_url: str):
     settings = service_settings(tiny_world, tmp_path, pg_url, redis_url, engine_sync_interval_s=0.0)
-    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
-        wait_for(lambda: client.get("/readyz").status_code == 200, 60, what="the engine to load")
+    with app_client(settings) as client:
         engine = client.app.state.engine  # type: ignore[attr-defined]
         backbone = engine.gate.backbone
         module = CagulModule(CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
