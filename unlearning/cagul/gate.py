@@ -14,7 +14,7 @@ from unlearning.backbones import Backbone, VisualOverride, VLMBatch
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.discriminator import Discriminator, StackedDiscriminators, shape_key
 from unlearning.cagul.module import CagulModule
-from unlearning.cagul.selection import apply_encoder, select_tokens
+from unlearning.cagul.selection import encoder_rewrite
 from unlearning.errors import IncompatibleModuleError
 
 T = TypeVar("T")
@@ -266,16 +266,5 @@ class CagulGate:
 
     def _override(self, module_id: str, batch: VLMBatch) -> VisualOverride:
         cfg = self._configs[module_id]
-        encoder = self.encoder(module_id)
-        scores = None
-        if cfg.token_rule in ("lowest", "highest") and cfg.token_share < 1:
-            scores = self.backbone.attention_scores(batch, cfg.attention_layers)
-        mask = select_tokens(
-            scores,
-            self.backbone.visual_counts(batch),
-            cfg.token_rule,
-            cfg.token_share,
-            batch.input_ids.shape[0],
-            torch.Generator().manual_seed(cfg.seed),
-        )
-        return lambda z: apply_encoder(encoder, z, mask)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        return encoder_rewrite(self.encoder(module_id), self.backbone, cfg, batch, generator)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from unlearning.backbones import Backbone, VLMBatch
+    from unlearning.cagul.config import CagulConfig
 
 
 def select_tokens(
@@ -41,3 +48,22 @@ def apply_encoder(encoder: torch.nn.Module, z: torch.Tensor, mask: torch.Tensor)
     E keeps its own dtype (fp32 weights beside a bf16 model): tokens go in as its dtype and come back as theirs."""
     dtype = next(encoder.parameters()).dtype
     return torch.where(mask.to(z.device)[..., None], encoder(z.to(dtype)).to(z.dtype), z)
+
+
+def encoder_rewrite(
+    encoder: torch.nn.Module,
+    backbone: Backbone,
+    config: CagulConfig,
+    batch: VLMBatch,
+    generator: torch.Generator | None,
+    attention_batch: VLMBatch | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The visual-token rewrite `config` asks for on `batch`: its chosen tokens through `encoder`, the rest kept.
+
+    Attention scores, when the rule needs them, are read on `attention_batch` (training masks the answer out)."""
+    scores = None
+    if config.token_rule in ("lowest", "highest") and config.token_share < 1:
+        scores = backbone.attention_scores(attention_batch or batch, config.attention_layers)
+    counts = backbone.visual_counts(batch)
+    mask = select_tokens(scores, counts, config.token_rule, config.token_share, batch.input_ids.shape[0], generator)
+    return lambda z: apply_encoder(encoder, z, mask)

@@ -17,7 +17,7 @@ from unlearning.backbones import Backbone, VisualOverride, VLMBatch
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.discriminator import Discriminator
 from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
-from unlearning.cagul.selection import apply_encoder, select_tokens
+from unlearning.cagul.selection import encoder_rewrite
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.deadline import Deadline, check
 from unlearning.errors import InvalidInputError, UnlearningError
@@ -266,22 +266,10 @@ class CagulTrainer:
         return list(forget.qa_pairs)  # ga / npo push the true answer down
 
     def _transform(self, module: CagulModule, batch: VLMBatch) -> Callable[[torch.Tensor], torch.Tensor]:
-        cfg = self.config
-        scores = None
-        if cfg.token_rule in ("lowest", "highest") and cfg.token_share < 1:
-            prompt_only = VLMBatch(
-                batch.input_ids, batch.attention_mask * (batch.labels == -100), batch.pixel_values, None, batch.extra
-            )
-            scores = self.backbone.attention_scores(prompt_only, cfg.attention_layers)
-        mask = select_tokens(
-            scores,
-            self.backbone.visual_counts(batch),
-            cfg.token_rule,
-            cfg.token_share,
-            batch.input_ids.shape[0],
-            self.generator,
+        prompt_only = VLMBatch(
+            batch.input_ids, batch.attention_mask * (batch.labels == -100), batch.pixel_values, None, batch.extra
         )
-        return lambda z: apply_encoder(module.encoder, z, mask)
+        return encoder_rewrite(module.encoder, self.backbone, self.config, batch, self.generator, prompt_only)
 
     def _batch(self, image_inputs: dict[str, torch.Tensor], items: list[QA]) -> VLMBatch:
         """A training batch whose answers keep at most `max_answer_tokens` tokens: the sequence, and so the memory

@@ -42,11 +42,15 @@ def test_retain_model_never_sees_forget_subjects(tmp_path):
 
 _BUILD_MICRO = """
 import dataclasses, hashlib, sys
+from unlearning.identity.config import TowerConfig
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.builder import build_world
 tiny = WORLD_PRESETS["tiny"]
-config = dataclasses.replace(tiny, name="micro", n_known=10, n_unseen=2,
-                             model=dataclasses.replace(tiny.model, steps=5, warmup_steps=1))
+# Every stage the presets run, each a few steps: face geometry, tower and identity pre-training, the VLM.
+config = dataclasses.replace(tiny, name="micro", n_known=10, n_unseen=2, face_geometry=True,
+                             model=dataclasses.replace(tiny.model, steps=5, warmup_steps=1),
+                             identity=dataclasses.replace(tiny.identity, identities=40, steps=10, batch_size=32),
+                             tower=TowerConfig(identities=24, views=2, steps=3, batch_size=16, width=64))
 world = build_world(sys.argv[1], config, with_retain_model=False)
 for path in (world.root / "world.json", world.reference_model_dir / "model.safetensors"):
     print(hashlib.sha256(path.read_bytes()).hexdigest())
