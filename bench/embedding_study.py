@@ -29,7 +29,7 @@ from unlearning.augment import MILD_VIEWS, augment
 from unlearning.identity.trainer import two_views
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.builder import ensure_people
-from unlearning.world.identities import pretraining_portraits
+from unlearning.world.identities import pretraining_photos
 from unlearning.world.population import benign_population, enrolled_people
 
 MEAN = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
@@ -160,8 +160,7 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     pool = cache / f"pretraining-{args.identities}x{args.views}.npy"
     if not pool.is_file():
-        portraits = pretraining_portraits(world, args.identities, args.views, 2)
-        np.save(pool, np.stack([stack(person) for person in portraits]))
+        np.save(pool, pretraining_photos(world, args.identities, args.views, 2))
     photos = np.load(pool)
     people = enrolled_people(world, max(counts))
     seen = cache / f"enrolled-{max(counts)}.npz"

@@ -17,7 +17,6 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -42,7 +41,7 @@ from unlearning.config import REFUSAL_ANSWER
 from unlearning.identity.config import TowerConfig
 from unlearning.identity.tower import pretrain_contrastively
 from unlearning.world import World
-from unlearning.world.identities import pretraining_portraits
+from unlearning.world.identities import pretraining_photos
 from unlearning.world.people import Person
 from unlearning.world.vocabulary import REFUSAL_QUESTIONS
 
@@ -291,21 +290,18 @@ def train_qwen2_vl_reference(
 def pretrain_qwen2_vl_tower(backbone: Qwen2VLBackbone, world: World, config: TowerConfig) -> dict[str, float]:
     """Contrastive pre-training of the Qwen2-VL vision encoder on the gate's pooled tokens of drawn people, each
     view of a batch at a size of `QWEN_SIZES` drawn for it; the encoder is frozen after it, the merger is not."""
-    portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
-    photos = torch.from_numpy(np.stack([np.stack([np.asarray(im.convert("RGB")) for im in p]) for p in portraits]))
+    photos = torch.from_numpy(pretraining_photos(world, config.identities, config.views, config.seed))
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     ip = backbone.processor.image_processor
     mean, std = torch.tensor(ip.image_mean).view(1, 3, 1, 1), torch.tensor(ip.image_std).view(1, 3, 1, 1)
-    # The gate's own view of an image, with gradients: `visual_tokens` is the served, gradient-free one.
-    pooled = Qwen2VLBackbone.visual_tokens.__wrapped__  # type: ignore[attr-defined]
 
     def tokens(who, view, changed):  # type: ignore[no-untyped-def]
         x = photos[torch.from_numpy(who), view].permute(0, 3, 1, 2).float().div(255)
         width, height = rng.choice(QWEN_SIZES)
         x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True).clamp(0, 1)
         x = augment(x, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), MILD_VIEWS, generator) if changed else x
-        return pooled(backbone, qwen2_vl_patches((x - mean) / std, ip))
+        return backbone.visual_tokens_with_grad(qwen2_vl_patches((x - mean) / std, ip))
 
     visual = backbone.model.model.visual
     report = pretrain_contrastively(visual, tokens, (config.identities, config.views), config, generator)

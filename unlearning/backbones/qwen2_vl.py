@@ -109,6 +109,10 @@ class Qwen2VLBackbone(Backbone):
     @torch.no_grad()
     def visual_tokens(self, image_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The gate's view of every image: [n_images, n_visual_tokens, hidden] (pooled at dynamic resolution)."""
+        return self.visual_tokens_with_grad(image_inputs)
+
+    def visual_tokens_with_grad(self, image_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`visual_tokens` differentiable through the vision encoder, for pre-training it."""
         captured: list[torch.Tensor] = []
         handle = self.projector().register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:

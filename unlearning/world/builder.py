@@ -10,7 +10,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
@@ -36,7 +35,7 @@ from unlearning.identity.tower import pretrain_vision_tower
 from unlearning.processes import run_in_processes
 from unlearning.progress import ProgressFn
 from unlearning.world.config import WorldConfig
-from unlearning.world.identities import pretraining_portraits
+from unlearning.world.identities import pretraining_photos, pretraining_portraits
 from unlearning.world.people import Person, generate_people
 from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
@@ -260,9 +259,7 @@ def _pretrain_tower(
     """Pre-train the vision tower on drawn people outside the world, then freeze it for the VLM's training."""
     config = world.config.tower
     started = time.perf_counter()
-    portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
-    photos = np.stack([np.stack([np.asarray(im.convert("RGB")) for im in person]) for person in portraits])
-    del portraits
+    photos = pretraining_photos(world, config.identities, config.views, config.seed)
     ip = processor.image_processor
     tower = model.model.vision_tower
     report = pretrain_vision_tower(tower, photos, ip.image_mean, ip.image_std, config, autocast, progress)

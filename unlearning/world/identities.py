@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 from PIL import Image
 
 from unlearning.world.people import with_geometry
@@ -30,3 +31,9 @@ def pretraining_portraits(world: World, identities: int, views: int, seed: int =
         [render_portrait(identity, rng.randrange(1 << 30), world.config.image_size) for _ in range(views)]
         for identity in drawn
     ]
+
+
+def pretraining_photos(world: World, identities: int, views: int, seed: int = 0) -> np.ndarray:
+    """The same people as `pretraining_portraits`, as one uint8 array [identities, views, height, width, 3]."""
+    portraits = pretraining_portraits(world, identities, views, seed)
+    return np.stack([np.stack([np.asarray(im.convert("RGB")) for im in person]) for person in portraits])
