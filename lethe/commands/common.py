@@ -79,10 +79,8 @@ def checked_settings() -> Settings:
     """The settings, or exit 2 naming each bad one: before any minutes-long start-up work, never after it."""
     from pydantic import ValidationError
 
-    from core.settings import Settings
-
     try:
-        return Settings()
+        return get_settings()
     except ValidationError as exc:
         for error in exc.errors():
             name = "LETHE_" + "_".join(str(part) for part in error["loc"]).upper()
