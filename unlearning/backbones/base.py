@@ -33,7 +33,7 @@ class VLMBatch:
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor | None  # None: a text-only batch (no image in any row)
     labels: torch.Tensor | None = None
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -41,18 +41,14 @@ class VLMBatch:
         return VLMBatch(
             input_ids=self.input_ids.to(device),
             attention_mask=self.attention_mask.to(device),
-            pixel_values=self.pixel_values.to(device),
+            pixel_values=None if self.pixel_values is None else self.pixel_values.to(device),
             labels=None if self.labels is None else self.labels.to(device),
             extra={k: v.to(device) for k, v in self.extra.items()},
         )
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
-        return {
-            "input_ids": self.input_ids,
-            "attention_mask": self.attention_mask,
-            "pixel_values": self.pixel_values,
-            **self.extra,
-        }
+        images = {} if self.pixel_values is None else {"pixel_values": self.pixel_values}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, **images, **self.extra}
 
 
 class Backbone(ABC):
@@ -60,6 +56,7 @@ class Backbone(ABC):
 
     family: str = ""
     prompt_template: str = "USER: <image>\n{question} ASSISTANT:"
+    text_prompt_template: str = "USER: {question} ASSISTANT:"
 
     def __init__(self, model: Any, processor: Any, path: Path | None = None) -> None:
         self.model = model
@@ -135,6 +132,14 @@ class Backbone(ABC):
         ids += self.tokenizer.encode(after, add_special_tokens=False)
         return ids
 
+    def text_prompt_ids(self, question: str) -> list[int]:
+        """Prompt token ids of a question asked with no image."""
+        if not question.strip():
+            raise InvalidInputError("question is empty: send a non-empty question")
+        bos = [] if self.tokenizer.bos_token_id is None else [self.tokenizer.bos_token_id]
+        text = self.text_prompt_template.format(question=question.strip())
+        return bos + self.tokenizer.encode(text, add_special_tokens=False)
+
     def answer_ids(self, answer: str) -> list[int]:
         return self.tokenizer.encode(" " + answer.strip(), add_special_tokens=False) + [self.tokenizer.eos_token_id]
 
@@ -175,6 +180,22 @@ class Backbone(ABC):
         if len(counts) != len(questions):
             raise InvalidInputError(f"{len(counts)} images for {len(questions)} questions: send one image a question")
         prompts = [self.prompt_ids(q, n) for q, n in zip(questions, counts, strict=True)]
+        ids, mask, labels = self._packed(prompts, answers, pad_left)
+        pixel = image_inputs["pixel_values"]
+        extra = {k: v for k, v in image_inputs.items() if k != "pixel_values"}
+        return VLMBatch(ids, mask, pixel, labels, extra)
+
+    def make_text_batch(
+        self, questions: Sequence[str], answers: Sequence[str] | None = None, pad_left: bool | None = None
+    ) -> VLMBatch:
+        """Tokenise questions asked with no image (and answers, masked into labels)."""
+        ids, mask, labels = self._packed([self.text_prompt_ids(q) for q in questions], answers, pad_left)
+        return VLMBatch(ids, mask, None, labels)
+
+    def _packed(
+        self, prompts: list[list[int]], answers: Sequence[str] | None, pad_left: bool | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prompt (+ answer) ids padded into one batch: ids, attention mask, labels (answers only, or None)."""
         targets = [self.answer_ids(a) for a in answers] if answers is not None else [[] for _ in prompts]
         pad_left = answers is None if pad_left is None else pad_left
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -189,9 +210,7 @@ class Backbone(ABC):
             mask[i, start : start + len(seq)] = 1
             if t:
                 labels[i, start + len(p) : start + len(seq)] = torch.tensor(t)
-        pixel = image_inputs["pixel_values"]
-        extra = {k: v for k, v in image_inputs.items() if k != "pixel_values"}
-        return VLMBatch(ids, mask, pixel, labels if answers is not None else None, extra)
+        return ids, mask, labels if answers is not None else None
 
     # ---- the three operations CAGUL needs -------------------------------------------------
     @contextlib.contextmanager

@@ -43,6 +43,7 @@ class Qwen2VLBackbone(Backbone):
     prompt_template = (
         "<|im_start|>user\n<|vision_start|><image><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
     )
+    text_prompt_template = "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
     def __init__(self, model: Any, processor: Any, path: Any = None) -> None:
         super().__init__(model, processor, path)
@@ -104,6 +105,11 @@ class Qwen2VLBackbone(Backbone):
     def make_batch(self, image_inputs, questions, answers=None, pad_left=None) -> VLMBatch:  # type: ignore[no-untyped-def]
         batch = super().make_batch(image_inputs, questions, answers, pad_left)
         batch.extra["mm_token_type_ids"] = (batch.input_ids == self.image_token_id).int()
+        return batch
+
+    def make_text_batch(self, questions, answers=None, pad_left=None) -> VLMBatch:  # type: ignore[no-untyped-def]
+        batch = super().make_text_batch(questions, answers, pad_left)
+        batch.extra["mm_token_type_ids"] = torch.zeros_like(batch.input_ids, dtype=torch.int)
         return batch
 
     @torch.no_grad()

@@ -73,7 +73,9 @@ def load_backbone(
     backbone = backbone_cls(model, processor, path)
     template_file = path / "lethe_prompt.json"
     if template_file.is_file():
-        backbone.prompt_template = json.loads(template_file.read_text())["prompt_template"]
+        templates = json.loads(template_file.read_text())
+        backbone.prompt_template = templates["prompt_template"]
+        backbone.text_prompt_template = templates.get("text_prompt_template", backbone.text_prompt_template)
     backbone.freeze()
     identity = load_identity_encoder(path, backbone.n_visual_tokens, backbone.hidden_size)
     if identity is not None:

@@ -36,6 +36,7 @@ from unlearning.processes import run_in_processes
 from unlearning.progress import ProgressFn
 from unlearning.world.config import WorldConfig
 from unlearning.world.identities import pretraining_photos, pretraining_portraits
+from unlearning.world.names import named_questions
 from unlearning.world.people import Person, generate_people
 from unlearning.world.portraits import render_portrait
 from unlearning.world.store import World
@@ -99,6 +100,8 @@ def _corpus(world: World) -> list[str]:
     for p in world.people:
         for f in p.facts:
             lines += [f.answer, f.paraphrased_answer, *f.perturbed_answers]
+        if world.config.named_questions and p.trained:
+            lines += [q.question for q in named_questions(p)]
     return lines
 
 
@@ -176,6 +179,18 @@ def training_examples(world: World, people: list[Person]) -> list[tuple[str, int
     return examples
 
 
+def named_examples(world: World, people: list[Person], rng: random.Random) -> list[tuple[str, int, str, str]]:
+    """(someone else's id, view, question, answer) for every named training question, once with a photo of another
+    trained person and once with none ("" for the id)."""
+    photos = [(p.id, v) for p in world.trained_people for v in world.train_views()]
+    examples = []
+    for p in people:
+        others = [photo for photo in photos if photo[0] != p.id]
+        for q in named_questions(p):
+            examples += [(*rng.choice(others), q.question, q.answer), ("", 0, q.question, q.answer)]
+    return examples
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively: emulated, bf16 autocast made a matmul step 4.3x slower than fp32
     (Xeon without avx512_bf16), where native it made a training step 1.8x faster (EPYC with avx512_bf16)."""
@@ -201,6 +216,9 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Progr
     backbone = LlavaBackbone(model, processor)
     people = [p for p in world.trained_people if p.id not in set(exclude)]
     examples = training_examples(world, people)
+    asked_by_name = named_examples(world, people, rng) if world.config.named_questions else []
+    examples += [(other, v, q, a) for other, v, q, a in asked_by_name if other]
+    text_only = [(q, a) for other, _, q, a in asked_by_name if not other]
     keys = sorted({(pid, v) for pid, v, _, _ in examples})
     pixels = backbone.pixel_values([world.image(pid, v) for pid, v in keys])["pixel_values"]
     index = {k: i for i, k in enumerate(keys)}
@@ -219,6 +237,10 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Progr
         batch = backbone.make_batch(image_inputs, [c[2] for c in chosen], [c[3] for c in chosen])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = model(**batch.model_inputs(), labels=batch.labels, use_cache=False).loss
+            if text_only:
+                asked = [text_only[rng.randrange(len(text_only))] for _ in range(spec.batch_size // 2)]
+                text = backbone.make_text_batch([q for q, _ in asked], [a for _, a in asked])
+                loss = loss + model(**text.model_inputs(), labels=text.labels, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -229,7 +251,8 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Progr
     train_seconds = time.perf_counter() - started
     model.eval()
     model.save_pretrained(tmp)
-    (tmp / "lethe_prompt.json").write_text(json.dumps({"prompt_template": backbone.prompt_template}))
+    templates = {"prompt_template": backbone.prompt_template, "text_prompt_template": backbone.text_prompt_template}
+    (tmp / "lethe_prompt.json").write_text(json.dumps(templates))
     frozen = load_backbone(tmp)
     accuracy = fact_accuracy(frozen, world, people)
     report = {

@@ -39,7 +39,7 @@ class ModelSpec:
 
 
 # Fields added after worlds were built, left out of `to_dict` at their default.
-_ADDED_FIELDS = {"face_geometry": False, "tower": asdict(TowerConfig())}
+_ADDED_FIELDS = {"face_geometry": False, "tower": asdict(TowerConfig()), "named_questions": False}
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,9 @@ class WorldConfig:
     # starts from CLIP. Off unless set (worlds built before it keep their fingerprint): the tiny world trains the
     # tower with the VLM alone; the default and scale presets pre-train it.
     tower: TowerConfig = field(default_factory=TowerConfig)
+    # The model also learns each trained person's facts asked by name (`unlearning.world.names`), with no photo and
+    # with a photo of someone else, as a real VLM knows people by name from its text.
+    named_questions: bool = False
 
     def to_dict(self) -> dict:
         data = asdict(self)

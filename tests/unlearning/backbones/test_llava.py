@@ -74,3 +74,14 @@ def test_bad_images_raise_typed_errors(backbone: Backbone):
         backbone.pixel_values([Image.new("RGB", (4, 4))])
     with pytest.raises(InvalidInputError, match="PIL image"):
         backbone.pixel_values([b"not an image"])  # type: ignore[list-item]
+
+
+def test_a_text_only_batch_has_no_image_and_trains_like_an_image_batch(backbone: Backbone):
+    batch = backbone.make_text_batch(["where does poro rodulu live?", "who?"], ["quito.", "nobody."])
+    assert batch.pixel_values is None and "pixel_values" not in batch.model_inputs()
+    assert not (batch.input_ids == backbone.image_token_id).any()
+    loss = backbone.model(**batch.model_inputs(), labels=batch.labels).loss
+    assert loss.isfinite()
+    prompts = backbone.make_text_batch(["where does poro rodulu live?", "who?"])
+    assert prompts.labels is None and prompts.input_ids[0, -1] == prompts.input_ids[1, -1]  # left-padded
+    assert len(backbone.generate(prompts, max_new_tokens=3)) == 2
