@@ -174,23 +174,41 @@ class Backbone(ABC):
         questions: Sequence[str],
         answers: Sequence[str] | None = None,
         pad_left: bool | None = None,
+        slots: Sequence[int] | None = None,
     ) -> VLMBatch:
-        """Tokenise prompts (and answers, masked into labels) around already-processed images."""
+        """Tokenise prompts (and answers, masked into labels) around already-processed images; `slots`: per row,
+        how many text-prefix placeholders follow the first token (see `unlearning.cagul.prefix`)."""
         counts = self.image_token_counts(image_inputs)
         if len(counts) != len(questions):
             raise InvalidInputError(f"{len(counts)} images for {len(questions)} questions: send one image a question")
         prompts = [self.prompt_ids(q, n) for q, n in zip(questions, counts, strict=True)]
-        ids, mask, labels = self._packed(prompts, answers, pad_left)
+        ids, mask, labels = self._packed(self._with_slots(prompts, slots), answers, pad_left)
         pixel = image_inputs["pixel_values"]
         extra = {k: v for k, v in image_inputs.items() if k != "pixel_values"}
         return VLMBatch(ids, mask, pixel, labels, extra)
 
     def make_text_batch(
-        self, questions: Sequence[str], answers: Sequence[str] | None = None, pad_left: bool | None = None
+        self,
+        questions: Sequence[str],
+        answers: Sequence[str] | None = None,
+        pad_left: bool | None = None,
+        slots: Sequence[int] | None = None,
     ) -> VLMBatch:
-        """Tokenise questions asked with no image (and answers, masked into labels)."""
-        ids, mask, labels = self._packed([self.text_prompt_ids(q) for q in questions], answers, pad_left)
+        """Tokenise questions asked with no image (and answers, masked into labels); `slots` as in `make_batch`."""
+        prompts = self._with_slots([self.text_prompt_ids(q) for q in questions], slots)
+        ids, mask, labels = self._packed(prompts, answers, pad_left)
         return VLMBatch(ids, mask, None, labels)
+
+    @property
+    def slot_token_id(self) -> int:
+        """The placeholder a text prefix's vectors replace: the unknown token, which no encoded question holds."""
+        return int(self.tokenizer.unk_token_id)
+
+    def _with_slots(self, prompts: list[list[int]], slots: Sequence[int] | None) -> list[list[int]]:
+        """Each prompt with its row's count of slot tokens after its first token; rows with none unchanged."""
+        if slots is None:
+            return prompts
+        return [p[:1] + [self.slot_token_id] * k + p[1:] if k else p for p, k in zip(prompts, slots, strict=True)]
 
     def _packed(
         self, prompts: list[list[int]], answers: Sequence[str] | None, pad_left: bool | None

@@ -102,13 +102,13 @@ class Qwen2VLBackbone(Backbone):
         merge = self.processor.image_processor.merge_size
         return [int(n) for n in image_inputs["image_grid_thw"].prod(-1) // merge**2]
 
-    def make_batch(self, image_inputs, questions, answers=None, pad_left=None) -> VLMBatch:  # type: ignore[no-untyped-def]
-        batch = super().make_batch(image_inputs, questions, answers, pad_left)
+    def make_batch(self, image_inputs, questions, answers=None, pad_left=None, slots=None) -> VLMBatch:  # type: ignore[no-untyped-def]
+        batch = super().make_batch(image_inputs, questions, answers, pad_left, slots)
         batch.extra["mm_token_type_ids"] = (batch.input_ids == self.image_token_id).int()
         return batch
 
-    def make_text_batch(self, questions, answers=None, pad_left=None) -> VLMBatch:  # type: ignore[no-untyped-def]
-        batch = super().make_text_batch(questions, answers, pad_left)
+    def make_text_batch(self, questions, answers=None, pad_left=None, slots=None) -> VLMBatch:  # type: ignore[no-untyped-def]
+        batch = super().make_text_batch(questions, answers, pad_left, slots)
         batch.extra["mm_token_type_ids"] = torch.zeros_like(batch.input_ids, dtype=torch.int)
         return batch
 
