@@ -40,7 +40,8 @@ class Bars:
     def __call__(self, phase: str, step: int, total: int, loss: float) -> None:
         if phase not in self.tasks:
             self.tasks[phase] = self.progress.add_task(phase, total=total, loss=float("nan"))
-        self.progress.update(self.tasks[phase], completed=step, loss=loss)
+        # One name can report several stages (a model's tower pre-training, then its training), each its own total.
+        self.progress.update(self.tasks[phase], completed=step, total=total, loss=loss)
 
     def __enter__(self) -> Bars:
         from transformers.utils import logging as hf_logging
