@@ -61,7 +61,7 @@ def prefixed(backbone: Backbone, prefixes: Sequence[RefusalPrefix | None]) -> It
 def train_refusal_prefix(
     backbone: Backbone,
     asked: Sequence[tuple[str, Any]],
-    slots: int = 4,
+    slots: int = 8,  # 4 left 0-3.6% of held-out named cases leaking with no photo, 8 none (named tiny world)
     steps: int = 150,
     batch_size: int = 16,
     lr: float = 5e-2,
