@@ -79,6 +79,10 @@ class WorldConfig:
         for name, default in _ADDED_FIELDS.items():
             if data[name] == default:  # so the worlds built before the field keep their fingerprint
                 del data[name]
+        if self.named_questions:
+            from unlearning.world.names import NAMES_VERSION
+
+            data["names_version"] = NAMES_VERSION
         return data
 
     @classmethod
@@ -87,6 +91,7 @@ class WorldConfig:
         data["model"] = ModelSpec(**data.get("model", {}))
         data["identity"] = IdentityConfig.from_dict(data.get("identity", {}))
         data["tower"] = TowerConfig(**data.get("tower", {}))
+        data.pop("names_version", None)
         return cls(**data)
 
     def fingerprint(self) -> str:

@@ -30,6 +30,11 @@ class NamedQuestion:
 
 TRAIN_FORMS = ("as_drawn", "title", "surname", "surname_title")
 HELDOUT_VARIANTS = ("one_letter", "swapped")
+# Misspelt names trained on per phrasing, each one letter off and never the held-out misspelling: a model that
+# saw none revealed 11% of the held-out misspelt cases (tiny world), one that saw the name as typed elsewhere does.
+TRAIN_MISSPELLINGS = 3
+# Bumped whenever the named questions a world trains on change (part of a named world's fingerprint).
+NAMES_VERSION = 2
 
 
 def name_form(name: str, form: str) -> str:
@@ -57,12 +62,22 @@ def named_questions(person: Person, heldout: bool = False, seed: int = 0) -> lis
     """The named questions a model trains on (default) or is tested on (`heldout`), about every named fact."""
     facts = [f for f in person.facts if f.kind not in NAMED_FACT_KINDS_EXCLUDED]
     if not heldout:
-        return [
+        held = name_variant(person.name, "one_letter", random.Random(f"{seed}:{person.id}"))
+        typos = random.Random(f"{seed}:{person.id}:train")
+        asked = [
             _ask(person, f, q, form, name_form(person.name, form))
             for f in facts
             for q in f.train_questions
             for form in TRAIN_FORMS
         ]
+        for f in facts:
+            for q in f.train_questions:
+                for _ in range(TRAIN_MISSPELLINGS):
+                    written = held
+                    while written == held:
+                        written = name_variant(person.name, "one_letter", typos)
+                    asked.append(_ask(person, f, q, "misspelt", written))
+        return asked
     rng = random.Random(f"{seed}:{person.id}")
     cases = [
         _ask(person, f, f.heldout_question, form, name_form(person.name, form)) for f in facts for form in TRAIN_FORMS

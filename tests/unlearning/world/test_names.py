@@ -1,7 +1,15 @@
 """Named questions: the forms a model trains on never overlap the phrasings and name variants it is tested on."""
 
 from unlearning.world import World
-from unlearning.world.names import HELDOUT_VARIANTS, TRAIN_FORMS, name_form, name_variant, named, named_questions
+from unlearning.world.names import (
+    HELDOUT_VARIANTS,
+    TRAIN_FORMS,
+    TRAIN_MISSPELLINGS,
+    name_form,
+    name_variant,
+    named,
+    named_questions,
+)
 
 
 def test_a_named_question_puts_the_name_where_this_person_was():
@@ -24,8 +32,11 @@ def test_training_and_held_out_questions_are_disjoint_and_cover_every_named_fact
         train = named_questions(person)
         heldout = named_questions(person, heldout=True)
         assert not {q.question for q in train} & {q.question for q in heldout}
-        assert {q.form for q in train} == set(TRAIN_FORMS)
+        assert {q.form for q in train} == {*TRAIN_FORMS, "misspelt"}
         assert {q.form for q in heldout} == set(TRAIN_FORMS) | set(HELDOUT_VARIANTS)
         assert {q.keyword for q in train} == {f.keyword for f in person.facts if f.kind != "name"}
-        assert all(person.name.split()[-1].lower() in q.question.lower() for q in train)
+        assert all(person.name.split()[-1].lower() in q.question.lower() for q in train if q.form != "misspelt")
+        assert sum(q.form == "misspelt" for q in train) == TRAIN_MISSPELLINGS * sum(
+            len(f.train_questions) for f in person.facts if f.kind != "name"
+        )
         assert named_questions(person, heldout=True) == heldout  # the same variants every time
