@@ -65,15 +65,13 @@ class AliasIndex:
                 for probe in _deletions(word) if len(word) >= FUZZY_MIN_LETTERS else {word}:
                     self._by_word[probe].add(word)
         self._lengths = sorted({len(k) for k in self._names})
-
-    def __len__(self) -> int:
-        return len({s for subjects in self._names.values() for s in subjects})
+        self._known_lengths = sorted({len(k) for k in self._known})
 
     def subjects(self, question: str) -> set[str]:
         """The subjects `question` names (empty when it names none of them)."""
         said = words(question)
         known = set()  # positions of a name the index was told belongs to someone else
-        for n in {len(k) for k in self._known}:
+        for n in self._known_lengths:
             for start in range(len(said) - n + 1):
                 if said[start : start + n] in self._known or said[start : start + n][::-1] in self._known:
                     known |= set(range(start, start + n))

@@ -224,6 +224,7 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Progr
     asked_by_name = named_examples(world, people, rng) if world.config.named_questions else []
     named_photo = [(other, v, q, a) for other, v, q, a in asked_by_name if other]
     text_only = [(q, a) for other, _, q, a in asked_by_name if not other]
+    named_rows = int(NAMED_PHOTO_SHARE * spec.batch_size)  # of each photo batch
     keys = sorted({(pid, v) for pid, v, _, _ in examples + named_photo})
     pixels = backbone.pixel_values([world.image(pid, v) for pid, v in keys])["pixel_values"]
     index = {k: i for i, k in enumerate(keys)}
@@ -237,10 +238,8 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Progr
     loss_value = float("nan")
     for step in range(spec.steps):
         chosen = [examples[rng.randrange(len(examples))] for _ in range(spec.batch_size)]
-        if named_photo:  # a share of the photo batch: named questions outnumber photo ones and drowned them out
-            chosen[: int(NAMED_PHOTO_SHARE * spec.batch_size)] = [
-                named_photo[rng.randrange(len(named_photo))] for _ in range(int(NAMED_PHOTO_SHARE * spec.batch_size))
-            ]
+        if named_photo:
+            chosen[:named_rows] = [named_photo[rng.randrange(len(named_photo))] for _ in range(named_rows)]
         chosen_pixels = pixels[[index[(pid, v)] for pid, v, _, _ in chosen]]
         image_inputs = {"pixel_values": augment(chosen_pixels, mean, std, MILD_VIEWS, generator)}
         batch = backbone.make_batch(image_inputs, [c[2] for c in chosen], [c[3] for c in chosen])
