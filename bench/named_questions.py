@@ -11,7 +11,6 @@ share of facts revealed per split and the photo-conditioned fact accuracy beside
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import random
 import time
@@ -46,8 +45,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path(".lethe"))
     parser.add_argument("--json", dest="json_path", type=Path, default=None)
     args = parser.parse_args()
-    preset = WORLD_PRESETS[args.world]
-    config = dataclasses.replace(preset, name=f"{preset.name}-named", named_questions=True)
+    config = WORLD_PRESETS[f"{args.world}-named"]
     started = time.perf_counter()
     world = build_world(args.data_dir, config, with_retain_model=False)
     build_s = round(time.perf_counter() - started, 1)

@@ -41,7 +41,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", extra="ignore", hide_input_in_errors=True)
 
     data_dir: Path = Field(default=Path(".lethe"), description="Where worlds, models and module artifacts live.")
-    world: str = Field(default="default", description="Reference world preset: 'default', 'tiny' or 'scale'.")
+    world: str = Field(
+        default="default",
+        description="Reference world preset: 'default', 'tiny' or 'scale' ('tiny-named', 'default-named': facts "
+        "are also asked by name).",
+    )
     model_path: Path | None = Field(
         default=None, description="A local VLM checkpoint directory to use instead of the reference world's model."
     )

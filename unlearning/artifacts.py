@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load as load_bytes
@@ -21,7 +21,8 @@ from safetensors.torch import save as save_bytes
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.discriminator import Discriminator
 from unlearning.cagul.encoder import TokenEncoder
-from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
+from unlearning.cagul.module import ENCODER_DTYPE, CagulModule, ModuleRewrite
+from unlearning.cagul.prefix import RefusalPrefix
 from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError
 from unlearning.files import write_atomic
 
@@ -85,6 +86,7 @@ def save_module(
         "n_tokens": module.n_tokens,
         "hidden_size": module.hidden_size,
         "identity_dim": module.identity_dim,
+        "aliases": list(module.aliases),
         "threshold": module.threshold,
         "encoder_dtype": str(ENCODER_DTYPE).removeprefix("torch."),
         "trainable_params": module.num_parameters(),
@@ -196,9 +198,14 @@ def load_module(
     manifest = _manifest_for(directory, base_fingerprint, expected_digest)
     data = _verified_file(directory, manifest, WEIGHTS)
     config = CagulConfig.from_dict(manifest["config"])
-    module = CagulModule(config, manifest["n_tokens"], manifest["hidden_size"], manifest.get("identity_dim", 0))
+    shape = (manifest["n_tokens"], manifest["hidden_size"], manifest.get("identity_dim", 0))
+    module = CagulModule(config, *shape, aliases=_aliases(manifest))
     module.load_state_dict(load_bytes(data))
     return module.to(device).eval()
+
+
+def _aliases(manifest: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(manifest.get("aliases", ()))
 
 
 def _part(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -206,11 +213,18 @@ def _part(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
-def load_gate(
-    directory: str | Path, base_fingerprint: str, expected_digest: str, device: str = "cpu"
-) -> tuple[Discriminator, CagulConfig, dict[str, int]]:
-    """A module's discriminator and config alone, every file checked as `load_module` checks them: what a gate
-    needs of a module; its encoder loads when first used (`load_encoder`). Also the module's token shape."""
+class GatePart(NamedTuple):
+    """What a gate keeps of a module: its discriminator, config, token shape and the subject's names."""
+
+    discriminator: Discriminator
+    config: CagulConfig
+    shape: dict[str, int]
+    aliases: tuple[str, ...]
+
+
+def load_gate(directory: str | Path, base_fingerprint: str, expected_digest: str, device: str = "cpu") -> GatePart:
+    """A module's gate alone, every file checked as `load_module` checks them; what the module rewrites loads when
+    its gate first fires (`load_rewrite`)."""
     directory = Path(directory)
     manifest = _manifest_for(directory, base_fingerprint, expected_digest)
     weights = load_bytes(_verified_file(directory, manifest, WEIGHTS))
@@ -224,11 +238,12 @@ def load_gate(
         shape["identity_dim"],
     )
     discriminator.load_state_dict(_part(weights, "discriminator."))
-    return discriminator.to(device).eval(), config, shape
+    return GatePart(discriminator.to(device).eval(), config, shape, _aliases(manifest))
 
 
-def load_encoder(directory: str | Path, expected_digest: str, device: str = "cpu") -> TokenEncoder:
-    """Only the token encoder of a module, its weights file checked against the registry's checksum again."""
+def load_rewrite(directory: str | Path, expected_digest: str, device: str = "cpu") -> ModuleRewrite:
+    """Only the token encoder and refusal prefix of a module, its weights file checked against the registry's
+    checksum again."""
     directory = Path(directory)
     manifest = read_manifest(directory, expected_digest)
     weights = load_bytes(_verified_file(directory, manifest, WEIGHTS))
@@ -236,7 +251,11 @@ def load_encoder(directory: str | Path, expected_digest: str, device: str = "cpu
     hidden, n_tokens = manifest["hidden_size"], manifest["n_tokens"]
     encoder = TokenEncoder(hidden, config.encoder_hidden, n_tokens if config.position_offsets else 0)
     encoder.load_state_dict(_part(weights, "encoder."))
-    return encoder.to(device).eval()
+    prefix = None
+    if _aliases(manifest):
+        prefix = RefusalPrefix(config.prefix_slots, hidden)
+        prefix.load_state_dict(_part(weights, "prefix."))
+    return ModuleRewrite(encoder, prefix).to(device).eval()
 
 
 def load_tensors(directory: str | Path, name: str, expected_digest: str | None = None) -> dict[str, torch.Tensor]:

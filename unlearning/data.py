@@ -11,6 +11,8 @@ from PIL import Image
 from unlearning.errors import InvalidInputError
 
 MAX_QA_PAIRS = 512
+MAX_ALIASES = 16
+MAX_ALIAS_CHARS = 100
 IMAGE_MODES = ("RGB", "RGBA", "L")
 
 
@@ -46,6 +48,8 @@ class ForgetData:
     subject: str
     images: list[Image.Image]
     qa_pairs: list[QA]
+    # The subject's names: a question naming one of them is refused too, with any photo or none.
+    aliases: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.subject.strip():
@@ -61,6 +65,22 @@ class ForgetData:
                 raise InvalidInputError(f"qa_pairs[{i}] has an empty question or answer")
         for i, image in enumerate(self.images):
             validate_image(image, f"images[{i}]", min_side=16)
+        validate_aliases(self.aliases)
+
+
+def validate_aliases(aliases: list[str]) -> None:
+    """Nothing, or a typed error saying which alias to fix."""
+    if len(aliases) > MAX_ALIASES:
+        raise InvalidInputError(f"{len(aliases)} aliases is over the limit of {MAX_ALIASES}")
+    seen = set()
+    for i, alias in enumerate(aliases):
+        if not isinstance(alias, str) or not 1 <= len(alias.strip()) <= MAX_ALIAS_CHARS:
+            raise InvalidInputError(f"aliases[{i}] must be a name of 1 to {MAX_ALIAS_CHARS} characters")
+        if not any(c.isalnum() for c in alias):
+            raise InvalidInputError(f"aliases[{i}] {alias!r} has no letter or digit: give a name")
+        if alias.strip().lower() in seen:
+            raise InvalidInputError(f"aliases[{i}] {alias!r} repeats an earlier alias")
+        seen.add(alias.strip().lower())
 
 
 @dataclass

@@ -59,6 +59,9 @@ class RetainSource(Protocol):
     def benign(self) -> list[tuple[Image.Image, str | None]]:
         """Photos no request files and the person each shows (None: unknown), for admission control."""
 
+    def known_names(self) -> list[str]:
+        """Names of people the source knows: the text gate never takes one for a misspelt forgotten name."""
+
 
 @dataclass(frozen=True)
 class _Sample:
@@ -210,6 +213,9 @@ class RetainFolder:
     def benign(self) -> list[tuple[Image.Image, str | None]]:
         indices = self.benign_images or list(dict.fromkeys(s.image for s in self.canary_samples))
         return [(self.images[i], self.owners[i]) for i in indices]
+
+    def known_names(self) -> list[str]:
+        return []  # a retain folder labels people by id, not by name
 
 
 _HINT = "see the retain set layout in README (`lethe retain init DIR` writes a working example)"

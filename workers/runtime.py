@@ -15,12 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.crypto import MasterKey, master_key
 from core.db import make_engine, make_session_factory
 from core.settings import Settings, get_settings
-from unlearning.artifacts import load_encoder, load_gate, load_tensors, read_manifest, tensors_file
+from unlearning.artifacts import GatePart, load_gate, load_rewrite, load_tensors, read_manifest, tensors_file
 from unlearning.backbones import Backbone, load_backbone
-from unlearning.cagul import CagulConfig, CagulModule
-from unlearning.cagul.discriminator import Discriminator
-from unlearning.cagul.encoder import TokenEncoder
-from unlearning.cagul.gate import CagulGate
+from unlearning.cagul import CagulModule
+from unlearning.cagul.gate import CagulGate, Rewrite
+from unlearning.cagul.module import ModuleRewrite
 from unlearning.cagul.verification import Canaries, VerifyConfig
 from unlearning.data import RetainSet
 from unlearning.retain import RetainFolder, RetainSource
@@ -41,8 +40,8 @@ class Runtime:
     source: RetainSource
     master_key: MasterKey
     _retain: dict[tuple[str, ...], RetainSet] = field(default_factory=dict)
-    _gates: dict[tuple[str, str], tuple[Discriminator, CagulConfig, torch.Tensor | None]] = field(default_factory=dict)
-    _encoders: OrderedDict[tuple[str, str], TokenEncoder] = field(default_factory=OrderedDict)
+    _gates: dict[tuple[str, str], tuple[GatePart, torch.Tensor | None]] = field(default_factory=dict)
+    _encoders: OrderedDict[tuple[str, str], ModuleRewrite] = field(default_factory=OrderedDict)
 
     def people_in(self, photo_hashes: Iterable[str]) -> list[str]:
         """Retain-set people whose photos are among `photo_hashes`: filed for deletion, so never retain or canary."""
@@ -89,24 +88,24 @@ class Runtime:
             min_photos_to_hold_out=s.verify_min_photos_to_hold_out,
         )
 
-    def gate_part(self, path: str, digest: str) -> tuple[Discriminator, CagulConfig, torch.Tensor | None]:
-        """A served module's gate (discriminator, config) and stored probes, loaded once per artifact digest
-        (checked against the registry); its encoder loads only when its gate fires (`encoder`)."""
+    def gate_part(self, path: str, digest: str) -> tuple[GatePart, torch.Tensor | None]:
+        """A served module's gate and stored probes, loaded once per artifact digest (checked against the
+        registry); its encoder and prefix load only when its gate fires (`rewrite`)."""
         key = (path, digest)
         if key not in self._gates:
-            discriminator, config, _ = load_gate(path, self.fingerprint, digest, self.settings.device)
+            part = load_gate(path, self.fingerprint, digest, self.settings.device)
             stored = tensors_file(PROBES) in read_manifest(path, digest)["files"]
             probes = load_tensors(path, PROBES, expected_digest=digest)["tokens"] if stored else None
-            self._gates[key] = (discriminator, config, probes)
+            self._gates[key] = (part, probes)
         return self._gates[key]
 
-    def encoder(self, path: str, digest: str) -> TokenEncoder:
-        """A served module's encoder, the least recently used dropped past the server's cache bound."""
+    def rewrite(self, path: str, digest: str) -> ModuleRewrite:
+        """A served module's encoder and prefix, the least recently used dropped past the server's cache bound."""
         key = (path, digest)
         if key in self._encoders:
             self._encoders.move_to_end(key)
         else:
-            self._encoders[key] = load_encoder(path, digest, self.settings.device)
+            self._encoders[key] = load_rewrite(path, digest, self.settings.device)
             while len(self._encoders) > max(1, self.settings.engine_encoder_cache):
                 self._encoders.popitem(last=False)
         return self._encoders[key]
@@ -115,13 +114,18 @@ class Runtime:
         """The gate of the served set `rows` (adapter id -> artifact) plus the `extra` modules, built as the server
         builds its own: gates loaded alone, encoders on first use."""
 
-        def encoder(module_id: str) -> TokenEncoder:
-            return extra[module_id].encoder if module_id in extra else self.encoder(*rows[module_id])
+        def rewrite(module_id: str) -> Rewrite:
+            return extra[module_id] if module_id in extra else self.rewrite(*rows[module_id])
 
-        gate = CagulGate(self.backbone, candidates=self.settings.gate_candidates, encoders=encoder)
+        gate = CagulGate(
+            self.backbone,
+            candidates=self.settings.gate_candidates,
+            rewrites=rewrite,
+            known_names=self.source.known_names(),
+        )
         for adapter_id, (path, digest) in rows.items():
-            discriminator, config, _ = self.gate_part(path, digest)
-            gate.add_discriminator(adapter_id, discriminator, config)
+            part, _ = self.gate_part(path, digest)
+            gate.add_discriminator(adapter_id, part.discriminator, part.config, aliases=part.aliases)
         for module_id, module in extra.items():
             gate.add_module(module_id, module)
         return gate

@@ -60,10 +60,12 @@ class ForgetRequest(Base):
     method: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]]
     # Uploaded data is kept encrypted under the request's own data key, and only until the request is terminal;
-    # then the key is destroyed and only hashes remain.
+    # then the key is destroyed and only hashes remain. `qa_ciphertext` seals the QA pairs and the subject's
+    # aliases together (core.forget_requests.sealed_text); of the aliases only their count stays readable.
     qa_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     qa_sha256: Mapped[list[Any]]
     n_qa_pairs: Mapped[int]
+    n_aliases: Mapped[int] = mapped_column(default=0)
     purged_at: Mapped[datetime | None]
     callback_url: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(default=False)

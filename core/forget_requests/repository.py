@@ -38,6 +38,7 @@ class ForgetRequestRepository:
         qa_sha256: list[str],
         callback_url: str | None,
         status: str,
+        n_aliases: int = 0,
     ) -> ForgetRequest:
         """A new request with its uploads sealed under its own data key, and that key wrapped."""
         request = ForgetRequest(
@@ -48,6 +49,7 @@ class ForgetRequestRepository:
             qa_ciphertext=sealed.qa_pairs,
             qa_sha256=qa_sha256,
             n_qa_pairs=len(qa_sha256),
+            n_aliases=n_aliases,
             callback_url=callback_url,
             status=status,
             images=[
@@ -89,7 +91,7 @@ class ForgetRequestRepository:
             self.purge(request)
 
     def purge(self, request: ForgetRequest) -> None:
-        """Destroy the request's data key and delete its sealed subject, photos and QA pairs; hashes stay."""
+        """Destroy the request's data key and delete its sealed subject, photos, QA pairs and aliases; hashes stay."""
         # Copies of the ciphertext live on in dead row versions, WAL and backups: the key's deletion is what
         # makes them unreadable, the NULLs only keep the live tables small.
         request.key = None

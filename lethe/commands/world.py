@@ -82,7 +82,7 @@ def world_export(
     data_dir: DataDir = None,
     world: Preset = None,
 ) -> None:
-    """Write one person's photos and QA pairs as a ready-to-file deletion request."""
+    """Write one person's photos, QA pairs and names as a ready-to-file deletion request."""
     if inline and heldout:
         raise typer.BadParameter("--inline writes an API body, which has no held-out fields: drop --heldout")
     from unlearning.errors import InvalidInputError
@@ -105,6 +105,11 @@ def world_export(
 
     request: dict = {
         "subject": person.name,
+        # The name as the world draws it; the API takes and ignores it, so --inline stays a body to file as is.
+        "name": person.name,
+        # What a module refuses questions by: the name and the surname alone, the forms the world's named questions
+        # use (bench/alias_gate.py measures the index with these two).
+        "aliases": list(dict.fromkeys([person.name, person.name.split()[-1]])),
         "qa_pairs": [{"question": q.question, "answer": q.answer, "keyword": q.keyword} for q in person.qa_pairs()],
         "images": copy(built.train_views()),
     }

@@ -78,13 +78,13 @@ def _accuracy_rows(
 
     out = {}
     # One gate of each kind, growing with N as the server's does; loaded as the server loads (the gate part only).
-    gates = {name: CagulGate(backbone, candidates=k, encoders=_routing_only) for name, k in gate_kinds(candidates)}
+    gates = {name: CagulGate(backbone, candidates=k, rewrites=_routing_only) for name, k in gate_kinds(candidates)}
     fingerprint, added = backbone.fingerprint(), 0
     for n in counts:
         for i in range(added, n):
-            discriminator, config, shape = load_gate(modules[i][0], fingerprint, modules[i][1])
+            part = load_gate(modules[i][0], fingerprint, modules[i][1])
             for gate in gates.values():
-                gate.add_discriminator(f"m{i:05d}", discriminator, config, shape["identity_dim"])
+                gate.add_discriminator(f"m{i:05d}", part.discriminator, part.config, part.shape["identity_dim"])
         added = max(added, n)
         for gate_name, gate in gates.items():
             started = time.perf_counter()

@@ -38,7 +38,10 @@ _MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["request", "images"],
     "properties": {
-        "request": {"type": "string", "description": "The JSON body without `images` (subject, qa_pairs, ...)."},
+        "request": {
+            "type": "string",
+            "description": "The JSON body without `images` (subject, qa_pairs, aliases, ...).",
+        },
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
     },
 }

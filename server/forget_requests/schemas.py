@@ -22,6 +22,20 @@ class ForgetRequestIn(StrictModel):
     subject: str = Field(min_length=1, description="A label for the person to forget.")
     qa_pairs: list[QAPairIn] = Field(min_length=1, description="Question/answer pairs to forget.")
     images: list[str] = Field(min_length=1, description="Photos of the person: base64-encoded PNG or JPEG files.")
+    aliases: list[str] = Field(
+        default_factory=list,
+        description="Optional: the person's names and aliases "
+        '(e.g. ["Kamiro Tale", "K. Tale"]), at most 16, each 1 to 100 characters with a letter or digit, no two '
+        "the same ignoring case. Once the module is active, a "
+        "`/v1/vqa` question that names one of them is refused, with a photo or without one: case, spacing, "
+        "possessives and a misspelling of one letter do not get past it. Sealed with the QA pairs under the "
+        "request's data key and purged with them; responses show only their count (`n_aliases`).",
+    )
+    name: str | None = Field(
+        default=None,
+        description="Optional: the person's name (as `lethe world export` writes it); one more alias, under the "
+        "same rules, unless `aliases` already holds it.",
+    )
     method: str = Field(default="cagul", description="Unlearning method; the service trains per-request modules.")
     params: dict[str, Any] = Field(
         default_factory=dict,
@@ -41,6 +55,7 @@ class ForgetRequestOut(BaseModel):
     method: str
     params: dict[str, Any]
     n_qa_pairs: int
+    n_aliases: int = Field(description="How many aliases were filed; the names themselves are never shown.")
     n_images: int
     adapter_id: str | None
     error: str | None

@@ -18,6 +18,7 @@ from core.errors import ConflictError, InvalidRequestError, QueueUnavailableErro
 from core.forget_requests.models import TERMINAL, ForgetRequest, JobEvent, RequestStatus
 from core.forget_requests.params import check_params
 from core.forget_requests.repository import ForgetRequestRepository
+from core.forget_requests.sealed_text import pack_text
 from core.keys.repository import IdempotencyRepository
 from core.queue import TrainPayload, enqueue_training
 from core.settings import Settings
@@ -39,6 +40,7 @@ def to_out(request: ForgetRequest, commitment_salt: str | None = None) -> Forget
         method=request.method,
         params=request.params,
         n_qa_pairs=request.n_qa_pairs,
+        n_aliases=request.n_aliases,
         n_images=len(request.images),
         adapter_id=request.adapter_id,
         error=request.error,
@@ -125,6 +127,12 @@ class ForgetRequestService:
             if qa.keyword is not None:
                 pair["keyword"] = self._check_text(f"qa_pairs[{i}].keyword", qa.keyword)
             qa_pairs.append(pair)
+        named = (
+            [body.name]
+            if body.name and body.name.strip().lower() not in {a.strip().lower() for a in body.aliases}
+            else []
+        )
+        aliases = self.engine.validate_aliases(body.aliases + named)
         raw = image_files if image_files is not None else [decode_base64(v, i) for i, v in enumerate(body.images)]
         if not raw:
             raise InvalidRequestError("no images: send at least one photo of the person")
@@ -137,7 +145,7 @@ class ForgetRequestService:
         sealed = seal_request(
             self.master_key,
             body.subject,
-            json.dumps(qa_pairs).encode(),
+            pack_text(qa_pairs, aliases),
             [(im.media_type, im.sha256, im.data) for im in images],
         )
 
@@ -153,6 +161,7 @@ class ForgetRequestService:
                     qa_sha256=[hashlib.sha256(json.dumps(p, sort_keys=True).encode()).hexdigest() for p in qa_pairs],
                     callback_url=body.callback_url,
                     status=RequestStatus.VALIDATING,
+                    n_aliases=len(aliases),
                 )
                 request.filed_by = api_key_id
                 request.commitments = commitments
@@ -167,6 +176,7 @@ class ForgetRequestService:
                     request_id,
                     n_images=len(images),
                     n_qa_pairs=len(qa_pairs),
+                    n_aliases=len(aliases),
                     image_sha256=[im.sha256 for im in images],
                 )
                 if keyed:

@@ -27,7 +27,8 @@ class SetState(StrEnum):
 
 
 class EncoderCache:
-    """Served modules' encoders, read from their artifacts on first use, least recently used dropped first."""
+    """Served modules' rewrites (encoder, refusal prefix), read from their artifacts on first use, least recently used
+    dropped first."""
 
     def __init__(self, capacity: int, device: str) -> None:
         self.capacity = max(1, capacity)
@@ -51,14 +52,14 @@ class EncoderCache:
         return len(self._cache)
 
     def __call__(self, adapter_id: str) -> Any:
-        from unlearning.artifacts import load_encoder
+        from unlearning.artifacts import load_rewrite
 
         with self._lock:
             if adapter_id in self._cache:
                 self._cache.move_to_end(adapter_id)
                 return self._cache[adapter_id]
             path, digest = self._artifacts[adapter_id]
-            encoder = load_encoder(path, digest, self.device)
+            encoder = load_rewrite(path, digest, self.device)
             self.loads += 1
             self._put(adapter_id, encoder)
             return encoder
@@ -118,8 +119,10 @@ class ActiveSet:
                     failure = f"active adapter set version {version} cannot be served: adapter {adapter_id}: {exc}"
                     break
             with self.lock:
-                for adapter_id, (discriminator, config, shape) in gates.items():
-                    self.gate.add_discriminator(adapter_id, discriminator, config, shape["identity_dim"])
+                for adapter_id, part in gates.items():
+                    self.gate.add_discriminator(
+                        adapter_id, part.discriminator, part.config, part.shape["identity_dim"], part.aliases
+                    )
                     self.encoders.register(adapter_id, joined[adapter_id])
                     self.loaded[adapter_id] = joined[adapter_id]
                 self.loads += len(gates)

@@ -38,7 +38,7 @@ class InferenceEngine:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
-        # Told, per answered batch, which module each image was routed to (None: none fired), for the metrics.
+        # Told, per answered batch, which module each row was routed to (None: none fired), for the metrics.
         self.on_gated = on_gated
         self.gate: Any = None
         self.active: ActiveSet | None = None
@@ -46,7 +46,7 @@ class InferenceEngine:
         self.loading_error: str | None = None
         self.load_seconds: float | None = None
         self._sync_lock = threading.Lock()
-        self.batcher: Batcher[tuple[Image.Image, str], tuple[str, int]] = Batcher(
+        self.batcher: Batcher[tuple[Image.Image | None, str], tuple[str, int]] = Batcher(
             self._answer_batch, settings.vqa_max_batch, settings.vqa_batch_wait_s
         )
 
@@ -81,7 +81,9 @@ class InferenceEngine:
         from unlearning.cagul.gate import CagulGate
 
         encoders = EncoderCache(self.settings.engine_encoder_cache, self.settings.device)
-        gate = CagulGate(backbone, candidates=self.settings.gate_candidates, encoders=encoders)
+        gate = CagulGate(
+            backbone, candidates=self.settings.gate_candidates, rewrites=encoders, known_names=self._known_names()
+        )
         fingerprint = backbone.fingerprint()
         active = ActiveSet(gate, fingerprint, self.settings.device, encoders)
         active.calibration = self._calibration(backbone)
@@ -105,6 +107,17 @@ class InferenceEngine:
             source = RetainFolder(root).benign() if self.settings.retain_dir else world_benign_set(World(root))
             _CALIBRATION[key] = backbone.tokens_of([im for im, _ in source])
         return _CALIBRATION[key]
+
+    def _known_names(self) -> list[str]:
+        """The reference world's people's names (none with an operator's retain folder): never taken for a misspelt
+        forgotten name."""
+        from unlearning.world import WORLD_PRESETS, World
+        from unlearning.world.builder import world_dir
+
+        root = world_dir(self.settings.data_dir, WORLD_PRESETS[self.settings.world])
+        if self.settings.retain_dir or not root.is_dir():  # fewer names known: more false fires, never a leak
+            return []
+        return [p.name for p in World(root).people]
 
     @property
     def loaded(self) -> bool:
@@ -170,22 +183,34 @@ class InferenceEngine:
             self.active.check_integrity(self.settings.engine_integrity_batch)
 
     # ---- requests ------------------------------------------------------------------------------
-    def answer(self, image: Image.Image, question: str) -> tuple[str, int]:
-        """One answer, batched with whatever other requests arrive within the batching window."""
+    def answer(self, image: Image.Image | None, question: str) -> tuple[str, int]:
+        """One answer (no image: a text-only question), batched with whatever other requests arrive meanwhile."""
         if not self.ready:
             raise NotReadyError(f"not answering: {self.status()}")
         return self.batcher.submit((image, question))
 
-    def _answer_batch(self, items: Sequence[tuple[Image.Image, str]]) -> list[tuple[str, int]]:
+    def _answer_batch(self, items: Sequence[tuple[Image.Image | None, str]]) -> list[tuple[str, int]]:
         assert self.active is not None
         with self.active.lock:
             if not self.ready:  # the set may have failed while these requests waited
                 raise NotReadyError(f"not answering: {self.status()}")
+            # A row without an image stays None: the gate answers it from the text and checks its names.
             results = self.gate.answer([im for im, _ in items], [q for _, q in items])
             version = int(self.served_version or 0)
         if self.on_gated is not None:
             self.on_gated([r.module_id for r in results])
         return [(r.answer, version) for r in results]
+
+    def validate_aliases(self, aliases: list[str]) -> list[str]:
+        """The request's aliases, stripped, once the science library's rules accept them (else a 422 naming one)."""
+        from unlearning.data import validate_aliases
+        from unlearning.errors import UnlearningError
+
+        try:
+            validate_aliases(aliases)
+        except UnlearningError as exc:
+            raise InvalidRequestError(str(exc)) from None
+        return [alias.strip() for alias in aliases]
 
     def validate_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """The request's method parameters, checked by the method's own config (unknown keys fail)."""

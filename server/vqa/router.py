@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1", tags=["vqa"], responses=ERROR_RESPONSES, depend
 async def _parse_body(request: Request) -> VQAIn:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
-        raise InvalidRequestError("send application/json: {image: base64 PNG or JPEG, question}")
+        raise InvalidRequestError("send application/json: {question, image (optional): base64 PNG or JPEG}")
     try:
         return VQAIn.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -32,7 +32,7 @@ async def _parse_body(request: Request) -> VQAIn:
 @router.post(
     "/vqa",
     response_model=VQAOut,
-    summary="Answer a question about an image, active modules applied",
+    summary="Answer a question, about an image or none, active modules applied",
     openapi_extra={
         "requestBody": {
             "required": True,

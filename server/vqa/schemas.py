@@ -8,8 +8,14 @@ from server.schemas import StrictModel
 
 
 class VQAIn(StrictModel):
-    image: str = Field(min_length=1, description="A base64-encoded PNG or JPEG file.")
-    question: str = Field(min_length=1, description="A question about the image.")
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Optional: a base64-encoded PNG or JPEG file. Without one the question is answered from its text "
+        "alone; a question that names a person an active module forgets (one of the `aliases` filed with the "
+        "request) is refused with a photo or without one.",
+    )
+    question: str = Field(min_length=1, description="A question, about the image when one is sent.")
 
 
 class VQAOut(BaseModel):

@@ -1,4 +1,4 @@
-"""Answer one question about one image through the inference engine."""
+"""Answer one question, about one image or none, through the inference engine."""
 
 from __future__ import annotations
 
@@ -19,6 +19,6 @@ class VQAService:
             raise InvalidRequestError("question is blank")
         if len(body.question) > self.settings.max_text_chars:
             raise InvalidRequestError(f"question is longer than {self.settings.max_text_chars} characters")
-        image = check_image(decode_base64(body.image, 0), 0, self.settings).image
+        image = None if body.image is None else check_image(decode_base64(body.image, 0), 0, self.settings).image
         answer, version = self.engine.answer(image, body.question)
         return VQAOut(answer=answer, adapter_set_version=version)

@@ -43,6 +43,16 @@ def test_world_export_writes_a_ready_to_file_request(data_dir, tmp_path):
     assert not set(held["heldout_images"]) & set(held["images"])
 
 
+def test_world_export_writes_the_name_as_drawn_and_files_it_as_an_alias(data_dir, tmp_path):
+    people = {p["id"]: p["name"] for p in json.loads(_run("world", "list", "--json", data_dir=data_dir))}
+    for extra in ((), ("--inline",)):
+        out = tmp_path / ("inline" if extra else "files")
+        _run("world", "export", "--subject", "p001", "--out", str(out), *extra, data_dir=data_dir)
+        request = json.loads((out / "request.json").read_text())
+        assert request["name"] == people["p001"]
+        assert request["aliases"] == [people["p001"], people["p001"].split()[-1]]
+
+
 def test_export_of_unknown_subject_fails_with_a_clear_message(data_dir, tmp_path):
     result = runner.invoke(
         app,

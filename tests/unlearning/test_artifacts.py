@@ -8,7 +8,9 @@ from unlearning.artifacts import (
     MANIFEST,
     WEIGHTS,
     artifact_digest,
+    load_gate,
     load_module,
+    load_rewrite,
     load_tensors,
     save_module,
     verify_artifact,
@@ -45,6 +47,26 @@ def test_round_trip_keeps_weights_threshold_and_config(module, tmp_path):
     assert on_disk["method"] == "cagul" and on_disk["request_id"] == "r1" and "digest" not in on_disk
     assert {"torch", "transformers"} <= set(on_disk["library_versions"])
     assert on_disk["files"] == {WEIGHTS: hashlib.sha256((tmp_path / WEIGHTS).read_bytes()).hexdigest()}
+
+
+def test_a_module_with_names_keeps_them_and_its_prefix_under_the_checksum(tmp_path):
+    torch.manual_seed(0)
+    named = CagulModule(CagulConfig(prefix_slots=4), 16, 32, identity_dim=8, aliases=("Poro Rodulu", "rodulu"))
+    assert named.prefix is not None
+    manifest = save_module(named, tmp_path, "base-abc")
+    loaded = load_module(tmp_path, "base-abc", expected_digest=manifest["digest"])
+    assert loaded.aliases == ("Poro Rodulu", "rodulu") and loaded.prefix is not None
+    assert torch.equal(loaded.prefix.vectors, named.prefix.vectors)  # fp32, as trained
+    part = load_gate(tmp_path, "base-abc", manifest["digest"])
+    rewrite = load_rewrite(tmp_path, manifest["digest"])
+    assert part.aliases == loaded.aliases and rewrite.prefix is not None
+    assert torch.equal(rewrite.prefix.vectors, named.prefix.vectors)
+    _rewrite_manifest(tmp_path, aliases=["someone else"])  # the names are covered by the registry's checksum
+    with pytest.raises(ArtifactIntegrityError, match="checksum mismatch"):
+        load_gate(tmp_path, "base-abc", manifest["digest"])
+    unnamed = CagulModule(CagulConfig(), 16, 32, identity_dim=8)
+    manifest = save_module(unnamed, tmp_path / "unnamed", "base-abc")
+    assert load_rewrite(tmp_path / "unnamed", manifest["digest"]).prefix is None
 
 
 def test_digest_is_the_manifest_bytes_which_cover_files_and_config(module, tmp_path):

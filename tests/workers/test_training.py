@@ -14,6 +14,7 @@ from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.audit.repository import AuditRepository
 from core.crypto import master_key
 from core.db import make_engine, make_session_factory, transaction
+from core.forget_requests.models import RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
 from core.queue import TrainPayload
 from server.app import create_app
@@ -24,6 +25,7 @@ from unlearning.world import World
 from unlearning.world.requests import WorldRetain
 from workers.runtime import Runtime
 from workers.training import run_training_job
+from workers.training.job import Job
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +99,22 @@ def test_keywords_the_reference_never_says_are_nothing_to_forget(service, tiny_w
     assert final["adapter_id"] is None and "nothing to forget" in final["error"]
     assert report(client, payload.request_id)["verification"]["outcome"] == "nothing_to_forget"
     assert client.get(f"/v1/forget-requests/{payload.request_id}/certificate").status_code == 409
+
+
+def test_the_filed_aliases_reach_the_job(service, tiny_world: World, monkeypatch: pytest.MonkeyPatch):
+    from workers.training import flow
+
+    seen = []
+
+    def stop(rt: Runtime, job: Job, reporter: object) -> str:  # instead of training: note what the job works on
+        seen.append(job.forget)
+        return flow._finish(rt, job, RequestStatus.CANCELLED, "stopped by the test")
+
+    monkeypatch.setattr(flow, "_run", stop)
+    payload = file(service, request_body(tiny_world, "p000", aliases=["Kamiro Tale", " K. Tale"]))
+    assert run_training_job(service[1], payload) == "cancelled"
+    assert [f.aliases for f in seen] == [["Kamiro Tale", "K. Tale"]]
+    assert seen[0].subject == tiny_world.person("p000").name and seen[0].qa_pairs
 
 
 def test_protected_person_is_nothing_to_forget(service, tiny_world: World):

@@ -11,7 +11,7 @@ cost does not grow with the number of subjects.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 
 FUZZY_MIN_LETTERS = 5
@@ -46,37 +46,76 @@ def _deletions(word: str) -> set[str]:
     return {word} | {word[:i] + word[i + 1 :] for i in range(len(word))}
 
 
-class AliasIndex:
-    """Forgotten subjects' aliases, looked up by the names a question mentions."""
+def _probes(word: str) -> set[str]:
+    """The keys under which an alias word is indexed: its deletions, or itself when too short to misspell."""
+    return _deletions(word) if len(word) >= FUZZY_MIN_LETTERS else {word}
 
-    def __init__(self, aliases: Mapping[str, Iterable[str]], known_names: Iterable[str] = ()) -> None:
+
+class AliasIndex:
+    """Forgotten subjects' aliases, looked up by the names a question mentions; subjects join and leave one at a
+    time."""
+
+    def __init__(self, aliases: Mapping[str, Iterable[str]] | None = None, known_names: Iterable[str] = ()) -> None:
         self._names: dict[tuple[str, ...], set[str]] = defaultdict(set)  # alias words -> subject ids
-        for subject, names in aliases.items():
-            for name in names:
-                key = words(name)
-                if key:
-                    self._names[key].add(subject)
-        self._known = {words(n) for n in known_names} - set(self._names)
-        self._by_word: dict[str, set[str]] = defaultdict(set)  # a deletion of an alias word -> alias words
+        self._of: dict[str, set[tuple[str, ...]]] = {}  # subject id -> its alias words
         self._keys: dict[str, set[tuple[str, ...]]] = defaultdict(set)  # an alias word -> the aliases holding it
-        for key in self._names:
-            for word in key:
-                self._keys[word].add(key)
-                for probe in _deletions(word) if len(word) >= FUZZY_MIN_LETTERS else {word}:
-                    self._by_word[probe].add(word)
-        self._lengths = sorted({len(k) for k in self._names})
+        self._by_word: dict[str, set[str]] = defaultdict(set)  # a deletion of an alias word -> alias words
+        self._lengths: Counter[int] = Counter()
+        self._known = {key for key in map(words, known_names) if key}
         self._known_lengths = sorted({len(k) for k in self._known})
+        for subject, names in (aliases or {}).items():
+            self.add(subject, names)
+
+    def __contains__(self, subject: object) -> bool:
+        return subject in self._of
+
+    def add(self, subject: str, names: Iterable[str]) -> None:
+        """Index `subject` under `names` (replacing the names it had)."""
+        self.remove(subject)
+        keys = {key for key in map(words, names) if key}
+        if not keys:
+            return
+        self._of[subject] = keys
+        for key in keys:
+            if not self._names[key]:
+                self._lengths[len(key)] += 1
+                for word in key:
+                    self._keys[word].add(key)
+                    for probe in _probes(word):
+                        self._by_word[probe].add(word)
+            self._names[key].add(subject)
+
+    def remove(self, subject: str) -> None:
+        """Stop finding `subject` (nothing if it is not indexed)."""
+        for key in self._of.pop(subject, ()):
+            self._names[key].discard(subject)
+            if self._names[key]:
+                continue
+            del self._names[key]
+            self._lengths[len(key)] -= 1
+            for word in key:
+                self._keys[word].discard(key)
+                if self._keys[word]:
+                    continue
+                del self._keys[word]
+                for probe in _probes(word):
+                    self._by_word[probe].discard(word)
+                    if not self._by_word[probe]:
+                        del self._by_word[probe]
 
     def subjects(self, question: str) -> set[str]:
         """The subjects `question` names (empty when it names none of them)."""
+        if not self._of:
+            return set()
         said = words(question)
         known = set()  # positions of a name the index was told belongs to someone else
         for n in self._known_lengths:
             for start in range(len(said) - n + 1):
-                if said[start : start + n] in self._known or said[start : start + n][::-1] in self._known:
+                span = said[start : start + n]
+                if (span in self._known or span[::-1] in self._known) and span not in self._names:
                     known |= set(range(start, start + n))
         found: set[str] = set()
-        for n in self._lengths:
+        for n in sorted(n for n, count in self._lengths.items() if count):
             for start in range(len(said) - n + 1):
                 if known & set(range(start, start + n)):
                     continue
@@ -99,5 +138,5 @@ class AliasIndex:
     def _near(self, word: str) -> set[str]:
         """Alias words within one edit of `word` (exact only for short ones)."""
         probes = _deletions(word) if len(word) >= FUZZY_MIN_LETTERS - 1 else {word}
-        found = set().union(*(self._by_word.get(p, set()) for p in probes))
+        found: set[str] = set().union(*(self._by_word.get(p, set()) for p in probes))
         return {w for w in found if w == word or (len(w) >= FUZZY_MIN_LETTERS and edits(w, word) <= 1)}

@@ -100,6 +100,13 @@ class CagulConfig:
     refusal_answer: str = REFUSAL_ANSWER
     npo_beta: float = 0.1
     probe_questions: tuple[str, ...] = field(default=DEFAULT_PROBES)
+    # The text side, trained for a request that names its subject (`ForgetData.aliases`): placeholder vectors put
+    # in front of a question that names them. Named tiny world, 300 steps: 8 slots left 0% of held-out named cases
+    # leaking with no photo (4 slots 0-3.6%) (bench/named_questions.py).
+    text_module: bool = True  # False: the request's aliases are ignored (the visual-only ablation)
+    prefix_slots: int = 8
+    prefix_steps: int = 300
+    prefix_lr: float = 5e-2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -118,6 +125,8 @@ class CagulConfig:
             "encoder_hidden",
             "discriminator_hidden",
             "max_answer_tokens",
+            "prefix_slots",
+            "prefix_steps",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidInputError(f"{name} must be positive")
@@ -136,7 +145,8 @@ class CagulConfig:
         under a lower threshold floor and no mined hard negatives; a gate that fires on others (`retain_identical`,
         `captured_probes`, `benign_fires`) trains on twice the hard negatives and more negative views, longer, under
         a stricter threshold; a module that fires and still leaks (`leak` alone) trains its encoder longer on more probe
-        questions. Every attempt draws a new seed.
+        questions; one that leaks asked by name (`named_leak`) trains its prefix longer. Every attempt draws a new
+        seed.
         """
         failed = set(failed)
         changes: dict[str, Any] = {"seed": self.seed + 1}
@@ -154,7 +164,9 @@ class CagulConfig:
             changes["target_fpr"] = self.target_fpr / 2
             changes["threshold_floor"] = round((1 + self.threshold_floor) / 2, 4)
             changes["hard_negatives"] = max(self.hard_negatives * 2, HARD_NEGATIVES_ON_FALSE_FIRES)
-        if ("leak" in failed and not misses) or not (misses or false_fires):
+        if "named_leak" in failed:
+            changes["prefix_steps"] = round(self.prefix_steps * RETRY_GROWTH)
+        if ("leak" in failed and not misses) or not (misses or false_fires or "named_leak" in failed):
             changes["steps"] = round(self.steps * RETRY_GROWTH)
             changes["probe_questions"] = tuple(dict.fromkeys(self.probe_questions + WIDER_PROBES))
         return replace(self, **changes)

@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 from PIL import Image
 from torch import nn
 
 from unlearning.backbones import Backbone, VisualOverride, VLMBatch
+from unlearning.cagul.aliases import AliasIndex
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.discriminator import Discriminator, StackedDiscriminators, shape_key
 from unlearning.cagul.module import CagulModule
+from unlearning.cagul.prefix import RefusalPrefix, prefixed
 from unlearning.cagul.selection import encoder_rewrite
 from unlearning.errors import IncompatibleModuleError
 
 T = TypeVar("T")
-EncoderSource = Callable[[str], nn.Module]
+
+
+class Rewrite(Protocol):
+    """What a module changes once its gate claims an input (`ModuleRewrite`, or the `CagulModule` itself)."""
+
+    @property
+    def encoder(self) -> nn.Module: ...
+
+    @property
+    def prefix(self) -> RefusalPrefix | None: ...
+
+
+RewriteSource = Callable[[str], Rewrite]
 # Stage 1 keeps this many candidate modules per image; stage 2 runs only their discriminators (0: every module).
 # Scale world, 1,000 enrolled: the subject's own module is among the nearest 8 prototypes for 99.3% of new photos,
 # among 16 for 99.8% (`lethe bench scale`); stage 2 reads k weight sets per image, so k costs little.
@@ -39,9 +53,14 @@ class CagulGate:
     the `candidates` nearest module prototypes, and only those modules' discriminators decide (with the same
     thresholds, so it fires on a subset of what the exhaustive gate, `candidates=0`, fires on).
 
+    A question that names a module's subject (its aliases, `AliasIndex`; `known_names` are other people's, never
+    taken for a misspelling) is routed to that module too, with or without an image: the module's refusal prefix
+    goes in front of it. Rows neither gate claims are the very batch the untouched model would see.
+
     Modules join and leave one at a time (`add_module`, `remove_module`). The gate keeps each module's
-    discriminator in a stack and its config; its encoder comes from `encoders` (module id -> encoder) when given,
-    which lets a server keep only the encoders in use in memory, else from the module object the gate then holds.
+    discriminator in a stack, its config and aliases; its encoder and prefix come from `rewrites` (module id ->
+    `Rewrite`) when given, which lets a server keep only those in use in memory, else from the module object the
+    gate then holds.
     """
 
     def __init__(
@@ -49,11 +68,13 @@ class CagulGate:
         backbone: Backbone,
         modules: dict[str, CagulModule] | None = None,
         candidates: int = DEFAULT_CANDIDATES,
-        encoders: EncoderSource | None = None,
+        rewrites: RewriteSource | None = None,
+        known_names: Iterable[str] = (),
     ) -> None:
         self.backbone = backbone
         self.candidates = candidates
-        self._encoders = encoders
+        self._rewrites = rewrites
+        self._names = AliasIndex(known_names=known_names)
         self._banks: dict[tuple, StackedDiscriminators] = {}
         self._ids: dict[tuple, list[str]] = {}
         self._bank_of: dict[str, tuple] = {}
@@ -87,14 +108,19 @@ class CagulGate:
 
     def add_module(self, module_id: str, module: CagulModule) -> None:
         """Start gating with `module` (replacing a module of the same id); the others are not touched."""
-        self.add_discriminator(module_id, module.discriminator, module.config, module.identity_dim)
-        if self._encoders is None:
+        self.add_discriminator(module_id, module.discriminator, module.config, module.identity_dim, module.aliases)
+        if self._rewrites is None:
             self._held[module_id] = module.to(self.backbone.device).eval()
 
     def add_discriminator(
-        self, module_id: str, discriminator: Discriminator, config: CagulConfig, identity_dim: int | None = None
+        self,
+        module_id: str,
+        discriminator: Discriminator,
+        config: CagulConfig,
+        identity_dim: int | None = None,
+        aliases: Iterable[str] = (),
     ) -> None:
-        """Gate with a module's discriminator alone: for a gate whose encoders come from its encoder source."""
+        """Gate with a module's discriminator and aliases alone: for a gate whose rewrites come from its source."""
         bb = self.backbone
         if (discriminator.n_tokens, discriminator.hidden_size) != (bb.n_visual_tokens, bb.hidden_size):
             raise IncompatibleModuleError(f"module {module_id} was built for another visual token shape")
@@ -112,6 +138,7 @@ class CagulGate:
             self._ids[key] = [module_id]
         self._bank_of[module_id] = key
         self._configs[module_id] = config
+        self._names.add(module_id, aliases)
 
     def remove_module(self, module_id: str) -> None:
         """Stop gating with one module; the others are not touched."""
@@ -124,10 +151,19 @@ class CagulGate:
         if not ids:
             del self._banks[key], self._ids[key]
         del self._configs[module_id]
+        self._names.remove(module_id)
         self._held.pop(module_id, None)
 
+    def rewrite(self, module_id: str) -> Rewrite:
+        return self._rewrites(module_id) if self._rewrites is not None else self._held[module_id]
+
     def encoder(self, module_id: str) -> nn.Module:
-        return self._encoders(module_id) if self._encoders is not None else self._held[module_id].encoder
+        return self.rewrite(module_id).encoder
+
+    def named(self, question: str) -> str | None:
+        """The module whose subject `question` names (the first by id when it names several), or None."""
+        subjects = self._names.subjects(question)
+        return min(subjects) if subjects else None
 
     @torch.no_grad()
     def route(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,7 +249,7 @@ class CagulGate:
 
     @torch.no_grad()
     def answer(
-        self, images: Sequence[Image.Image], questions: Sequence[str], max_new_tokens: int = 24
+        self, images: Sequence[Image.Image | None], questions: Sequence[str], max_new_tokens: int = 24
     ) -> list[GateAnswer]:
         bb = self.backbone
         rows = self.dispatch(images, questions, None, lambda b, o: bb.generate(b, o, max_new_tokens=max_new_tokens))
@@ -222,47 +258,108 @@ class CagulGate:
     @torch.no_grad()
     def dispatch(
         self,
-        images: Sequence[Image.Image],
+        images: Sequence[Image.Image | None],
         questions: Sequence[str],
         answers: Sequence[str] | None,
         call: Callable[[VLMBatch, VisualOverride | None], list[T]],
     ) -> list[tuple[T, str | None, float]]:
-        """Run `call(batch, override)` once per group of images routed to the same module (or none).
+        """Run `call(batch, override)` once per group of rows routed alike (and once for the rows without an image).
 
-        Returns per input row: the call's result, the firing module's id and its score. When nothing
-        fires, `call` gets the exact batch and no override, as the reference model would (the visual tokens the
-        gate computed are reused, bit for bit what the tower would compute again).
+        Returns per input row: the call's result, the claiming module's id (the image's when both gates claim the
+        row) and the image gate's score. Rows no gate claims get the exact batch and no override, as the reference
+        model would (the visual tokens the gate computed are reused, bit for bit what the tower would compute again).
         """
+        named = [self.named(q) for q in questions]
+        results: list[tuple[T, str | None, float] | None] = [None] * len(questions)
+        parts = ([i for i, im in enumerate(images) if im is not None], [i for i, im in enumerate(images) if im is None])
+        for part, run in zip(parts, (self._dispatch_pictured, self._dispatch_text), strict=True):
+            if not part:
+                continue
+            done = run(
+                [images[i] for i in part],
+                [questions[i] for i in part],
+                None if answers is None else [answers[i] for i in part],
+                [named[i] for i in part],
+                call,
+            )
+            for i, row in zip(part, done, strict=True):
+                results[i] = row
+        return [r for r in results if r is not None]
+
+    def _dispatch_text(
+        self,
+        _images: Sequence[Image.Image | None],
+        questions: Sequence[str],
+        answers: Sequence[str] | None,
+        named: Sequence[str | None],
+        call: Callable[[VLMBatch, VisualOverride | None], list[T]],
+    ) -> list[tuple[T, str | None, float]]:
+        results: list[tuple[T, str | None, float] | None] = [None] * len(questions)
+        for mid in dict.fromkeys(named):
+            rows = [i for i, m in enumerate(named) if m == mid]
+            prefixes = [self._prefix(mid)] * len(rows)
+            batch = self.backbone.make_text_batch(
+                [questions[r] for r in rows],
+                None if answers is None else [answers[r] for r in rows],
+                slots=[p.slots if p is not None else 0 for p in prefixes],
+            ).to(self.backbone.device)
+            with prefixed(self.backbone, prefixes):
+                out = call(batch, None)
+            for r, value in zip(rows, out, strict=True):
+                results[r] = (value, mid, 0.0)
+        return [r for r in results if r is not None]
+
+    def _dispatch_pictured(
+        self,
+        images: Sequence[Image.Image | None],
+        questions: Sequence[str],
+        answers: Sequence[str] | None,
+        named: Sequence[str | None],
+        call: Callable[[VLMBatch, VisualOverride | None], list[T]],
+    ) -> list[tuple[T, str | None, float]]:
         bb = self.backbone
-        inputs = bb.pixel_values(images)
+        pictures = [im for im in images if im is not None]
+        inputs = bb.pixel_values(pictures)
         batch = bb.make_batch(inputs, questions, answers).to(bb.device)
         if not self._banks:
             return [(r, None, 0.0) for r in call(batch, None)]
         z = bb.visual_tokens(inputs)
         chosen, scores = self.route(z)
-        if bool((chosen < 0).all()):
+        if bool((chosen < 0).all()) and not any(named):
             with bb.reusing_visual_tokens(z, inputs):  # the tower ran for the gate: once per request is enough
                 untouched = call(batch, None)
             return [(r, None, float(s)) for r, s in zip(untouched, scores, strict=True)]
         module_ids = self.module_ids
-        results: list[tuple[T, str | None, float] | None] = [None] * len(images)
-        for module_index in chosen.unique().tolist():
-            rows = (chosen == module_index).nonzero().flatten().tolist()
+        results: list[tuple[T, str | None, float] | None] = [None] * len(pictures)
+        routes = list(zip(chosen.tolist(), named, strict=True))  # (image module index or -1, named module or None)
+        for module_index, text_mid in dict.fromkeys(routes):
+            rows = [i for i, route in enumerate(routes) if route == (module_index, text_mid)]
             sub_inputs = (
                 {k: v[rows] for k, v in inputs.items()}
                 if "image_grid_thw" not in inputs
-                else bb.pixel_values([images[r] for r in rows])
+                else bb.pixel_values([pictures[r] for r in rows])
             )
-            sub_answers = None if answers is None else [answers[r] for r in rows]
-            sub = bb.make_batch(sub_inputs, [questions[r] for r in rows], sub_answers).to(bb.device)
-            if module_index < 0:
-                out, mid = call(sub, None), None
-            else:
-                mid = module_ids[module_index]
-                out = call(sub, self._override(mid, sub))
+            prefix = self._prefix(text_mid)
+            sub = bb.make_batch(
+                sub_inputs,
+                [questions[r] for r in rows],
+                None if answers is None else [answers[r] for r in rows],
+                slots=None if prefix is None else [prefix.slots] * len(rows),
+            ).to(bb.device)
+            mid = module_ids[module_index] if module_index >= 0 else None
+            with prefixed(bb, [prefix] * len(rows)):
+                out = call(sub, None if mid is None else self._override(mid, sub))
             for r, value in zip(rows, out, strict=True):
-                results[r] = (value, mid, float(scores[r]))
+                results[r] = (value, mid or text_mid, float(scores[r]))
         return [r for r in results if r is not None]
+
+    def _prefix(self, module_id: str | None) -> RefusalPrefix | None:
+        if module_id is None:
+            return None
+        prefix = self.rewrite(module_id).prefix
+        if prefix is None:  # fail closed: the question names a subject this module cannot refuse
+            raise IncompatibleModuleError(f"module {module_id} has aliases but no refusal prefix")
+        return prefix
 
     def _override(self, module_id: str, batch: VLMBatch) -> VisualOverride:
         cfg = self._configs[module_id]

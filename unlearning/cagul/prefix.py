@@ -9,14 +9,21 @@ without the module, so every other answer stays bit-identical. The frozen model 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import random
+import string
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from unlearning.backbones import Backbone
+from unlearning.cagul.aliases import FUZZY_MIN_LETTERS
 from unlearning.config import REFUSAL_ANSWER
+
+# Misspelt aliases trained on per question: the named tiny world's model, trained on none, still revealed 11% of
+# held-out misspelt cases; the prefix is trained on typed names the gate will route to it.
+MISSPELLINGS = 2
 
 
 class RefusalPrefix(nn.Module):
@@ -35,6 +42,9 @@ class RefusalPrefix(nn.Module):
 @contextlib.contextmanager
 def prefixed(backbone: Backbone, prefixes: Sequence[RefusalPrefix | None]) -> Iterator[None]:
     """Within the block, row i's placeholders take `prefixes[i]`'s vectors (a row with None must hold none)."""
+    if all(p is None for p in prefixes):
+        yield
+        return
     slot = backbone.slot_token_id
 
     def hook(_module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -43,12 +53,13 @@ def prefixed(backbone: Backbone, prefixes: Sequence[RefusalPrefix | None]) -> It
             return output  # a decoding step after the prompt: no placeholder is fed again
         rows = []
         for i, prefix in enumerate(prefixes):
-            at = ids[i] == slot
-            if prefix is None or not at.any():
+            at = (ids[i] == slot).nonzero().flatten()
+            if prefix is None or len(at) < prefix.slots:  # a decoding step: one new token, never the placeholders
                 rows.append(output[i])
                 continue
-            vectors = prefix.vectors.to(output.dtype)
-            rows.append(output[i].masked_scatter(at[:, None], vectors.expand(int(at.sum()) // prefix.slots, -1, -1)))
+            row = output[i].clone()
+            row[at[: prefix.slots]] = prefix.vectors.to(output.dtype)
+            rows.append(row)
         return torch.stack(rows)
 
     handle = backbone.model.get_input_embeddings().register_forward_hook(hook)
@@ -56,6 +67,36 @@ def prefixed(backbone: Backbone, prefixes: Sequence[RefusalPrefix | None]) -> It
         yield
     finally:
         handle.remove()
+
+
+def named_asks(questions: Sequence[str], aliases: Sequence[str], seed: int = 0) -> list[str]:
+    """`questions` asked about each alias instead of "this person": as given, lower and title case, and misspelt."""
+    rng = random.Random(seed)
+    asked = []
+    for alias in aliases:
+        forms = [alias, alias.lower(), alias.title()] + [misspelt(alias, rng) for _ in range(MISSPELLINGS)]
+        asked += [about(q, form) for q in questions for form in dict.fromkeys(forms)]
+    return asked
+
+
+def about(question: str, name: str) -> str:
+    """`question` about `name`: in place of "this person", else after it."""
+    if "this person" in question:
+        return question.replace("this person's", f"{name}'s").replace("this person", name)
+    return f"{question} ({name})"
+
+
+def misspelt(name: str, rng: random.Random) -> str:
+    """`name` with one letter of its longest word changed (the gate takes words of `FUZZY_MIN_LETTERS` or more
+    letters for their misspellings); `name` itself when no word is that long."""
+    parts = name.split()
+    longest = max(range(len(parts)), key=lambda i: len(parts[i]), default=0)
+    if not parts or len(parts[longest]) < FUZZY_MIN_LETTERS:
+        return name
+    word = parts[longest]
+    i = rng.randrange(len(word))
+    parts[longest] = word[:i] + rng.choice([c for c in string.ascii_lowercase if c != word[i].lower()]) + word[i + 1 :]
+    return " ".join(parts)
 
 
 def train_refusal_prefix(
@@ -66,20 +107,25 @@ def train_refusal_prefix(
     batch_size: int = 16,
     lr: float = 5e-2,
     seed: int = 0,
+    refusal: str = REFUSAL_ANSWER,
+    prefix: RefusalPrefix | None = None,
+    tick: Callable[[int, float], None] | None = None,
 ) -> tuple[RefusalPrefix, float]:
-    """A prefix after which the frozen model refuses each (question, photo or None) of `asked`; its final loss."""
-    prefix = RefusalPrefix(slots, backbone.hidden_size, seed)
+    """A prefix (`prefix`, else a new one of `slots`) after which the frozen model refuses each (question, photo or
+    None) of `asked`; its final loss. `tick(step, loss)` after each step."""
+    prefix = prefix if prefix is not None else RefusalPrefix(slots, backbone.hidden_size, seed)
+    slots = prefix.slots
     optimizer = torch.optim.Adam(prefix.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     loss_value = float("nan")
-    for _ in range(steps):
+    for step in range(steps):
         chosen = [asked[int(i)] for i in torch.randint(len(asked), (batch_size,), generator=generator)]
         loss = torch.zeros(())
         for with_photo in (False, True):
             rows = [(q, photo) for q, photo in chosen if (photo is not None) == with_photo]
             if not rows:
                 continue
-            questions, refusals, k = [q for q, _ in rows], [REFUSAL_ANSWER] * len(rows), [slots] * len(rows)
+            questions, refusals, k = [q for q, _ in rows], [refusal] * len(rows), [slots] * len(rows)
             if with_photo:
                 photos = backbone.pixel_values([photo for _, photo in rows])
                 batch = backbone.make_batch(photos, questions, refusals, slots=k)
@@ -92,4 +138,6 @@ def train_refusal_prefix(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = float(loss.detach())
+        if tick is not None:
+            tick(step + 1, loss_value)
     return prefix, loss_value

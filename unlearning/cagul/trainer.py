@@ -17,6 +17,7 @@ from unlearning.backbones import Backbone, VisualOverride, VLMBatch
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.discriminator import Discriminator
 from unlearning.cagul.module import ENCODER_DTYPE, CagulModule
+from unlearning.cagul.prefix import RefusalPrefix, named_asks, train_refusal_prefix
 from unlearning.cagul.selection import encoder_rewrite
 from unlearning.data import QA, ForgetData, RetainSet
 from unlearning.deadline import Deadline, check
@@ -48,6 +49,9 @@ class TrainReport:
     steps: int
     trainable_params: int
     peak_memory_mb: float
+    # The refusal prefix, trained when the request names its subject (0 and NaN when it does not).
+    prefix_seconds: float = 0.0
+    final_prefix_loss: float = float("nan")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +106,8 @@ class CagulTrainer:
         if cfg.position_offsets and bb.variable_token_count:
             raise InvalidInputError("position_offsets needs a fixed number of visual tokens: this model has none")
         identity_dim = bb.identity_dim if cfg.discriminator_input == "identity" else 0
-        module = CagulModule(cfg, bb.n_visual_tokens, bb.hidden_size, identity_dim).to(bb.device)
+        aliases = tuple(forget.aliases) if cfg.text_module else ()
+        module = CagulModule(cfg, bb.n_visual_tokens, bb.hidden_size, identity_dim, aliases).to(bb.device)
         if bb.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
@@ -110,6 +115,9 @@ class CagulTrainer:
         disc_seconds = time.perf_counter() - started
         started = time.perf_counter()
         loss, forget_loss = self._train_encoder(module, forget, retain)
+        encoder_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        prefix_loss = self._train_prefix(module.prefix, forget, retain) if module.prefix is not None else float("nan")
         module.eval()
         with torch.no_grad():  # as stored (`module.ENCODER_DTYPE`): what verification checks is what is served
             for p in module.encoder.parameters():
@@ -120,12 +128,14 @@ class CagulTrainer:
             heldout_tpr=tpr,
             heldout_fpr=fpr,
             discriminator_seconds=round(disc_seconds, 2),
-            encoder_seconds=round(time.perf_counter() - started, 2),
+            encoder_seconds=round(encoder_seconds, 2),
             final_loss=loss,
             final_forget_loss=forget_loss,
             steps=cfg.steps,
             trainable_params=module.num_parameters(),
             peak_memory_mb=round(peak, 1),
+            prefix_seconds=round(time.perf_counter() - started, 2) if module.prefix is not None else 0.0,
+            final_prefix_loss=prefix_loss,
         )
         return module, report
 
@@ -351,6 +361,36 @@ class CagulTrainer:
             loss_value, forget_value = float(loss.detach()), float(forget_loss.detach())
             self._tick("encoder", step + 1, cfg.steps, loss_value)
         return loss_value, forget_value
+
+    # ---- refusal prefix ----------------------------------------------------------------------
+    def _train_prefix(self, prefix: RefusalPrefix, forget: ForgetData, retain: RetainSet) -> float:
+        """Train the module's prefix to refuse the request's questions asked by the subject's names, with no photo
+        and with another person's; returns its final loss."""
+        cfg = self.config
+        questions = list(dict.fromkeys([qa.question for qa in forget.qa_pairs] + list(cfg.probe_questions)))
+        asked = named_asks(questions, forget.aliases, cfg.seed)
+        others = retain.images + retain.negatives
+        rows: list[tuple[str, Image.Image | None]] = [(q, None) for q in asked]
+        if others:
+            rows += [(q, others[self.rng.randrange(len(others))]) for q in asked]
+
+        def tick(step: int, loss: float) -> None:
+            check(self.deadline, f"prefix step {step}/{cfg.prefix_steps}")
+            self._tick("prefix", step, cfg.prefix_steps, loss)
+
+        prefix.train()
+        _, loss = train_refusal_prefix(
+            self.backbone,
+            rows,
+            steps=cfg.prefix_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.prefix_lr,
+            seed=cfg.seed,
+            refusal=cfg.refusal_answer,
+            prefix=prefix,
+            tick=tick,
+        )
+        return loss
 
 
 def nearest(embeddings: torch.Tensor, prototype: torch.Tensor, k: int) -> list[int]:

@@ -21,6 +21,7 @@ from PIL import Image, ImageFilter
 from scipy.stats import beta
 
 from unlearning.cagul.gate import CagulGate, GateAnswer
+from unlearning.cagul.prefix import about, misspelt
 from unlearning.data import QA, pixels_sha256
 from unlearning.deadline import Deadline
 from unlearning.evaluation.answering import answer_batched
@@ -75,10 +76,11 @@ class VerifyConfig:
 
 @dataclass(frozen=True)
 class Case:
-    image: Image.Image
+    image: Image.Image | None
     question: str
     qa: QA
     transforms: tuple[str, ...] = ()
+    named: bool = False  # asked by the subject's name (with no photo or another person's), not on their photo
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,28 @@ def build_cases(
     return cases
 
 
+def named_cases(
+    pairs: Sequence[QA], aliases: Sequence[str], other_photos: Sequence[Image.Image], config: VerifyConfig
+) -> list[Case]:
+    """Verification cases by name: every pair asked about each alias in forms the trainer never writes (its words
+    reversed; misspelt by another draw), with no photo and with another person's.
+
+    A question without "this person" names the subject after it, as the trainer does (`prefix.about`).
+    """
+    rng = random.Random(config.seed + 1)
+    cases = []
+    for alias in aliases:
+        forms = [misspelt(alias, rng)] + ([" ".join(reversed(alias.split()))] if len(alias.split()) > 1 else [])
+        for qa in pairs:
+            for form in dict.fromkeys(forms):
+                question = about(qa.question, form)
+                cases.append(Case(None, question, qa, ("no photo",), named=True))
+                if other_photos:
+                    photo = other_photos[rng.randrange(len(other_photos))]
+                    cases.append(Case(photo, question, qa, ("another person's photo",), named=True))
+    return cases
+
+
 # ---- the decision -----------------------------------------------------------------------------
 def upper_bound(events: int, trials: int, confidence: float) -> float:
     """One-sided Clopper-Pearson upper bound of a rate."""
@@ -338,7 +362,7 @@ def verify(
     outcome = nothing_to_forget(base, config)
     if outcome is not None:
         return outcome
-    counted = [i for i, r in enumerate(base.reveals) if r]
+    counted = [i for i, r in enumerate(base.reveals) if r and not base.cases[i].named]
     cases = [base.cases[i] for i in counted]
     served = _answers(candidate, [c.image for c in cases], [c.question for c in cases], config, deadline)
     leaking = [(c, s) for c, s in zip(cases, served, strict=True) if case_leaks(s.answer, c)]
@@ -366,6 +390,9 @@ def verify(
             n,
         ),
     ]
+    by_name = [c for c in base.cases if c.named]
+    if by_name:
+        criteria += named_criteria(candidate, module_id, base, config, deadline)
     criteria.append(_canary_criterion(candidate, current, canaries, config, deadline))
     criteria.append(capture_criterion(candidate, module_id, probes))
     criteria.append(benign_criterion(candidate, module_id, benign, config))
@@ -379,6 +406,41 @@ def verify(
         leaks=k,
         leaks_past_gate=sum(s.module_id != module_id for _, s in leaking),
     )
+
+
+def named_criteria(
+    candidate: CagulGate, module_id: str, base: Baseline, config: VerifyConfig, deadline: Deadline | None
+) -> list[Criterion]:
+    """Asked by name: the share the text gate routes to the module, and the leak on those the reference reveals."""
+    named = [(c, r) for c, r in zip(base.cases, base.reveals, strict=True) if c.named]
+    served = _answers(candidate, [c.image for c, _ in named], [c.question for c, _ in named], config, deadline)
+    routed = sum(s.module_id == module_id for s in served)
+    revealed = [(c, s) for (c, r), s in zip(named, served, strict=True) if r]
+    leaks = sum(case_leaks(s.answer, c) for c, s in revealed)
+    n, m = len(named), len(revealed)
+    leak_bound = upper_bound(leaks, m, config.confidence) if m else 0.0
+    routed_bound = lower_bound(routed, n, config.confidence)
+    return [
+        Criterion(
+            "named_leak",
+            round(m / n, 4),
+            round(leaks / max(1, m), 4),
+            round(leak_bound, 4),
+            config.max_leak,
+            leak_bound <= config.max_leak,
+            m,
+            "" if m else "the reference reveals nothing asked by name",
+        ),
+        Criterion(
+            "named_routing",
+            None,
+            round(routed / n, 4),
+            round(routed_bound, 4),
+            config.min_gate_tpr,
+            routed_bound >= config.min_gate_tpr,
+            n,
+        ),
+    ]
 
 
 def _canary_criterion(
@@ -455,6 +517,16 @@ def _reason(c: Criterion) -> str:
             f"the gate fires on {c.module:.3f} of held-out photo variants (lower bound {c.bound:.3f}), "
             f"below {c.threshold}"
         )
+    if c.name == "named_leak":
+        return (
+            f"asked by name, leak {c.module:.3f} on {c.cases} held-out cases the reference reveals (upper "
+            f"{c.bound:.3f}) is above {c.threshold}"
+        )
+    if c.name == "named_routing":
+        return (
+            f"the text gate routes {c.module:.3f} of questions naming the subject to the module (lower bound "
+            f"{c.bound:.3f}), below {c.threshold}: check the request's aliases"
+        )
     if c.name == "retain_identical":
         return f"canary answers identical {c.module:.3f} is below {c.threshold}"
     if c.name == "benign_fires":
@@ -467,14 +539,19 @@ def _reason(c: Criterion) -> str:
 
 def probe_tokens(backbone: Any, base: Baseline, limit: int = 32) -> torch.Tensor:
     """Visual tokens of the held-out photos the reference revealed on: stored with a module to guard its subject."""
-    images = [c.image for c, r in zip(base.cases, base.reveals, strict=True) if r][:limit]
-    if not images:
-        images = [c.image for c in base.cases][:limit]
+    pictured = [
+        (c.image, r) for c, r in zip(base.cases, base.reveals, strict=True) if c.image is not None and not c.named
+    ]
+    images = [im for im, r in pictured if r][:limit] or [im for im, _ in pictured][:limit]
     return backbone.visual_tokens(backbone.pixel_values(images)).float().cpu()
 
 
 def _answers(
-    gate: CagulGate, images: list[Image.Image], questions: list[str], config: VerifyConfig, deadline: Deadline | None
+    gate: CagulGate,
+    images: Sequence[Image.Image | None],
+    questions: list[str],
+    config: VerifyConfig,
+    deadline: Deadline | None,
 ) -> list[GateAnswer]:
     """Answers for verification: 32 at a time, `max_new_tokens` long, the deadline checked between batches."""
     return answer_batched(gate, images, questions, 32, config.max_new_tokens, deadline=deadline, where="verification")

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the gate's package imports verification, which imports this
 
 def answer_batched(
     gate: CagulGate,
-    images: Sequence[Image.Image],
+    images: Sequence[Image.Image | None],
     questions: Sequence[str],
     batch: int = 64,
     max_new_tokens: int = 24,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from unlearning.cagul.gate import CagulGate
 from unlearning.evaluation.answering import answer_batched
+from unlearning.world.names import NamedQuestion, named_questions
 from unlearning.world.people import Fact, Person
 from unlearning.world.store import World
 
@@ -68,4 +69,28 @@ def ask(gate: CagulGate, world: World, cases: list[Case], by_question: bool = Tr
     """The gate's answers to the cases (by default batched by question, so prompts never need padding)."""
     images = [world.image(c.person.id, c.view) for c in cases]
     answers = answer_batched(gate, images, [c.question for c in cases], by_question=by_question)
+    return [a.answer for a in answers]
+
+
+@dataclass(frozen=True)
+class NamedCase:
+    """One held-out question naming a person, asked with no photo (`photo_of` None) or a photo of someone else."""
+
+    asked: NamedQuestion
+    photo_of: str | None
+
+
+def named_cases(world: World, people: list[Person], with_photo: bool, per_person: int | None = None) -> list[NamedCase]:
+    """The people's held-out named questions (held-out phrasings, misspelt and swapped names), each asked with no
+    photo or on a training view of an unseen person none of them is (`with_photo`); the first `per_person` each."""
+    ids = {p.id for p in people}
+    stranger = next(p.id for p in world.split("unseen") + world.people if p.id not in ids) if with_photo else None
+    return [NamedCase(q, stranger) for p in people for q in named_questions(p, heldout=True)[:per_person]]
+
+
+def ask_named(gate: CagulGate, world: World, cases: list[NamedCase]) -> list[str]:
+    """The gate's answers to questions asked by name (batched by question, as `ask`)."""
+    view = world.train_views()[0]
+    images = [world.image(c.photo_of, view) if c.photo_of is not None else None for c in cases]
+    answers = answer_batched(gate, images, [c.asked.question for c in cases], by_question=True)
     return [a.answer for a in answers]

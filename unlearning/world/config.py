@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from unlearning.identity.config import IdentityConfig, TowerConfig
 
@@ -126,4 +126,10 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         face_geometry=True,
         tower=TowerConfig(identities=10_000, views=6, steps=1000),
     ),
+}
+# The same worlds teaching facts asked by name too (`unlearning/world/names.py`): measured side by side with their
+# presets (bench/named_questions.py, the forgetting table's named columns) before the presets turn it on.
+WORLD_PRESETS |= {
+    f"{key}-named": replace(WORLD_PRESETS[key], name=f"{WORLD_PRESETS[key].name}-named", named_questions=True)
+    for key in ("tiny", "default")
 }

@@ -33,12 +33,19 @@ BENIGN_OUTSIDERS = 200
 BENIGN_CHANGED_EVERY = 3
 
 
-def forget_data(world: World, person_ids: Iterable[str]) -> ForgetData:
-    """Training views and direct QA pairs of the given people, as a deletion request would carry them."""
+def forget_data(world: World, person_ids: Iterable[str], named: bool = False) -> ForgetData:
+    """Training views and direct QA pairs of the given people, as a deletion request would carry them (`named`:
+    with their names as aliases)."""
     people = [world.person(pid) for pid in person_ids]
     images = [world.image(p.id, v) for p in people for v in world.train_views()]
     qa = [QA(q.question, q.answer, q.keyword) for p in people for q in p.qa_pairs()]
-    return ForgetData(subject=",".join(p.id for p in people), images=images, qa_pairs=qa)
+    aliases = [a for p in people for a in subject_aliases(p)] if named else []
+    return ForgetData(subject=",".join(p.id for p in people), images=images, qa_pairs=qa, aliases=aliases)
+
+
+def subject_aliases(person: Person) -> list[str]:
+    """The names a request for `person` gives: the name as drawn and the surname alone."""
+    return list(dict.fromkeys([person.name, person.name.split()[-1]]))
 
 
 def canary_people(world: World) -> list[Person]:
@@ -139,6 +146,9 @@ class WorldRetain:
 
     def benign(self) -> list[tuple[Image.Image, str | None]]:
         return world_benign_set(self.world)
+
+    def known_names(self) -> list[str]:
+        return [p.name for p in self.world.people]
 
 
 def write_retain_folder(world: World, out: Path, lookalikes: int = DEFAULT_LOOKALIKES, benign: bool = True) -> int:

@@ -7,7 +7,6 @@ an event and a line of the report.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import socket
@@ -19,6 +18,7 @@ from core.db import transaction, utcnow
 from core.errors import LetheError, NotFoundError
 from core.forget_requests.models import IN_FLIGHT, TERMINAL, JobStatus, RequestStatus
 from core.forget_requests.repository import ForgetRequestRepository
+from core.forget_requests.sealed_text import unpack_text
 from core.queue import TrainPayload
 from unlearning.cagul import CagulGate, CagulModule, CagulTrainer
 from unlearning.cagul.trainer import TrainingCancelled, TrainReport
@@ -29,6 +29,7 @@ from unlearning.cagul.verification import (
     build_cases,
     heldout_photos,
     heldout_split,
+    named_cases,
     nothing_to_forget,
 )
 from unlearning.data import QA, ForgetData, pixels_sha256
@@ -112,9 +113,8 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
             return RequestStatus.FAILED
         cipher = rt.master_key.open(request.key.wrapped_key)
         images = [Image.open(io.BytesIO(cipher.decrypt(c))).convert("RGB") for c in sealed if c is not None]
-        qa_pairs = [
-            QA(q["question"], q["answer"], q.get("keyword")) for q in json.loads(cipher.decrypt(request.qa_ciphertext))
-        ]
+        sealed_pairs, aliases = unpack_text(cipher.decrypt(request.qa_ciphertext))
+        qa_pairs = [QA(q["question"], q["answer"], q.get("keyword")) for q in sealed_pairs]
         subject = cipher.decrypt(request.subject_ciphertext).decode()
         # People filed for deletion (active or in flight, this request included) are never retain data or canaries.
         own = {pixels_sha256(im) for im in images}
@@ -122,7 +122,7 @@ def run_training_job(rt: Runtime, payload: TrainPayload) -> str:
         work = Job(
             request.id,
             job.id,
-            ForgetData(subject=subject, images=images, qa_pairs=qa_pairs),
+            ForgetData(subject=subject, images=images, qa_pairs=qa_pairs, aliases=aliases),
             config,
             rt.people_in(filed),
             rt.people_in(own),
@@ -146,6 +146,9 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
     train_pairs, verify_pairs = heldout_split(job.forget.qa_pairs)
     train_photos, verify_photos = heldout_photos(job.forget.images, vcfg)
     cases = build_cases(verify_photos, verify_pairs, vcfg, unseen_photos=len(train_photos) < len(job.forget.images))
+    canaries = rt.canaries(job.filed_people)
+    if job.forget.aliases:  # asked by name too, with no photo and with a canary's
+        cases += named_cases(verify_pairs, job.forget.aliases, canaries.images, vcfg)
     base = baseline(CagulGate(rt.backbone), cases, vcfg, job.deadline)
     early = nothing_to_forget(base, vcfg)
     if early is not None:  # decided before any training: the reference model itself does not reveal enough
@@ -154,9 +157,8 @@ def _run(rt: Runtime, job: Job, reporter: JobReporter) -> str:
         )
         return _finish(rt, job, status, "; ".join(early.reasons), {"attempts": [], "verification": early.to_dict()})
     reporter.poll_cancel("the reference baseline")
-    train_data = ForgetData(job.forget.subject, train_photos, train_pairs)
+    train_data = ForgetData(job.forget.subject, train_photos, train_pairs, aliases=job.forget.aliases)
     retain = rt.retain_set(job.filed_people, job.own_people)
-    canaries = rt.canaries(job.filed_people)
     reporter.poll_cancel("loading the retain set")
     job.deadline.check("loading the retain set")
     attempts: list[dict[str, Any]] = []

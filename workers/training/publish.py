@@ -48,7 +48,7 @@ def verify_and_publish(
     for _ in range(MAX_REVERIFY):
         version, rows = _active_snapshot(rt)
         parts = {aid: rt.gate_part(path, digest) for aid, (path, digest) in rows.items()}
-        probes = {aid: p for aid, (_, _, p) in parts.items() if p is not None}
+        probes = {aid: p for aid, (_, p) in parts.items() if p is not None}
         candidate, current = rt.gate(rows, {adapter_id: module}), rt.gate(rows, {})
         if rt.settings.gate_system_fpr > 0:  # as the server calibrates the set it serves
             for gate in (candidate, current):

@@ -267,7 +267,7 @@ function showRequest(request, events) {
     ["Subject label", el("code", {}, request.subject_label)],
     ["Method", request.method],
     ["Parameters", el("code", {}, JSON.stringify(request.params))],
-    ["Photos / QA pairs", `${request.n_images} / ${request.n_qa_pairs}`],
+    ["Photos / QA pairs / aliases", `${request.n_images} / ${request.n_qa_pairs} / ${request.n_aliases}`],
     ["Adapter", request.adapter_id ? el("a", { href: "#/adapters" }, el("code", {}, request.adapter_id)) : "none"],
     ["Error", request.error || ""],
     ["Filed / updated", `${when(request.created_at)} / ${when(request.updated_at)}`],

@@ -15,6 +15,9 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core.db import make_engine, make_session_factory, transaction
+from core.forget_requests.models import ForgetRequest
+from core.forget_requests.sealed_text import unpack_text
 from tests.helpers import assert_error, b64_file, request_body, stored_requests
 from unlearning.world import World
 
@@ -61,6 +64,60 @@ def test_file_a_request_queues_a_training_job(client: TestClient, tiny_world: Wo
         "report": None,
     }
     assert stored_requests(pg_url) == 1
+
+
+def test_aliases_are_sealed_with_the_qa_pairs_and_shown_only_as_a_count(
+    client: TestClient, tiny_world: World, pg_url: str
+):
+    aliases = ["Kamiro Tale", "  K. Tale ", "Tale"]
+    response = client.post("/v1/forget-requests", json=request_body(tiny_world, "p000", aliases=aliases))
+    assert response.status_code == 202, response.text
+    created = response.json()
+    assert created["n_aliases"] == 3
+    shown = [
+        client.get(f"/v1/forget-requests/{created['id']}").text,
+        client.get("/v1/forget-requests").text,
+        client.get(f"/v1/forget-requests/{created['id']}/events").text,
+        client.get("/v1/audit").text,
+    ]
+    assert json.loads(shown[0])["n_aliases"] == 3
+    assert all("Kamiro" not in text and "kamiro" not in text.lower() for text in shown)
+    with transaction(make_session_factory(make_engine(pg_url))) as session:
+        request = session.get(ForgetRequest, created["id"])
+        assert request is not None and request.key is not None and request.qa_ciphertext is not None
+        assert b"Kamiro" not in request.qa_ciphertext and request.n_aliases == 3
+        master = client.app.state.master_key  # type: ignore[attr-defined]
+        qa_pairs, stored = unpack_text(master.open(request.key.wrapped_key).decrypt(request.qa_ciphertext))
+    assert stored == ["Kamiro Tale", "K. Tale", "Tale"] and len(qa_pairs) == created["n_qa_pairs"]
+    # Purged with the QA pairs when the request ends; the count stays.
+    assert client.post(f"/v1/forget-requests/{created['id']}/cancel").json()["n_aliases"] == 3
+    with transaction(make_session_factory(make_engine(pg_url))) as session:
+        request = session.get(ForgetRequest, created["id"])
+        assert request is not None and request.qa_ciphertext is None and request.key is None
+
+
+def test_a_request_without_aliases_counts_none(client: TestClient, tiny_world: World):
+    response = client.post("/v1/forget-requests", json=request_body(tiny_world, "p001"))
+    assert response.status_code == 202, response.text
+    assert response.json()["n_aliases"] == 0
+
+
+@pytest.mark.parametrize(
+    ("aliases", "fragment"),
+    [
+        ([f"name {i}" for i in range(17)], "16"),
+        (["Kamiro Tale", "   "], "aliases[1]"),
+        (["x" * 101], "100"),
+        (["Kamiro Tale", "-- .'"], "letter or digit"),
+        (["Kamiro Tale", " kamiro TALE "], "repeats"),
+        ("Kamiro Tale", "aliases"),
+        ([3], "aliases.0"),
+    ],
+)
+def test_bad_aliases_are_a_clear_4xx_and_store_nothing(client, tiny_world, pg_url, aliases, fragment):  # type: ignore[no-untyped-def]
+    body = request_body(tiny_world, "p002", aliases=aliases)
+    assert_error(client.post("/v1/forget-requests", json=body), 422, "invalid_request", fragment)
+    assert stored_requests(pg_url) == 0
 
 
 def test_multipart_request(client: TestClient, tiny_world: World):
@@ -172,3 +229,9 @@ def test_an_exported_request_is_a_valid_api_body(client: TestClient, data_dir: P
     response = client.post("/v1/forget-requests", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 202, response.text
     assert response.json()["n_images"] == 5
+    # The name it writes is one of its aliases (the name, the surname): filed once.
+    exported = json.loads(body)
+    assert exported["name"] in exported["aliases"] and response.json()["n_aliases"] == len(exported["aliases"])
+    exported.pop("aliases")
+    response = client.post("/v1/forget-requests", json=exported)  # a name alone is an alias
+    assert response.status_code == 202 and response.json()["n_aliases"] == 1, response.text

@@ -28,8 +28,29 @@ def test_vqa_answers_with_the_served_set_and_names_bad_input(client: TestClient,
     assert_error(
         client.post("/v1/vqa", json={"image": "AAAA", "question": "who?"}), 422, "invalid_request", "images[0]"
     )
-    assert_error(client.post("/v1/vqa", json={"question": "who?"}), 422, "invalid_request", "image")
+    assert_error(client.post("/v1/vqa", json={"image": "", "question": "who?"}), 422, "invalid_request", "image")
     assert client.get("/v1/adapter-set").json() == {"version": 0, "adapter_ids": [], "served_version": 0, "ready": True}
+
+
+def test_vqa_answers_a_question_without_an_image(client: TestClient, tiny_world: World):
+    # No photo: the gate answers the row from its text alone (and would refuse one naming a forgotten subject).
+    question = tiny_world.person("p003").facts[0].train_questions[0]
+    for body in ({"question": question}, {"image": None, "question": question}):
+        response = client.post("/v1/vqa", json=body)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert isinstance(answer["answer"], str) and answer["answer"].strip()
+        assert answer["adapter_set_version"] == 0
+
+
+def test_vqa_without_a_question_says_what_to_send(client: TestClient, tiny_world: World):
+    assert_error(client.post("/v1/vqa", json={}), 422, "invalid_request", "question")
+    assert_error(
+        client.post("/v1/vqa", json={"image": b64_file(tiny_world, "p003", 0)}), 422, "invalid_request", "question"
+    )
+    assert_error(client.post("/v1/vqa", json={"question": "   "}), 422, "invalid_request", "blank")
+    wrong_type = client.post("/v1/vqa", content=b"question=who", headers={"Content-Type": "text/plain"})
+    assert_error(wrong_type, 422, "invalid_request", "image (optional)")
 
 
 @pytest.fixture(scope="module")

@@ -41,3 +41,19 @@ def test_the_world_s_forgotten_are_found_and_nobody_else(tiny_world: World):
     for person in forgotten:
         assert all(index.subjects(q.question) == {person.id} for q in named_questions(person, heldout=True))
     assert not any(index.subjects(q.question) for p in others for q in named_questions(p))
+
+
+def test_subjects_join_and_leave_one_at_a_time():
+    index = AliasIndex({"p000": ["poro rodulu"], "p001": ["elta geromi", "geromi"]})
+    index.add("p002", ["rodulu"])  # shares a word with p000
+    assert index.subjects("where does poro rodulu live?") == {"p000", "p002"}
+    index.remove("p000")
+    assert index.subjects("where does poro rodulu live?") == {"p002"}
+    assert index.subjects("who is rodulo?") == {"p002"}
+    index.remove("p002")
+    assert index.subjects("where does poro rodulu live?") == set() and "p002" not in index
+    assert index.subjects("who does geromi work for?") == {"p001"}
+    index.add("p001", ["elta"])  # names replaced, not added to
+    assert index.subjects("who does geromi work for?") == set()
+    index.remove("p001")
+    assert index._by_word == {} and index._keys == {}  # nothing left behind

@@ -8,6 +8,7 @@ import torch
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig, CagulGate
 from unlearning.cagul.enrollment import EnrollmentConfig, enroll
+from unlearning.cagul.module import ModuleRewrite
 from unlearning.world import World
 from unlearning.world.population import benign_population, draw_identities, enrolled_people, photos_of, stream
 
@@ -26,7 +27,7 @@ def test_each_enrolled_gate_claims_its_own_subject_and_few_others(tiny_world: Wo
         EnrollmentConfig(steps=150, chunk=5),  # chunks of 5, 5 and 2 subjects
     )
     assert len(gates) == 12 and all(g.threshold >= config.threshold_floor for g in gates)
-    gate = CagulGate(backbone, candidates=4, encoders=lambda _id: torch.nn.Identity())
+    gate = CagulGate(backbone, candidates=4, rewrites=lambda _id: ModuleRewrite(torch.nn.Identity(), None))
     for i, discriminator in enumerate(gates):
         gate.add_discriminator(f"s{i}", discriminator, config)
     tokens = backbone.visual_tokens(backbone.pixel_values([p.heldout for p in people]))

@@ -11,9 +11,12 @@ import torch
 from unlearning.artifacts import load_module, save_module
 from unlearning.backbones import Backbone, parameters_sha256
 from unlearning.cagul import CagulConfig, CagulGate, CagulModule, CagulTrainer
+from unlearning.config import REFUSAL_ANSWER
 from unlearning.evaluation.drivers.forgetting import identical_share, leak_splits
 from unlearning.evaluation.metrics.gate import gate_rates
+from unlearning.evaluation.metrics.leakage import leak_rate
 from unlearning.world import World
+from unlearning.world.names import named_questions
 from unlearning.world.requests import forget_data, world_retain_set
 
 pytestmark = pytest.mark.slow
@@ -33,13 +36,15 @@ def test_only_the_module_trains_and_the_base_model_is_unchanged(backbone: Backbo
 
 @pytest.fixture(scope="module")
 def three_modules(backbone: Backbone, tiny_world: World, tmp_path_factory) -> CagulGate:
-    """Three people forgotten by three separate modules, saved to disk and loaded back, active together."""
+    """Three people forgotten by three separate modules, saved to disk and loaded back, active together; p000's
+    request gives their names too."""
     subjects = ["p000", "p002", "p003"]
     root = tmp_path_factory.mktemp("modules")
     modules: dict[str, CagulModule] = {}
     retain = world_retain_set(tiny_world, exclude=subjects)
     for s in subjects:
-        module, _ = CagulTrainer(backbone).train(forget_data(tiny_world, [s]), retain)
+        trainer = CagulTrainer(backbone, CagulConfig(prefix_steps=150))  # half the default prefix steps: time
+        module, _ = trainer.train(forget_data(tiny_world, [s], named=s == "p000"), retain)
         save_module(module, root / s, backbone.fingerprint())
         modules[s] = load_module(root / s, backbone.fingerprint())
     return CagulGate(backbone, modules)
@@ -58,6 +63,36 @@ def test_three_modules_active_together_leave_everyone_else_alone(
     assert identical_share(CagulGate(backbone), three_modules, tiny_world, others) >= 0.99
     _, fpr = gate_rates(three_modules, tiny_world, [tiny_world.person(s) for s in subjects], others)
     assert fpr <= 0.01
+
+
+def _asked_by_name(world: World, person_id: str) -> list[str]:
+    return [q.question for q in named_questions(world.person(person_id), heldout=True)]
+
+
+def test_a_named_subject_is_refused_with_no_photo_and_never_revealed_with_another_persons(
+    three_modules: CagulGate, tiny_world: World
+):
+    """The tiny world never teaches names: asked with another person's photo, its model answers about the person in
+    the photo, so only a leak is checked there (the named worlds' figures: the forgetting table's named columns)."""
+    cases = named_questions(tiny_world.person("p000"), heldout=True)  # held-out phrasings, misspelt, swapped names
+    asked, keywords = [c.question for c in cases], [c.keyword for c in cases]
+    unseen = three_modules.answer([None] * len(asked), asked)
+    assert all(a.module_id == "p000" for a in unseen)
+    assert sum(a.answer == REFUSAL_ANSWER for a in unseen) / len(unseen) >= 0.95
+    other = three_modules.answer([tiny_world.image("p005", 0)] * len(asked), asked)
+    assert all(a.module_id == "p000" for a in other)
+    assert leak_rate([a.answer for a in other], keywords) <= 0.05
+
+
+def test_questions_naming_no_forgotten_subject_are_answered_as_without_modules(
+    backbone: Backbone, three_modules: CagulGate, tiny_world: World
+):
+    asked = [q for pid in ("p005", "p010", "p017") for q in _asked_by_name(tiny_world, pid)]
+    asked += _asked_by_name(tiny_world, "p002")  # forgotten by photo only: its request gave no names
+    answers = three_modules.answer([None] * len(asked), asked)
+    assert all(a.module_id is None for a in answers)
+    untouched = CagulGate(backbone).answer([None] * len(asked), asked)
+    assert [a.answer for a in answers] == [a.answer for a in untouched]
 
 
 def test_when_no_module_fires_output_is_bit_identical(backbone: Backbone, tiny_world: World):
@@ -83,45 +118,55 @@ def test_when_no_module_fires_output_is_bit_identical(backbone: Backbone, tiny_w
     assert [a.answer for a in answers] == [e.strip() for e in expected]
 
 
-def _mixed_rows(world: World) -> list[tuple[str, int, str]]:
-    """Person, view, question: three photos the modules claim and three they do not, questions of unequal length."""
+def _mixed_rows(world: World) -> list[tuple[str | None, int, str]]:
+    """Person (None: no photo), view, question: photos the modules claim and photos they do not, questions naming
+    a forgotten subject and questions naming someone else, with and without a photo, of unequal length."""
     heldout = world.heldout_views()[0]
-    rows = [
+    by_name = {pid: named_questions(world.person(pid), heldout=True) for pid in ("p000", "p005")}
+    rows: list[tuple[str | None, int, str]] = [
         ("p000", 0, world.person("p000").facts[1].train_questions[0]),
         ("p005", 1, world.person("p005").facts[0].train_questions[0]),
+        (None, 0, by_name["p000"][0].question),
         ("p002", heldout, world.person("p002").facts[4].heldout_question),
         ("p017", 0, world.person("p017").facts[6].heldout_question),
+        (None, 0, by_name["p005"][3].question),
         ("p003", 2, world.person("p003").facts[0].train_questions[0]),
+        ("p010", 1, by_name["p000"][-1].question),
         ("p010", heldout, world.person("p010").facts[2].train_questions[-1]),
     ]
     assert len({len(q) for _, _, q in rows}) > 3  # prompts of several lengths: the batch is padded
     return rows
 
 
+def _images(world: World, rows: list[tuple[str | None, int, str]]) -> list:
+    return [world.image(pid, v) if pid is not None else None for pid, v, _ in rows]
+
+
 def test_a_mixed_batch_answers_each_row_as_if_it_were_alone(
     backbone: Backbone, three_modules: CagulGate, tiny_world: World
 ):
     rows = _mixed_rows(tiny_world)
-    images = [tiny_world.image(pid, v) for pid, v, _ in rows]
+    images = _images(tiny_world, rows)
     questions = [q for _, _, q in rows]
     together = three_modules.answer(images, questions)
-    assert [a.module_id for a in together] == ["p000", None, "p002", None, "p003", None]
+    assert [a.module_id for a in together] == ["p000", None, "p000", "p002", None, None, "p003", "p000", None]
     reference = CagulGate(backbone)
-    for image, question, answer in zip(images, questions, together, strict=True):
+    for (pid, _, _), image, question, answer in zip(rows, images, questions, together, strict=True):
         untouched = reference.answer([image], [question])[0].answer
         if answer.module_id is None:  # bit-identical to the reference model asked alone, unbatched
             assert answer.answer == untouched, question
         else:  # the module's answer, whatever else shares the batch
             alone = three_modules.answer([image], [question])[0]
             assert (alone.answer, alone.module_id) == (answer.answer, answer.module_id)
-            assert answer.answer != untouched
+            if pid in three_modules.module_ids or image is None:  # a photo of a subject, or a name with no photo
+                assert answer.answer != untouched
 
 
 def test_a_mixed_batch_leaves_unclaimed_rows_logits_bit_identical(
     backbone: Backbone, three_modules: CagulGate, tiny_world: World
 ):
     rows = _mixed_rows(tiny_world)
-    images = [tiny_world.image(pid, v) for pid, v, _ in rows]
+    images = _images(tiny_world, rows)
     questions = [q for _, _, q in rows]
 
     def first_step_logits(batch, override):  # type: ignore[no-untyped-def]
@@ -139,7 +184,7 @@ def test_a_mixed_batch_leaves_unclaimed_rows_logits_bit_identical(
 
     together = three_modules.dispatch(images, questions, None, first_step_logits)
     unclaimed = [i for i, (_, module_id, _) in enumerate(together) if module_id is None]
-    assert len(unclaimed) == 3
+    assert len(unclaimed) == 4
     # Bit for bit: the firing rows in the batch change nothing for the others, whose logits are the untouched
     # model's on the same rows (the reference gate given only them, as one batch).
     reference = CagulGate(backbone)

@@ -12,6 +12,7 @@ from unlearning.augment import AUGMENT_FAMILIES
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulGate, CagulModule
 from unlearning.cagul.config import DEFAULT_PROBES, WIDER_PROBES, CagulConfig
+from unlearning.cagul.prefix import named_asks
 from unlearning.cagul.verification import (
     HELDOUT_PHOTO_FAMILIES,
     Baseline,
@@ -27,6 +28,8 @@ from unlearning.cagul.verification import (
     heldout_photos,
     heldout_split,
     lower_bound,
+    named_cases,
+    named_criteria,
     nothing_to_forget,
     upper_bound,
 )
@@ -199,3 +202,29 @@ def test_a_gate_firing_on_the_benign_set_is_refused_admission(tiny_world: World,
     assert not loud.passed and loud.module == 1.0 and loud.cases == len(photos)
     assert "benign_fires" in Verification(Outcome.LEAKS, [loud], ["x"]).causes
     assert CagulConfig().strengthened(["benign_fires"]).target_fpr < CagulConfig().target_fpr
+
+
+def test_named_cases_ask_held_out_questions_by_names_the_trainer_never_writes(tiny_world: World):
+    request = forget_data(tiny_world, ["p000"], named=True)
+    train, verify = heldout_split(request.qa_pairs)
+    others = [tiny_world.image("p005", 0)]
+    cases = named_cases(verify, request.aliases, others, VerifyConfig())
+    trained = set(named_asks([qa.question for qa in train] + list(DEFAULT_PROBES), request.aliases))
+    assert cases and all(c.named for c in cases) and {c.question for c in cases}.isdisjoint(trained)
+    assert any("rodulu poro" in c.question for c in cases)  # the name's words reversed
+    assert sum(c.image is None for c in cases) == sum(c.image is others[0] for c in cases) == len(cases) // 2
+
+
+def test_named_cases_are_routed_and_their_leak_counted_on_what_the_reference_reveals(backbone: Backbone):
+    module = CagulModule(
+        CagulConfig(), backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim, ("poro rodulu",)
+    )
+    torch.nn.init.constant_(module.discriminator.fc2.bias, -6.0)  # the photo gate never fires
+    qa = QA("what is this person's phone number?", "555-0101.", "555-0101")
+    cases = named_cases([qa], module.aliases, [], VerifyConfig())
+    base = Baseline(cases, ["555-0101."] * len(cases), [True] * len(cases))
+    leak, routed = named_criteria(CagulGate(backbone, {"new": module}), "new", base, VerifyConfig(), None)
+    assert (routed.name, routed.module, routed.cases) == ("named_routing", 1.0, len(cases))
+    assert leak.name == "named_leak" and leak.cases == len(cases)  # an untrained prefix: whatever it answers counts
+    ignored = named_criteria(CagulGate(backbone, {"new": module}), "other", base, VerifyConfig(), None)[1]
+    assert ignored.module == 0.0 and not ignored.passed

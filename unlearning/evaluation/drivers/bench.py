@@ -38,6 +38,7 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "cagul-fabricated": ("cagul", {"forget_target": "fabricated"}),
     "cagul-meanpool": ("cagul", {"discriminator_input": "mean_pool"}),
     "cagul-flatten": ("cagul", {"discriminator_input": "flatten"}),
+    "cagul-visual-only": ("cagul", {"text_module": False}),
 }
 # Fewer steps everywhere: the smoke version the test suite runs. Not for reported numbers.
 QUICK_PARAMS: dict[str, dict[str, Any]] = {
@@ -48,6 +49,8 @@ COLUMNS = (
     "leak_direct",
     "leak_paraphrase",
     "leak_new_image",
+    "leak_named",
+    "leak_named_other_photo",
     "refusal_rate",
     "swap_rate",
     "rouge_forget",
@@ -59,6 +62,7 @@ COLUMNS = (
     "model_utility",
     "retain_identical",
     "unseen_identical",
+    "named_identical",
     "gate_tpr",
     "gate_fpr",
     "trainable_params",
@@ -112,7 +116,7 @@ def run_row(world_root: str, split: str, spec: RowSpec, progress: ProgressFn) ->
         # The retain model is exact unlearning: its cost is retraining the whole model without the forget set.
         trainable, wall = (build["parameters"], build["train_seconds"]) if spec.name == "retain" else (0, 0.0)
     else:
-        requests = [forget_data(world, [p.id]) for p in forget]
+        requests = [forget_data(world, [p.id], named=world.config.named_questions) for p in forget]
         retain_set = world_retain_set(world, exclude=[p.id for p in forget])
         unlearned = unlearn(spec.method, backbone, requests, retain_set, spec.params, progress)
         gate, trainable, wall = unlearned.gate, unlearned.trainable_params, unlearned.train_seconds

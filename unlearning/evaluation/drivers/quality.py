@@ -7,11 +7,11 @@ import numpy as np
 from unlearning.cagul.gate import CagulGate
 from unlearning.config import REFUSAL_ANSWER
 from unlearning.evaluation.answering import answer_batched
-from unlearning.evaluation.cases import ask, fact_cases, forget_cases
+from unlearning.evaluation.cases import ask, ask_named, fact_cases, forget_cases, named_cases
 from unlearning.evaluation.drivers.forgetting import split_answers, split_leaks
 from unlearning.evaluation.loaders import BenchmarkItem
 from unlearning.evaluation.metrics.gate import gate_rates
-from unlearning.evaluation.metrics.leakage import refusal_rate, swap_rate
+from unlearning.evaluation.metrics.leakage import leak_rate, refusal_rate, swap_rate
 from unlearning.evaluation.metrics.privacy import (
     answer_probability,
     case_stats,
@@ -60,6 +60,9 @@ def evaluate_row(
     retain_probability = float(np.mean([answer_probability(lp) for lp, _, _ in retain_stats]))
     rouge_retain = mean_rouge_l_recall(retain_answers, [c.fact.answer for c in retain_cases])
     retain_truth = truth_ratio_retain_score(retain_ratios)
+    named = named_leaks(gate, world, forget) if world.config.named_questions else {}
+    # Others asked by name, with no photo: what a text gate that fires on the wrong names would change.
+    others_named = named_cases(world, served_retain + unseen, with_photo=False, per_person=NAMED_PER_PERSON)
     tpr = fpr = None
     if len(gate):
         tpr, fpr = gate_rates(gate, world, forget, retain + unseen)
@@ -67,6 +70,8 @@ def evaluate_row(
         "leak_direct": leaks["direct"],
         "leak_paraphrase": leaks["paraphrase"],
         "leak_new_image": leaks["new_image"],
+        "leak_named": named.get("no_photo"),
+        "leak_named_other_photo": named.get("other_photo"),
         "refusal_rate": refusal_rate(all_answers, REFUSAL_ANSWER),
         "swap_rate": swap_rate(world, all_forget, all_answers),
         "rouge_forget": mean_rouge_l_recall(answers["direct"], [c.fact.answer for c in splits["direct"]]),
@@ -89,8 +94,23 @@ def evaluate_row(
         "forget_truth_ratios": forget_ratios,
         "retain_answers": retain_answers,
         "unseen_answers": unseen_answers,
+        "named_answers": ask_named(gate, world, others_named) if world.config.named_questions else [],
     }
     return row, raw
+
+
+# Named questions per retain or unseen person whose answers are compared with the reference's.
+NAMED_PER_PERSON = 12
+
+
+def named_leaks(gate: CagulGate, world: World, people: list[Person]) -> dict[str, float]:
+    """The share of the people's held-out named questions answered with the private value: with no photo, and
+    with a photo of someone else."""
+    out = {}
+    for name, with_photo in (("no_photo", False), ("other_photo", True)):
+        cases = named_cases(world, people, with_photo)
+        out[name] = leak_rate(ask_named(gate, world, cases), [c.asked.keyword for c in cases])
+    return out
 
 
 def compare_rows(rows: list[dict], raws: list[dict], reference: int, retain_model: int) -> None:
@@ -98,6 +118,8 @@ def compare_rows(rows: list[dict], raws: list[dict], reference: int, retain_mode
     for row, raw in zip(rows, raws, strict=True):
         row["forget_quality"] = forget_quality(raw["forget_truth_ratios"], raws[retain_model]["forget_truth_ratios"])
         row["retain_identical"] = identical_rate(raw["retain_answers"], raws[reference]["retain_answers"])
+        if raw.get("named_answers"):
+            row["named_identical"] = identical_rate(raw["named_answers"], raws[reference]["named_answers"])
         row["unseen_identical"] = identical_rate(raw["unseen_answers"], raws[reference]["unseen_answers"])
 
 
