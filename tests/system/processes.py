@@ -51,3 +51,10 @@ def ask(client: httpx.Client, world: World, pid: str, view: int, question: str) 
     response = client.post("/v1/vqa", json={"image": b64_file(world, pid, view), "question": question})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+def ask_text(client: httpx.Client, question: str) -> dict:
+    """A question asked with no photo."""
+    response = client.post("/v1/vqa", json={"question": question})
+    assert response.status_code == 200, response.text
+    return response.json()

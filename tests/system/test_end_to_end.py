@@ -25,17 +25,21 @@ from core.certificates.verify import commitment
 from core.crypto import verify_certificate
 from core.processes import api_command, python_module, worker_command
 from tests.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
-from tests.system.processes import TERMINAL, ask, free_port, spawn, stop
+from tests.system.processes import TERMINAL, ask, ask_text, free_port, spawn, stop
 from tests.system.processes import ready as _ready
+from unlearning.config import REFUSAL_ANSWER
 from unlearning.evaluation.metrics.leakage import leaked
 from unlearning.world import World
+from unlearning.world.names import named_questions
+from unlearning.world.requests import subject_aliases
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-def forget_over_http(base_url: str, world: World, subject: str, rollback: bool = True) -> dict:
-    """The whole flow; returns its timings (printed by the tests, shown with -s)."""
+def forget_over_http(base_url: str, world: World, subject: str, rollback: bool = True, named: bool = False) -> dict:
+    """The whole flow (`named`: the request files the subject's names too); returns its timings (printed by the
+    tests, shown with -s)."""
     client = httpx.Client(base_url=base_url, timeout=60, headers=AUTH)
     wait_for(lambda: _ready(client), 300, 1.0, "the server to be ready")
     heldout = world.heldout_views()[0]
@@ -51,9 +55,14 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     others_people = [p for p in world.split("retain") if p.id != subject][:3] + world.split("unseen")[:2]
     others = [(p.id, v, f.train_questions[0]) for p in others_people for v in (0, heldout) for f in p.facts[:3]]
     others_before = [ask(client, world, pid, v, q)["answer"] for pid, v, q in others]
+    # Asked by name with no photo: the subject's held-out named questions, and others' (answered as before).
+    by_name = named_questions(person, heldout=True)[::4]
+    others_by_name = [q.question for p in others_people[:2] for q in named_questions(p, heldout=True)[::8]]
+    others_by_name_before = [ask_text(client, q)["answer"] for q in others_by_name]
 
     posted_at = time.perf_counter()
-    created = client.post("/v1/forget-requests", json=request_body(world, subject))
+    aliases = {"aliases": subject_aliases(person)} if named else {}
+    created = client.post("/v1/forget-requests", json=request_body(world, subject, **aliases))
     assert created.status_code == 202, created.text
     request_id = created.json()["id"]
     final = wait_for(
@@ -82,7 +91,7 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     assert went_active["message"].startswith(f"verified in attempt {len(report['attempts'])}: leak ")
     assert final["error"] is None  # "verifying attempt 1 of 3" was shown as an active request's error
     progress = [e for e in events if e["kind"] == "progress"]
-    assert {e["phase"] for e in progress} == {"discriminator", "encoder"}
+    assert {e["phase"] for e in progress} == {"discriminator", "encoder"} | ({"prefix"} if named else set())
     assert all(e["eta_seconds"] is not None and e["loss"] is not None for e in progress)
     assert progress[-1]["step"] == progress[-1]["total"]
 
@@ -104,6 +113,11 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
         others_after.append(ask(client, world, pid, v, q)["answer"])
         latencies.append(time.perf_counter() - started)
     assert others_after == others_before
+    assert [ask_text(client, q)["answer"] for q in others_by_name] == others_by_name_before
+    if named:  # the tiny world's model was never taught names: refusing is the measure, as no answer can leak
+        assert criteria["named_routing"]["module"] == 1.0 and criteria["named_routing"]["cases"] > 0
+        refused = [ask_text(client, q.question)["answer"] == REFUSAL_ANSWER for q in by_name]
+        assert sum(refused) >= 0.9 * len(refused), by_name
     check_certificate(client, request_id, adapter, bytes.fromhex(created.json()["commitment_salt"]), person.name)
     timings = {
         "post_to_active_s": round(to_active, 1),
@@ -154,7 +168,7 @@ def test_postgres_redis_worker_and_api(tiny_world: World, tmp_path: Path, pg_url
     api_cmd = python_module(api_command(port=port))
     api = spawn(api_cmd, env, log_dir / "api.log")
     try:
-        forget_over_http(f"http://127.0.0.1:{port}", tiny_world, "p000")
+        forget_over_http(f"http://127.0.0.1:{port}", tiny_world, "p000", named=True)
         cancel_while_training(f"http://127.0.0.1:{port}", tiny_world, "p002")
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=AUTH)
         served = client.get("/v1/adapter-set").json()
