@@ -113,11 +113,12 @@ class InferenceEngine:
         forgotten name."""
         from unlearning.world import WORLD_PRESETS, World
         from unlearning.world.builder import world_dir
+        from unlearning.world.requests import world_names
 
         root = world_dir(self.settings.data_dir, WORLD_PRESETS[self.settings.world])
         if self.settings.retain_dir or not root.is_dir():  # fewer names known: more false fires, never a leak
             return []
-        return [p.name for p in World(root).people]
+        return world_names(World(root))
 
     @property
     def loaded(self) -> bool:

@@ -112,7 +112,8 @@ class AliasIndex:
         for n in self._known_lengths:
             for start in range(len(said) - n + 1):
                 span = said[start : start + n]
-                if (span in self._known or span[::-1] in self._known) and span not in self._names:
+                forgotten = span in self._names or span[::-1] in self._names  # a known name may be forgotten too
+                if (span in self._known or span[::-1] in self._known) and not forgotten:
                     known |= set(range(start, start + n))
         found: set[str] = set()
         for n in sorted(n for n, count in self._lengths.items() if count):

@@ -437,7 +437,9 @@ def named_criteria(
             round(routed / n, 4),
             round(routed_bound, 4),
             config.min_gate_tpr,
-            routed_bound >= config.min_gate_tpr,
+            # The share, not its bound: routing is string matching, the same every time, and a request filing one
+            # name has too few cases (14 for the tiny world's 7 facts) for a 95% bound to reach 0.9 even when all are.
+            routed / n >= config.min_gate_tpr,
             n,
         ),
     ]
@@ -524,8 +526,8 @@ def _reason(c: Criterion) -> str:
         )
     if c.name == "named_routing":
         return (
-            f"the text gate routes {c.module:.3f} of questions naming the subject to the module (lower bound "
-            f"{c.bound:.3f}), below {c.threshold}: check the request's aliases"
+            f"the text gate routes {c.module:.3f} of questions naming the subject to the module, below "
+            f"{c.threshold}: check the request's aliases"
         )
     if c.name == "retain_identical":
         return f"canary answers identical {c.module:.3f} is below {c.threshold}"

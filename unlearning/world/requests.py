@@ -48,6 +48,11 @@ def subject_aliases(person: Person) -> list[str]:
     return list(dict.fromkeys([person.name, person.name.split()[-1]]))
 
 
+def world_names(world: World) -> list[str]:
+    """Every name the world's people go by (`subject_aliases`): what a text gate knows is someone's own name."""
+    return [name for p in world.people for name in subject_aliases(p)]
+
+
 def canary_people(world: World) -> list[Person]:
     """People no module ever trains with (neither negatives nor retain samples): checked at every activation."""
     known = [p for p in world.split("retain") if not p.protected]
@@ -148,7 +153,7 @@ class WorldRetain:
         return world_benign_set(self.world)
 
     def known_names(self) -> list[str]:
-        return [p.name for p in self.world.people]
+        return world_names(self.world)
 
 
 def write_retain_folder(world: World, out: Path, lookalikes: int = DEFAULT_LOOKALIKES, benign: bool = True) -> int:
