@@ -49,9 +49,10 @@ class TrainReport:
     steps: int
     trainable_params: int
     peak_memory_mb: float
-    # The refusal prefix, trained when the request names its subject (0 and NaN when it does not).
+    # The refusal prefix, trained when the request names its subject (0 and None when it does not; never NaN,
+    # which PostgreSQL's JSON refuses).
     prefix_seconds: float = 0.0
-    final_prefix_loss: float = float("nan")
+    final_prefix_loss: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +118,7 @@ class CagulTrainer:
         loss, forget_loss = self._train_encoder(module, forget, retain)
         encoder_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        prefix_loss = self._train_prefix(module.prefix, forget, retain) if module.prefix is not None else float("nan")
+        prefix_loss = self._train_prefix(module.prefix, forget, retain) if module.prefix is not None else None
         module.eval()
         with torch.no_grad():  # as stored (`module.ENCODER_DTYPE`): what verification checks is what is served
             for p in module.encoder.parameters():

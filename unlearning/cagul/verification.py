@@ -420,6 +420,16 @@ def named_criteria(
     n, m = len(named), len(revealed)
     leak_bound = upper_bound(leaks, m, config.confidence) if m else 0.0
     routed_bound = lower_bound(routed, n, config.confidence)
+    # A model never taught names reveals a few named cases by chance, too few to bound a rate (no bound from under
+    # 60 cases reaches 5%): then the share is held. The photo cases have decided whether there is anything to forget.
+    bounded = m >= config.min_cases
+    detail = (
+        "the reference reveals nothing asked by name"
+        if not m
+        else ""
+        if bounded
+        else f"{m} revealed cases, under {config.min_cases}: the share is held, not its bound"
+    )
     return [
         Criterion(
             "named_leak",
@@ -427,9 +437,9 @@ def named_criteria(
             round(leaks / max(1, m), 4),
             round(leak_bound, 4),
             config.max_leak,
-            leak_bound <= config.max_leak,
+            (leak_bound if bounded else leaks / max(1, m)) <= config.max_leak,
             m,
-            "" if m else "the reference reveals nothing asked by name",
+            detail,
         ),
         Criterion(
             "named_routing",

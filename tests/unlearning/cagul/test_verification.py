@@ -226,5 +226,6 @@ def test_named_cases_are_routed_and_their_leak_counted_on_what_the_reference_rev
     leak, routed = named_criteria(CagulGate(backbone, {"new": module}), "new", base, VerifyConfig(), None)
     assert (routed.name, routed.module, routed.cases) == ("named_routing", 1.0, len(cases))
     assert leak.name == "named_leak" and leak.cases == len(cases)  # an untrained prefix: whatever it answers counts
+    assert "the share is held" in leak.detail  # too few revealed cases for a bound
     ignored = named_criteria(CagulGate(backbone, {"new": module}), "other", base, VerifyConfig(), None)[1]
     assert ignored.module == 0.0 and not ignored.passed
