@@ -33,7 +33,7 @@ def run_scale_bench(
     world = build_world(data_dir, WORLD_PRESETS[world_name], with_retain_model=False)
     backbone = load_backbone(world.reference_model_dir)
     backbone.freeze()
-    plan = ScalePlan(enrolled=max(counts))
+    plan = ScalePlan.smoke(max(counts)) if world_name == "tiny" else ScalePlan(enrolled=max(counts))
     modules = enrolled_modules(world, backbone, plan, data_dir / "scale", log)
     log("rendering and encoding the held-out photos and the benign population")
     seen = material(world, backbone, plan)

@@ -125,7 +125,8 @@ def test_protected_person_is_nothing_to_forget(service, tiny_world: World):
 
 def test_cancel_during_verification_is_honoured(service, tiny_world: World):
     client, rt = service
-    payload = file(service, request_body(tiny_world, "p002"))
+    # A few steps: the cancel lands in verification, which runs as for any module, sooner.
+    payload = file(service, request_body(tiny_world, "p002", params={"steps": 1, "discriminator_steps": 20}))
     outcome: dict[str, str] = {}
     worker = threading.Thread(target=lambda: outcome.update(status=run_training_job(rt, payload)))
     worker.start()

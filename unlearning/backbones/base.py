@@ -177,7 +177,7 @@ class Backbone(ABC):
         slots: Sequence[int] | None = None,
     ) -> VLMBatch:
         """Tokenise prompts (and answers, masked into labels) around already-processed images; `slots`: per row,
-        how many text-prefix placeholders follow the first token (see `unlearning.cagul.prefix`)."""
+        how many text-prefix placeholders end the prompt (see `unlearning.cagul.prefix`)."""
         counts = self.image_token_counts(image_inputs)
         if len(counts) != len(questions):
             raise InvalidInputError(f"{len(counts)} images for {len(questions)} questions: send one image a question")
@@ -205,10 +205,11 @@ class Backbone(ABC):
         return int(self.tokenizer.unk_token_id)
 
     def _with_slots(self, prompts: list[list[int]], slots: Sequence[int] | None) -> list[list[int]]:
-        """Each prompt with its row's count of slot tokens after its first token; rows with none unchanged."""
+        """Each prompt with its row's count of slot tokens at its end, where the answer starts; rows with none
+        unchanged."""
         if slots is None:
             return prompts
-        return [p[:1] + [self.slot_token_id] * k + p[1:] if k else p for p, k in zip(prompts, slots, strict=True)]
+        return [p + [self.slot_token_id] * k for p, k in zip(prompts, slots, strict=True)]
 
     def _packed(
         self, prompts: list[list[int]], answers: Sequence[str] | None, pad_left: bool | None

@@ -1,9 +1,13 @@
-"""The text side of a module: a few trained vectors put in front of a question that names its forgotten subject.
+"""The text side of a module: a few trained vectors put after a question that names its forgotten subject.
 
-The gate puts `slots` placeholder tokens after the first token of a row it routes to a module
+The gate ends the prompt of a row it routes to a module with `slots` placeholder tokens, where the answer starts
 (`Backbone.make_batch(..., slots=...)`); within `prefixed`, the language model's embedding of each placeholder is
 replaced by the module's vectors. Rows without placeholders are the very tokens and embeddings the model sees
 without the module, so every other answer stays bit-identical. The frozen model is trained through them to refuse.
+At the prompt's end the vectors are the input the first answer token is read from: placed after the prompt's
+first token instead, the tiny world's model still began 8-29% of p000's held-out named answers with a fact
+(300 steps, seeds 0-1; training loss 0.15-0.65), and at the end refused all of them (loss under 0.02, 150 or 300
+steps).
 """
 
 from __future__ import annotations
@@ -102,7 +106,7 @@ def misspelt(name: str, rng: random.Random) -> str:
 def train_refusal_prefix(
     backbone: Backbone,
     asked: Sequence[tuple[str, Any]],
-    slots: int = 8,  # 4 left 0-3.6% of held-out named cases leaking with no photo, 8 none (named tiny world)
+    slots: int = 8,  # placed first, 4 left 0-3.6% of held-out named cases leaking with no photo, 8 none
     steps: int = 150,
     batch_size: int = 16,
     lr: float = 5e-2,
@@ -116,6 +120,7 @@ def train_refusal_prefix(
     prefix = prefix if prefix is not None else RefusalPrefix(slots, backbone.hidden_size, seed)
     slots = prefix.slots
     optimizer = torch.optim.Adam(prefix.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
     generator = torch.Generator().manual_seed(seed)
     loss_value = float("nan")
     for step in range(steps):
@@ -136,6 +141,7 @@ def train_refusal_prefix(
             loss = loss + out.loss * len(rows) / len(chosen)
         loss.backward()
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = float(loss.detach())
         if tick is not None:

@@ -41,14 +41,30 @@ class ScalePlan:
     changed: int = 400
     calibration: int = 500
     negatives: int = 3000
+    world_lookalikes: int = 1500  # the world's own look-alike portraits, enrollment negatives too
     sampled: int = 1000  # enrolled subjects whose held-out photo measures the TPR at each N
     enrollment: EnrollmentConfig = field(default_factory=EnrollmentConfig)
+
+    @classmethod
+    def smoke(cls, enrolled: int) -> ScalePlan:
+        """Every stage on a tenth of the photos: a smoke run of the bench's code, its figures not for reporting."""
+        return cls(
+            enrolled=enrolled,
+            strangers=80,
+            lookalikes=80,
+            changed=40,
+            calibration=50,
+            negatives=300,
+            world_lookalikes=150,
+            sampled=enrolled,
+        )
 
     def key(self, fingerprint: str) -> str:
         data = {
             "fingerprint": fingerprint,
             "enrolled": self.enrolled,
             "negatives": self.negatives,
+            "world_lookalikes": self.world_lookalikes,
             "calibration": self.calibration,
             "enrollment": asdict(self.enrollment),
             "version": 2,
@@ -78,7 +94,7 @@ def enrolled_modules(world: World, backbone: Backbone, plan: ScalePlan, root: Pa
     # Streams of their own: no enrollment negative is a benign photo the figures are measured on.
     rng = stream(world, 0, "enrollment-negatives")
     negatives = [photos_of(world, i, 1, rng)[0] for i in draw_identities(world, plan.negatives, 0, "negatives")]
-    negatives += world.lookalike_images(1500, seed=1)
+    negatives += world.lookalike_images(plan.world_lookalikes, seed=1)
     lookalikes = [
         [photos_of(world, lookalike_identity(rng, p.identity, rng.choice([3, 4, 5])), 1, rng)[0] for _ in range(2)]
         for p in people
