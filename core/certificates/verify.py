@@ -36,14 +36,20 @@ def commitment(salt: bytes, value: bytes) -> str:
 
 
 def request_commitments(
-    salt: bytes, subject: str, qa_pairs: Sequence[dict[str, Any]], images: Sequence[bytes]
+    salt: bytes,
+    subject: str,
+    qa_pairs: Sequence[dict[str, Any]],
+    images: Sequence[bytes],
+    aliases: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Commitments to what a request filed: the subject (UTF-8), each QA pair (canonical JSON), each image file."""
+    """Commitments to what a request filed: the subject (UTF-8), each QA pair (canonical JSON), each image file and
+    each name the subject goes by (UTF-8, as stored)."""
     return {
         "scheme": COMMITMENT_SCHEME,
         "subject": commitment(salt, subject.encode()),
         "qa_pairs": [commitment(salt, canonical_json(dict(pair))) for pair in qa_pairs],
         "images": [commitment(salt, data) for data in images],
+        "aliases": [commitment(salt, alias.encode()) for alias in aliases],
     }
 
 

@@ -150,7 +150,7 @@ class ForgetRequestService:
         )
 
         salt = new_salt()
-        commitments = request_commitments(salt, body.subject, qa_pairs, [im.data for im in images])
+        commitments = request_commitments(salt, body.subject, qa_pairs, [im.data for im in images], aliases)
         try:
             with transaction(self.sessions) as session:
                 repo = ForgetRequestRepository(session)

@@ -271,24 +271,27 @@ class CagulGate:
         """
         named = [self.named(q) for q in questions]
         results: list[tuple[T, str | None, float] | None] = [None] * len(questions)
-        parts = ([i for i, im in enumerate(images) if im is not None], [i for i, im in enumerate(images) if im is None])
-        for part, run in zip(parts, (self._dispatch_pictured, self._dispatch_text), strict=True):
-            if not part:
-                continue
-            done = run(
-                [images[i] for i in part],
-                [questions[i] for i in part],
-                None if answers is None else [answers[i] for i in part],
-                [named[i] for i in part],
-                call,
+        photos = {i: im for i, im in enumerate(images) if im is not None}
+        pictured, unpictured = list(photos), [i for i, im in enumerate(images) if im is None]
+
+        def subset(rows: list[int]) -> tuple[list[str], list[str] | None, list[str | None]]:
+            return (
+                [questions[i] for i in rows],
+                None if answers is None else [answers[i] for i in rows],
+                [named[i] for i in rows],
             )
-            for i, row in zip(part, done, strict=True):
+
+        if pictured:
+            done = self._dispatch_pictured(list(photos.values()), *subset(pictured), call)
+            for i, row in zip(pictured, done, strict=True):
+                results[i] = row
+        if unpictured:
+            for i, row in zip(unpictured, self._dispatch_text(*subset(unpictured), call), strict=True):
                 results[i] = row
         return [r for r in results if r is not None]
 
     def _dispatch_text(
         self,
-        _images: Sequence[Image.Image | None],
         questions: Sequence[str],
         answers: Sequence[str] | None,
         named: Sequence[str | None],
@@ -311,15 +314,14 @@ class CagulGate:
 
     def _dispatch_pictured(
         self,
-        images: Sequence[Image.Image | None],
+        images: Sequence[Image.Image],
         questions: Sequence[str],
         answers: Sequence[str] | None,
         named: Sequence[str | None],
         call: Callable[[VLMBatch, VisualOverride | None], list[T]],
     ) -> list[tuple[T, str | None, float]]:
         bb = self.backbone
-        pictures = [im for im in images if im is not None]
-        inputs = bb.pixel_values(pictures)
+        inputs = bb.pixel_values(list(images))
         batch = bb.make_batch(inputs, questions, answers).to(bb.device)
         if not self._banks:
             return [(r, None, 0.0) for r in call(batch, None)]
@@ -330,14 +332,14 @@ class CagulGate:
                 untouched = call(batch, None)
             return [(r, None, float(s)) for r, s in zip(untouched, scores, strict=True)]
         module_ids = self.module_ids
-        results: list[tuple[T, str | None, float] | None] = [None] * len(pictures)
+        results: list[tuple[T, str | None, float] | None] = [None] * len(images)
         routes = list(zip(chosen.tolist(), named, strict=True))  # (image module index or -1, named module or None)
         for module_index, text_mid in dict.fromkeys(routes):
             rows = [i for i, route in enumerate(routes) if route == (module_index, text_mid)]
             sub_inputs = (
                 {k: v[rows] for k, v in inputs.items()}
                 if "image_grid_thw" not in inputs
-                else bb.pixel_values([pictures[r] for r in rows])
+                else bb.pixel_values([images[r] for r in rows])
             )
             prefix = self._prefix(text_mid)
             sub = bb.make_batch(

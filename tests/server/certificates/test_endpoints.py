@@ -100,7 +100,8 @@ def test_certificate_status_expiry_revocation_and_salted_commitments(
     other = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {other_token}"}, timeout=60)
     anonymous = httpx.Client(base_url=base_url, timeout=60)
 
-    body = request_body(tiny_world, "p000")
+    name = tiny_world.person("p000").name
+    body = request_body(tiny_world, "p000", aliases=[name, name.split()[-1]])
     filed = [admin.post("/v1/forget-requests", json=body).json() for _ in range(2)]
     salts = [bytes.fromhex(f["commitment_salt"]) for f in filed]
     request_id = filed[0]["id"]
@@ -129,9 +130,11 @@ def test_certificate_status_expiry_revocation_and_salted_commitments(
     assert len(commitments["qa_pairs"]) == len(body["qa_pairs"]) and len(commitments["images"]) == len(body["images"])
     raw_image = tiny_world.image_path("p000", tiny_world.train_views()[0]).read_bytes()
     assert commitments["images"][0] == commitment(salts[0], raw_image)
+    assert commitments["aliases"] == [commitment(salts[0], alias.encode()) for alias in body["aliases"]]
     seen_by_other = other.get(f"/v1/forget-requests/{request_id}/certificate").text
     for text in (seen_by_other, json.dumps(signed), anonymous.get(f"/v1/certificate-status/{request_id}").text):
         assert salts[0].hex() not in text and body["subject"] not in text and "subject_sha256" not in text
+        assert not any(f'"{alias}"' in text for alias in body["aliases"])
 
     published = anonymous.get("/.well-known/lethe-signing-key").json()
     assert published["key_id"] == signed["key_id"] and verify_certificate(signed, published["public_key"])
