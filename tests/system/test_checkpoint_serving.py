@@ -29,7 +29,8 @@ from unlearning.world.requests import write_retain_folder
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FACTS = QWEN_REFERENCE["facts"]
-# Within the default request bounds; the Qwen2-VL forgetting test's module (300 / 150 steps) refused at every size.
+# Within the default request bounds; the Qwen2-VL forgetting test's module (300 / 150 steps) refused on a training
+# photo at every size.
 QWEN_PARAMS = {"steps": 200, "discriminator_steps": 150, "positive_augmentations": 16}
 LOOKALIKES = 900
 QUICK = {"steps": 20, "discriminator_steps": 20, "positive_augmentations": 4}
