@@ -418,26 +418,23 @@ def named_criteria(
     revealed = [(c, s) for (c, r), s in zip(named, served, strict=True) if r]
     leaks = sum(case_leaks(s.answer, c) for c, s in revealed)
     n, m = len(named), len(revealed)
-    leak_bound = upper_bound(leaks, m, config.confidence) if m else 0.0
+    leak_share, leak_bound = leaks / max(1, m), upper_bound(leaks, m, config.confidence) if m else 0.0
     routed_bound = lower_bound(routed, n, config.confidence)
     # A model never taught names reveals a few named cases by chance, too few to bound a rate (no bound from under
     # 60 cases reaches 5%): then the share is held. The photo cases have decided whether there is anything to forget.
     bounded = m >= config.min_cases
-    detail = (
-        "the reference reveals nothing asked by name"
-        if not m
-        else ""
-        if bounded
-        else f"{m} revealed cases, under {config.min_cases}: the share is held, not its bound"
-    )
+    if not m:
+        detail = "the reference reveals nothing asked by name"
+    else:
+        detail = "" if bounded else f"{m} revealed cases, under {config.min_cases}: the share is held, not its bound"
     return [
         Criterion(
             "named_leak",
             round(m / n, 4),
-            round(leaks / max(1, m), 4),
+            round(leak_share, 4),
             round(leak_bound, 4),
             config.max_leak,
-            (leak_bound if bounded else leaks / max(1, m)) <= config.max_leak,
+            (leak_bound if bounded else leak_share) <= config.max_leak,
             m,
             detail,
         ),
