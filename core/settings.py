@@ -43,8 +43,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".lethe"), description="Where worlds, models and module artifacts live.")
     world: str = Field(
         default="default",
-        description="Reference world preset: 'default', 'tiny' or 'scale' ('tiny-named', 'default-named': facts "
-        "are also asked by name).",
+        description="Reference world preset: 'default', 'tiny' or 'scale'.",
     )
     model_path: Path | None = Field(
         default=None, description="A local VLM checkpoint directory to use instead of the reference world's model."

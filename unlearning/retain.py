@@ -33,6 +33,8 @@ RETAIN_FILE = "retain.jsonl"
 CANARY_FILE = "canaries.jsonl"
 NEGATIVES_DIR = "negatives"
 BENIGN_DIR = "benign"
+NAMES_FILE = "names.txt"
+MAX_NAME_CHARS = 100
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Without canaries.jsonl, one person in this many is a canary (as the reference world keeps one in three back).
 CANARY_EVERY = 3
@@ -106,6 +108,7 @@ class RetainFolder:
             )
         self.negatives = self._folder(NEGATIVES_DIR)
         self.benign_images = self._folder(BENIGN_DIR)
+        self.names = read_names(self.root)
 
     # ---- reading -----------------------------------------------------------------------------
     def _read_jsonl(self, name: str, required: bool) -> list[_Sample]:
@@ -215,7 +218,27 @@ class RetainFolder:
         return [(self.images[i], self.owners[i]) for i in indices]
 
     def known_names(self) -> list[str]:
-        return []  # a retain folder labels people by id, not by name
+        return self.names
+
+
+def read_names(root: Path) -> list[str]:
+    """The names in a retain folder's names.txt (none without one), each line checked: what the model knows as people
+    no request forgets, so the text gate never takes one for a misspelt forgotten name."""
+    path = root / NAMES_FILE
+    if not path.is_file():
+        return []
+    names = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        name = line.strip()
+        if not name:
+            continue
+        if len(name) > MAX_NAME_CHARS or not any(c.isalnum() for c in name):
+            raise InvalidInputError(
+                f"{path}:{number} is not a name: write one name a line, 1 to {MAX_NAME_CHARS} characters with a "
+                "letter or digit"
+            )
+        names.append(name)
+    return names
 
 
 _HINT = "see the retain set layout in README (`lethe retain init DIR` writes a working example)"

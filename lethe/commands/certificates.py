@@ -30,12 +30,18 @@ def verify_certificate_command(
     subject: Annotated[
         str | None, typer.Option(help="The subject label as filed: checked against the commitment (needs --salt).")
     ] = None,
+    alias: Annotated[
+        list[str] | None,
+        typer.Option(help="A name filed as an alias, exactly as filed: must be among the commitments (repeatable)."),
+    ] = None,
 ) -> None:
     """Check an erasure certificate against a pinned key: exit 0 valid, 1 invalid, 3 revoked, 4 expired."""
     from core.certificates.verify import Verdict, check_certificate, load_public_key
 
     if (salt is None) != (subject is None):
         raise typer.BadParameter("give --salt and --subject together")
+    if alias and salt is None:
+        raise typer.BadParameter("--alias needs --salt and --subject")
     try:
         key = load_public_key(public_key.read_text())
     except (OSError, ValueError) as exc:
@@ -49,7 +55,7 @@ def verify_certificate_command(
         _verdict_exit(check)
     doc = signed["certificate"]
     if salt is not None and subject is not None:
-        _check_subject(doc, salt, subject)
+        _check_subject(doc, salt, subject, alias or [])
     if server is not None and check.verdict is not Verdict.REVOKED:
         live = _live_status(server, doc, key)
         if live.verdict is not Verdict.VALID:
@@ -60,6 +66,7 @@ def verify_certificate_command(
     typer.echo(
         f"valid: erasure of request {doc['request_id']} by adapter {doc.get('adapter_id')}, key {signed['key_id']}, "
         f"{check.message}{confirmed}{'; subject matches' if subject is not None else ''}"
+        f"{'; every alias given matches' if alias else ''}"
     )
 
 
@@ -71,8 +78,8 @@ def _verdict_exit(check: Check) -> NoReturn:
     raise typer.Exit(_VERDICT_EXIT_CODES[str(check.verdict)])
 
 
-def _check_subject(doc: dict[str, Any], salt: str, subject: str) -> None:
-    """Exit 1 unless `subject` under `salt` is what the certificate committed to."""
+def _check_subject(doc: dict[str, Any], salt: str, subject: str, aliases: list[str]) -> None:
+    """Exit 1 unless `subject` and each of `aliases` under `salt` are what the certificate committed to."""
     import hmac
 
     from core.certificates.verify import commitment
@@ -85,6 +92,12 @@ def _check_subject(doc: dict[str, Any], salt: str, subject: str) -> None:
     if not isinstance(committed, str) or not hmac.compare_digest(committed, commitment(salt_bytes, subject.encode())):
         typer.echo("INVALID: the subject does not match the certificate's commitment (wrong subject or salt)", err=True)
         raise typer.Exit(1)
+    committed_aliases = (doc.get("commitments") or {}).get("aliases") or []
+    for name in aliases:
+        expected = commitment(salt_bytes, name.encode())
+        if not any(isinstance(c, str) and hmac.compare_digest(c, expected) for c in committed_aliases):
+            typer.echo(f"INVALID: the alias {name!r} is not among the certificate's commitments", err=True)
+            raise typer.Exit(1)
 
 
 def _live_status(server: str, doc: dict[str, Any], key: str) -> Check:

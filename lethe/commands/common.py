@@ -19,7 +19,7 @@ err = Console(stderr=True)
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Data directory (default: LETHE_DATA_DIR or .lethe).")]
 Preset = Annotated[
     str | None,
-    typer.Option("--world", help="World preset: default, tiny, scale, tiny-named, default-named (LETHE_WORLD)."),
+    typer.Option("--world", help="World preset: default, tiny or scale (LETHE_WORLD)."),
 ]
 
 

@@ -64,9 +64,14 @@ def _print_result(result: dict, as_json: bool) -> None:
         return
     for when in ("before", "after"):
         r = result[when]
+        by_name = (
+            f"  by name {r['leak_named']:.0%} (with another's photo {r['leak_named_other_photo']:.0%})"
+            if "leak_named" in r
+            else ""
+        )
         typer.echo(
             f"{when:>6}: leak direct {r['leak_direct']:.0%}  paraphrase {r['leak_paraphrase']:.0%}  "
-            f"new photo {r['leak_new_image']:.0%}"
+            f"new photo {r['leak_new_image']:.0%}{by_name}"
         )
     typer.echo(
         f"identical answers: retain {result['retain_identical']:.1%}, unseen {result['unseen_identical']:.1%}; "

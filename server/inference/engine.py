@@ -109,14 +109,17 @@ class InferenceEngine:
         return _CALIBRATION[key]
 
     def _known_names(self) -> list[str]:
-        """The reference world's people's names (none with an operator's retain folder): never taken for a misspelt
-        forgotten name."""
+        """Names of people the model knows and no request forgets (the retain folder's names.txt, else the reference
+        world's people): never taken for a misspelt forgotten name."""
+        from unlearning.retain import read_names
         from unlearning.world import WORLD_PRESETS, World
         from unlearning.world.builder import world_dir
         from unlearning.world.requests import world_names
 
+        if self.settings.retain_dir:
+            return read_names(self.settings.retain_dir)
         root = world_dir(self.settings.data_dir, WORLD_PRESETS[self.settings.world])
-        if self.settings.retain_dir or not root.is_dir():  # fewer names known: more false fires, never a leak
+        if not root.is_dir():  # fewer names known: more false fires, never a leak
             return []
         return world_names(World(root))
 

@@ -100,13 +100,22 @@ def test_demo_forgets_the_subject_and_leaves_everyone_else_alone(data_dir, tiny_
     out = json.loads(_run("demo", "--subject", "p000", "--json", data_dir=data_dir))
     assert out["subject"] == "p000"
     for when in ("before", "after"):
-        assert set(out[when]) == {"leak_direct", "leak_paraphrase", "leak_new_image"}
+        assert set(out[when]) == {
+            "leak_direct",
+            "leak_paraphrase",
+            "leak_new_image",
+            "leak_named",
+            "leak_named_other_photo",
+        }
     # The reference model states the subject's facts; after one module it does not, on the training photos with
     # the training questions, with paraphrased questions, and on a photo the module never saw.
     assert out["before"]["leak_direct"] >= 0.9
     assert out["before"]["leak_paraphrase"] >= 0.8 and out["before"]["leak_new_image"] >= 0.8
     assert out["after"]["leak_direct"] <= 0.05
     assert out["after"]["leak_paraphrase"] <= 0.10 and out["after"]["leak_new_image"] <= 0.10
+    # Asked by name (held-out phrasings and name variants), with no photo and with another person's.
+    assert out["before"]["leak_named"] >= 0.9 and out["before"]["leak_named_other_photo"] >= 0.9
+    assert out["after"]["leak_named"] <= 0.05 and out["after"]["leak_named_other_photo"] <= 0.05
     # Everyone else gets the reference model's answers; the gate fires on the subject's photos only.
     assert out["retain_identical"] >= 0.99 and out["unseen_identical"] >= 0.99
     assert out["gate_tpr"] >= 0.9 and out["gate_fpr"] <= 0.01

@@ -28,7 +28,7 @@ from tests.helpers import ADMIN_TOKEN, request_body, service_settings, settings_
 from tests.system.processes import TERMINAL, ask, ask_text, free_port, spawn, stop
 from tests.system.processes import ready as _ready
 from unlearning.config import REFUSAL_ANSWER
-from unlearning.evaluation.metrics.leakage import leaked
+from unlearning.evaluation.metrics.leakage import leak_rate, leaked
 from unlearning.world import World
 from unlearning.world.names import named_questions
 from unlearning.world.requests import subject_aliases
@@ -59,6 +59,9 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     by_name = named_questions(person, heldout=True)[::4]
     others_by_name = [q.question for p in others_people[:2] for q in named_questions(p, heldout=True)[::8]]
     others_by_name_before = [ask_text(client, q)["answer"] for q in others_by_name]
+    by_name_before = [ask_text(client, q.question)["answer"] for q in by_name]
+    # The tiny world teaches names: the reference answers these with the fact.
+    assert leak_rate(by_name_before, [q.keyword for q in by_name]) >= 0.9, by_name_before
 
     posted_at = time.perf_counter()
     aliases = {"aliases": subject_aliases(person)} if named else {}
@@ -114,10 +117,16 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
         latencies.append(time.perf_counter() - started)
     assert others_after == others_before
     assert [ask_text(client, q)["answer"] for q in others_by_name] == others_by_name_before
-    if named:  # the tiny world's model was never taught names: refusing is the measure, as no answer can leak
+    by_name_after = [ask_text(client, q.question)["answer"] for q in by_name]
+    if named:
         assert criteria["named_routing"]["module"] == 1.0 and criteria["named_routing"]["cases"] > 0
-        refused = [ask_text(client, q.question)["answer"] == REFUSAL_ANSWER for q in by_name]
-        assert sum(refused) >= 0.9 * len(refused), by_name
+        # Verification asks in forms the world never trained (reversed words, other misspellings): the reference
+        # reveals fewer of them (0.68 of the tiny world's p000 cases), enough for the leak to be measured.
+        assert criteria["named_leak"]["reference"] >= 0.5 and criteria["named_leak"]["module"] <= 0.05
+        assert leak_rate(by_name_after, [q.keyword for q in by_name]) <= 0.05, by_name_after
+        assert sum(a == REFUSAL_ANSWER for a in by_name_after) >= 0.9 * len(by_name), by_name_after
+    else:  # a photo-only request changes nothing asked by name: the gap the aliases close
+        assert by_name_after == by_name_before
     check_certificate(client, request_id, adapter, bytes.fromhex(created.json()["commitment_salt"]), person.name)
     timings = {
         "post_to_active_s": round(to_active, 1),
@@ -240,7 +249,7 @@ def test_embedded_lethe_serve_default_world(default_world: World, tmp_path: Path
     retain_person = [p for p in default_world.split("retain") if not p.protected][1]
     first, second = default_world.split("forget1")[0].id, retain_person.id
     try:
-        forget_over_http(base_url, default_world, first, rollback=False)
+        forget_over_http(base_url, default_world, first, rollback=False, named=True)  # as the README files it
         forget_over_http(base_url, default_world, second, rollback=False)
         client = httpx.Client(base_url=base_url, timeout=60, headers=AUTH)
         heldout = default_world.heldout_views()[0]

@@ -109,3 +109,12 @@ def test_filed_people_leave_samples_canaries_and_benign_photos_by_file_or_pixels
     assert {who for _, who in folder.benign()} == {"p0", "p3"}
     with pytest.raises(InvalidInputError, match="filed for deletion"):
         folder.retain_set(["p1", "p2", "p4", "p5"], [])
+
+
+def test_names_are_read_one_a_line_and_a_bad_one_is_refused_naming_its_line(tmp_path: Path):
+    root = _folder(tmp_path / "r")
+    assert RetainFolder(root).known_names() == []
+    (root / "names.txt").write_text("Poro Rodulu\n\n  rodulu  \n")
+    assert RetainFolder(root).known_names() == ["Poro Rodulu", "rodulu"]
+    (root / "names.txt").write_text("Poro Rodulu\n--\n")
+    _refused(root, "names.txt:2 is not a name", "one name a line")

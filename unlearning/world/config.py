@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from unlearning.identity.config import IdentityConfig, TowerConfig
 
@@ -103,7 +103,10 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
     # found a never-seen person among 200 for 82% of new photos (now 99%), and gates trained as the service trains
     # them missed the held-out photo (p003: 49% of its variants) or fired on innocent photos (p018: 3.7%; now at
     # most 0.8% of 5 people, all variants caught; bench/results/many-requests-default.md for every person).
-    "default": WorldConfig(tower=TowerConfig(identities=4000, views=6, steps=400, batch_size=256)),
+    # Facts are asked by name too, as a real VLM knows people by name from its text (`unlearning/world/names.py`).
+    "default": WorldConfig(
+        tower=TowerConfig(identities=4000, views=6, steps=400, batch_size=256), named_questions=True
+    ),
     "tiny": WorldConfig(
         name="tiny",
         seed=7,
@@ -112,6 +115,7 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         n_protected=2,
         model=ModelSpec(steps=600),
         identity=IdentityConfig(identities=400, steps=800),
+        named_questions=True,
     ),
     # Thousands of requests (`lethe bench scale`): people drawn with a face geometry, a vision tower pre-trained
     # contrastively on 10,000 of them before the VLM trains on it, and an identity encoder on its tokens.
@@ -126,10 +130,4 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         face_geometry=True,
         tower=TowerConfig(identities=10_000, views=6, steps=1000),
     ),
-}
-# The same worlds teaching facts asked by name too (`unlearning/world/names.py`): measured side by side with their
-# presets (bench/named_questions.py, the forgetting table's named columns) before the presets turn it on.
-WORLD_PRESETS |= {
-    f"{key}-named": replace(WORLD_PRESETS[key], name=f"{WORLD_PRESETS[key].name}-named", named_questions=True)
-    for key in ("tiny", "default")
 }

@@ -193,4 +193,5 @@ def write_retain_folder(world: World, out: Path, lookalikes: int = DEFAULT_LOOKA
             im.save(out / "benign" / f"benign_{i:05d}.png")
     for name, lines in (("retain.jsonl", retain_lines), ("canaries.jsonl", canary_lines)):
         (out / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (out / "names.txt").write_text("".join(name + "\n" for name in world_names(world)))
     return len(retain_lines)

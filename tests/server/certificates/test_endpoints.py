@@ -140,10 +140,18 @@ def test_certificate_status_expiry_revocation_and_salted_commitments(
     assert published["key_id"] == signed["key_id"] and verify_certificate(signed, published["public_key"])
     pinned = tmp_path / "lethe-key.json"  # fetched once, over a channel the relying party trusts
     pinned.write_text(json.dumps(published))
-    code, out = _verify(
-        tmp_path, signed, pinned, "--server", base_url, "--salt", salts[0].hex(), "--subject", body["subject"]
-    )
+    opened = [
+        "--salt",
+        salts[0].hex(),
+        "--subject",
+        body["subject"],
+        *[a for x in body["aliases"] for a in ("--alias", x)],
+    ]
+    code, out = _verify(tmp_path, signed, pinned, "--server", base_url, *opened)
     assert code == 0 and request_id in out and f"status confirmed by {base_url}" in out and "subject matches" in out
+    assert "every alias given matches" in out
+    code, out = _verify(tmp_path, signed, pinned, *opened[:4], "--alias", name.upper())
+    assert code == 1 and f"the alias {name.upper()!r} is not among" in out
     code, out = _verify(tmp_path, signed, pinned, "--salt", salts[1].hex(), "--subject", body["subject"])
     assert code == 1 and "does not match the certificate's commitment" in out
     tampered = copy.deepcopy(signed)

@@ -69,19 +69,18 @@ def _asked_by_name(world: World, person_id: str) -> list[str]:
     return [q.question for q in named_questions(world.person(person_id), heldout=True)]
 
 
-def test_a_named_subject_is_refused_with_no_photo_and_never_revealed_with_another_persons(
-    three_modules: CagulGate, tiny_world: World
+def test_a_named_subject_is_revealed_before_and_refused_after_with_no_photo_or_another_persons(
+    backbone: Backbone, three_modules: CagulGate, tiny_world: World
 ):
-    """The tiny world never teaches names: asked with another person's photo, its model answers about the person in
-    the photo, so only a leak is checked there (the named worlds' figures: the forgetting table's named columns)."""
     cases = named_questions(tiny_world.person("p000"), heldout=True)  # held-out phrasings, misspelt, swapped names
     asked, keywords = [c.question for c in cases], [c.keyword for c in cases]
-    unseen = three_modules.answer([None] * len(asked), asked)
-    assert all(a.module_id == "p000" for a in unseen)
-    assert sum(a.answer == REFUSAL_ANSWER for a in unseen) / len(unseen) >= 0.95
-    other = three_modules.answer([tiny_world.image("p005", 0)] * len(asked), asked)
-    assert all(a.module_id == "p000" for a in other)
-    assert leak_rate([a.answer for a in other], keywords) <= 0.05
+    for images in ([None] * len(asked), [tiny_world.image("p005", 0)] * len(asked)):
+        before = CagulGate(backbone).answer(images, asked)
+        assert leak_rate([a.answer for a in before], keywords) >= 0.90
+        after = three_modules.answer(images, asked)
+        assert all(a.module_id == "p000" for a in after)
+        assert leak_rate([a.answer for a in after], keywords) <= 0.05
+        assert sum(a.answer == REFUSAL_ANSWER for a in after) / len(after) >= 0.95
 
 
 def test_questions_naming_no_forgotten_subject_are_answered_as_without_modules(
@@ -217,7 +216,10 @@ def test_two_stage_gate_fires_on_a_subset_of_the_exhaustive_gate(
     tokens = backbone.visual_tokens(backbone.pixel_values(images))
     wide, _ = exhaustive.route(tokens)
     narrow, _ = two_stage.route(tokens)
-    assert bool(((narrow == wide) | (narrow < 0)).all())  # never a module the exhaustive gate did not pick
+    # Module by module, never a photo the exhaustive gate does not fire on; where two modules fire on one photo the
+    # exhaustive gate serves the one furthest past its threshold, the two-stage gate the nearest prototype's.
+    assert bool((two_stage.firing(tokens)[1] <= exhaustive.firing(tokens)[1]).all())
+    assert bool(((narrow < 0) | (wide >= 0)).all())
     heldout = tiny_world.heldout_views()[0]
     for s in three_modules.module_ids:
         row = [p.id for p in tiny_world.people].index(s) * len(views) + heldout

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from unlearning.backbones import Backbone
 from unlearning.cagul.gate import CagulGate
 from unlearning.cagul.module import CagulModule
-from unlearning.evaluation.cases import Case, ask, forget_cases, known_cases, other_cases
+from unlearning.evaluation.cases import Case, ask, ask_named, forget_cases, known_cases, named_cases, other_cases
 from unlearning.evaluation.metrics.leakage import leak_rate
 from unlearning.evaluation.metrics.utility import identical_rate
 from unlearning.world.people import Person
@@ -34,6 +34,16 @@ def leak_splits(gate: CagulGate, world: World, people: list[Person]) -> LeakSpli
     splits = forget_cases(world, people)
     rates = split_leaks(splits, split_answers(gate, world, splits))
     return LeakSplits(rates["direct"], rates["paraphrase"], rates["new_image"])
+
+
+def named_leaks(gate: CagulGate, world: World, people: list[Person]) -> dict[str, float]:
+    """The share of the people's held-out named questions answered with the private value: with no photo, and
+    with a photo of someone else."""
+    out = {}
+    for name, with_photo in (("no_photo", False), ("other_photo", True)):
+        cases = named_cases(world, people, with_photo)
+        out[name] = leak_rate(ask_named(gate, world, cases), [c.asked.keyword for c in cases])
+    return out
 
 
 def fact_accuracy(backbone: Backbone, world: World, people: list[Person]) -> dict[str, float]:

@@ -8,10 +8,10 @@ from unlearning.cagul.gate import CagulGate
 from unlearning.config import REFUSAL_ANSWER
 from unlearning.evaluation.answering import answer_batched
 from unlearning.evaluation.cases import ask, ask_named, fact_cases, forget_cases, named_cases
-from unlearning.evaluation.drivers.forgetting import split_answers, split_leaks
+from unlearning.evaluation.drivers.forgetting import named_leaks, split_answers, split_leaks
 from unlearning.evaluation.loaders import BenchmarkItem
 from unlearning.evaluation.metrics.gate import gate_rates
-from unlearning.evaluation.metrics.leakage import leak_rate, refusal_rate, swap_rate
+from unlearning.evaluation.metrics.leakage import refusal_rate, swap_rate
 from unlearning.evaluation.metrics.privacy import (
     answer_probability,
     case_stats,
@@ -101,16 +101,6 @@ def evaluate_row(
 
 # Named questions per retain or unseen person whose answers are compared with the reference's.
 NAMED_PER_PERSON = 12
-
-
-def named_leaks(gate: CagulGate, world: World, people: list[Person]) -> dict[str, float]:
-    """The share of the people's held-out named questions answered with the private value: with no photo, and
-    with a photo of someone else."""
-    out = {}
-    for name, with_photo in (("no_photo", False), ("other_photo", True)):
-        cases = named_cases(world, people, with_photo)
-        out[name] = leak_rate(ask_named(gate, world, cases), [c.asked.keyword for c in cases])
-    return out
 
 
 def compare_rows(rows: list[dict], raws: list[dict], reference: int, retain_model: int) -> None:
