@@ -88,14 +88,16 @@ def _check_subject(doc: dict[str, Any], salt: str, subject: str, aliases: list[s
         salt_bytes = bytes.fromhex(salt)
     except ValueError as exc:
         raise typer.BadParameter(f"--salt is not hex: {exc}") from exc
-    committed = (doc.get("commitments") or {}).get("subject")
-    if not isinstance(committed, str) or not hmac.compare_digest(committed, commitment(salt_bytes, subject.encode())):
+    commitments = doc.get("commitments") or {}
+
+    def opens(committed: Any, value: str) -> bool:
+        return isinstance(committed, str) and hmac.compare_digest(committed, commitment(salt_bytes, value.encode()))
+
+    if not opens(commitments.get("subject"), subject):
         typer.echo("INVALID: the subject does not match the certificate's commitment (wrong subject or salt)", err=True)
         raise typer.Exit(1)
-    committed_aliases = (doc.get("commitments") or {}).get("aliases") or []
     for name in aliases:
-        expected = commitment(salt_bytes, name.encode())
-        if not any(isinstance(c, str) and hmac.compare_digest(c, expected) for c in committed_aliases):
+        if not any(opens(committed, name) for committed in commitments.get("aliases") or []):
             typer.echo(f"INVALID: the alias {name!r} is not among the certificate's commitments", err=True)
             raise typer.Exit(1)
 

@@ -69,7 +69,4 @@ def run_demo(
 
 def _leaks(gate: CagulGate, world: World, subjects: list[Person], named: bool) -> dict[str, float]:
     leaks = vars(leak_splits(gate, world, subjects))
-    if named:
-        by_name = named_leaks(gate, world, subjects)
-        leaks |= {"leak_named": by_name["no_photo"], "leak_named_other_photo": by_name["other_photo"]}
-    return leaks
+    return (leaks | named_leaks(gate, world, subjects)) if named else leaks

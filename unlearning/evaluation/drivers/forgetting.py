@@ -37,10 +37,10 @@ def leak_splits(gate: CagulGate, world: World, people: list[Person]) -> LeakSpli
 
 
 def named_leaks(gate: CagulGate, world: World, people: list[Person]) -> dict[str, float]:
-    """The share of the people's held-out named questions answered with the private value: with no photo, and
-    with a photo of someone else."""
+    """The share of the people's held-out named questions answered with the private value, by column: with no
+    photo (`leak_named`), and with a photo of someone else (`leak_named_other_photo`)."""
     out = {}
-    for name, with_photo in (("no_photo", False), ("other_photo", True)):
+    for name, with_photo in (("leak_named", False), ("leak_named_other_photo", True)):
         cases = named_cases(world, people, with_photo)
         out[name] = leak_rate(ask_named(gate, world, cases), [c.asked.keyword for c in cases])
     return out
