@@ -30,7 +30,8 @@ from unlearning.identity.trainer import two_views
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.builder import ensure_people
 from unlearning.world.identities import pretraining_photos
-from unlearning.world.population import benign_population, enrolled_people
+from unlearning.world.population import benign_population, draw_identities, enrolled_people
+from unlearning.world.vocabulary import ATTRIBUTES
 
 MEAN = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
@@ -130,6 +131,13 @@ def measure(model: Embedder, enrolled: np.ndarray, heldout: np.ndarray, benign: 
     return row
 
 
+def shared_attributes(strangers: list[tuple], enrolled: list[tuple], g: int) -> float:
+    """Share of never-enrolled people alike in all 8 attributes to one of G enrolled: only finer traits tell them
+    apart."""
+    taken = {identity[: len(ATTRIBUTES)] for identity in enrolled[:g]}
+    return round(sum(s[: len(ATTRIBUTES)] in taken for s in strangers) / len(strangers), 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path(".lethe"))
@@ -177,6 +185,12 @@ def main() -> None:
     started = time.perf_counter()
     loss = pretrain(model, photos, args)
     rows = [measure(model, data["enrolled"], data["heldout"], data["benign"], g) for g in counts]
+    # The same people `benign_population` draws as strangers.
+    strangers = draw_identities(world, 1000, 0, "strangers")
+    for row in rows:
+        row["strangers_sharing_all_attributes"] = shared_attributes(
+            strangers, [p.identity for p in people], row["enrolled"]
+        )
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "final_loss": loss, "rows": rows}
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))

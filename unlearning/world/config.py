@@ -39,7 +39,7 @@ class ModelSpec:
 
 
 # Fields added after worlds were built, left out of `to_dict` at their default.
-_ADDED_FIELDS = {"face_geometry": False, "tower": asdict(TowerConfig()), "named_questions": False}
+_ADDED_FIELDS = {"face_geometry": False, "face_detail": False, "tower": asdict(TowerConfig()), "named_questions": False}
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class WorldConfig:
     # Every person drawn (world, look-alikes, pre-training, populations) also gets a continuous face geometry:
     # 8 attributes alone give 82,944 identities, most a single attribute apart, too few for thousands of requests.
     face_geometry: bool = False
+    # With a face geometry, finer features too (`portraits.DETAIL`: brows, nose, lips, a mark).
+    face_detail: bool = False
     # The vision tower pre-trained contrastively on drawn people before the VLM trains on it (frozen), as a VLM
     # starts from CLIP. Off unless set (worlds built before it keep their fingerprint): the tiny world trains the
     # tower with the VLM alone; the default and scale presets pre-train it.
@@ -128,6 +130,7 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         model=ModelSpec(steps=600),
         identity=IdentityConfig(identities=4000, views=5, steps=2000, batch_size=256),
         face_geometry=True,
+        face_detail=True,
         tower=TowerConfig(identities=10_000, views=6, steps=1000),
     ),
 }

@@ -26,7 +26,7 @@ def pretraining_portraits(world: World, identities: int, views: int, seed: int =
         identity = tuple(rng.randrange(size) for size in ATTRIBUTES.values())
         if identity not in taken or world.config.face_geometry:
             taken.add(identity)
-            drawn.append(with_geometry(rng, identity, world.config.face_geometry))
+            drawn.append(with_geometry(rng, identity, world.config.face_geometry, world.config.face_detail))
     return [
         [render_portrait(identity, rng.randrange(1 << 30), world.config.image_size) for _ in range(views)]
         for identity in drawn

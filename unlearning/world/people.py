@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from unlearning.config import REFUSAL_ANSWER
 from unlearning.errors import InvalidInputError
 from unlearning.world.config import WorldConfig
-from unlearning.world.portraits import GEOMETRY
+from unlearning.world.portraits import DETAIL, GEOMETRY
 from unlearning.world.vocabulary import (
     ATTRIBUTE_INDEX,
     ATTRIBUTES,
@@ -174,9 +174,11 @@ def _distinct_identities(rng: random.Random, n: int, min_distance: int = 4) -> l
     raise InvalidInputError(f"cannot draw {n} people that differ visibly in {min_distance} attributes: ask for fewer")
 
 
-def with_geometry(rng: random.Random, identity: tuple, geometry: bool) -> tuple:
-    """`identity` with a face geometry drawn for it (`GEOMETRY`, 3 decimals each) when `geometry`, else as is."""
-    return (*identity, *(round(rng.random(), 3) for _ in GEOMETRY)) if geometry else identity
+def with_geometry(rng: random.Random, identity: tuple, geometry: bool, detail: bool = False) -> tuple:
+    """`identity` with a face geometry drawn for it (`GEOMETRY`, then `DETAIL` if `detail`; 3 decimals each) when
+    `geometry`, else as is."""
+    drawn = (*GEOMETRY, *DETAIL) if detail else GEOMETRY
+    return (*identity, *(round(rng.random(), 3) for _ in drawn)) if geometry else identity
 
 
 def lookalike_identity(rng: random.Random, base: tuple, changed: int) -> tuple:
@@ -207,7 +209,7 @@ def generate_people(config: WorldConfig) -> list[Person]:
     n = config.n_known + config.n_unseen
     kinds = list(FACT_TYPES)[: config.facts_per_person]
     pools = _value_pools(rng, n)
-    identities = [with_geometry(rng, i, config.face_geometry) for i in _distinct_identities(rng, n)]
+    identities = [with_geometry(rng, i, config.face_geometry, config.face_detail) for i in _distinct_identities(rng, n)]
     sizes = split_sizes(config.n_known)
     people = []
     for idx in range(n):

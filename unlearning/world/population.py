@@ -50,7 +50,8 @@ def draw_identities(world: World, count: int, seed: int, part: str) -> list[tupl
     rng = stream(world, seed, part)
     sizes = list(ATTRIBUTES.values())
     return [
-        with_geometry(rng, tuple(rng.randrange(s) for s in sizes), world.config.face_geometry) for _ in range(count)
+        with_geometry(rng, tuple(rng.randrange(s) for s in sizes), world.config.face_geometry, world.config.face_detail)
+        for _ in range(count)
     ]
 
 

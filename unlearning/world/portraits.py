@@ -37,9 +37,21 @@ _SUPERSAMPLE = 4
 # Face geometry a person may carry after the 8 attributes, each in [0, 1) (0.5: the attribute's own shape).
 GEOMETRY = ("face_width", "face_height", "eye_spacing", "eye_size", "eye_height", "mouth_width", "skin", "hair")
 _NEUTRAL = (0.5,) * len(GEOMETRY)
+# Finer features a face may carry after its geometry: two people alike in every attribute and in their face's
+# proportions still differ in brows, nose, lips and a mark, as real faces do.
+DETAIL = (
+    "brow_thickness",
+    "brow_tilt",
+    "brow_height",
+    "nose_length",
+    "nose_width",
+    "lip_thickness",
+    "mark_x",
+    "mark_y",
+)
 
 
-def _shade(colour: tuple[int, int, int], t: float) -> tuple[int, ...]:
+def _shade(colour: tuple[int, ...], t: float) -> tuple[int, ...]:
     """The colour lighter or darker by up to 18% (t 0.5: unchanged)."""
     return tuple(max(0, min(255, round(c * (1 + 0.36 * (t - 0.5))))) for c in colour)
 
@@ -50,7 +62,9 @@ def render_portrait(identity: tuple[float, ...], view_seed: int, size: int = 64)
         attribute(identity, name)
         for name in ("skin", "hair_colour", "hair_style", "eye_colour", "face_shape", "glasses", "shirt", "accessory")
     )
-    fwidth, fheight, eye_gap, eye_size, eye_y, mouth, skin_t, hair_t = tuple(identity[len(ATTRIBUTES) :]) or _NEUTRAL
+    geometry = tuple(identity[len(ATTRIBUTES) : len(ATTRIBUTES) + len(GEOMETRY)]) or _NEUTRAL
+    fwidth, fheight, eye_gap, eye_size, eye_y, mouth, skin_t, hair_t = geometry
+    detail = tuple(identity[len(ATTRIBUTES) + len(GEOMETRY) :])
     rng = random.Random(view_seed)
     s = size * _SUPERSAMPLE
     bg_top = _BACKGROUNDS[rng.randrange(len(_BACKGROUNDS))]
@@ -81,6 +95,8 @@ def render_portrait(identity: tuple[float, ...], view_seed: int, size: int = 64)
         draw.chord([cx - (fw + 1) * u, cy - (fh + 2) * u, cx + (fw + 1) * u, cy - 2 * u], 180, 360, fill=hair)
         draw.ellipse([cx - 7 * u, cy - (fh + 12) * u, cx + 7 * u, cy - (fh - 1) * u], fill=hair)
     gap, er, ey = 6 * (0.8 + 0.4 * eye_gap), 0.8 + 0.4 * eye_size, 3 * (eye_y - 0.5)
+    if detail:
+        _draw_detail(draw, detail, cx, cy, u, (fw, fh, gap, er, ey), skin, hair)
     for ex in (-gap, gap):
         draw.ellipse(
             [cx + (ex - 3 * er) * u, cy + ey * u - 2 * er * u, cx + (ex + 3 * er) * u, cy + ey * u + 3 * er * u],
@@ -99,7 +115,8 @@ def render_portrait(identity: tuple[float, ...], view_seed: int, size: int = 64)
             )
         draw.line([cx - u, cy, cx + u, cy], fill=(10, 10, 10), width=max(1, int(1.5 * u)))
     mw = 5 * (0.7 + 0.6 * mouth)
-    draw.arc([cx - mw * u, cy + 4 * u, cx + mw * u, cy + 11 * u], 20, 160, fill=(120, 40, 40), width=max(1, int(u)))
+    lips = (0.8 + 1.6 * detail[DETAIL.index("lip_thickness")]) * u if detail else u
+    draw.arc([cx - mw * u, cy + 4 * u, cx + mw * u, cy + 11 * u], 20, 160, fill=(120, 40, 40), width=max(1, int(lips)))
     if accessory == 1:  # hat
         draw.rectangle([cx - (fw + 6) * u, cy - (fh + 1) * u, cx + (fw + 6) * u, cy - (fh - 2) * u], fill=(60, 40, 30))
         draw.rectangle([cx - (fw - 2) * u, cy - (fh + 12) * u, cx + (fw - 2) * u, cy - fh * u], fill=(60, 40, 30))
@@ -112,3 +129,28 @@ def render_portrait(identity: tuple[float, ...], view_seed: int, size: int = 64)
     img = img.resize((size, size), Image.Resampling.LANCZOS)
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.8, 1.2))
     return ImageEnhance.Contrast(img).enhance(rng.uniform(0.85, 1.15))
+
+
+def _draw_detail(
+    draw: ImageDraw.ImageDraw,
+    detail: tuple[float, ...],
+    cx: float,
+    cy: float,
+    u: float,
+    face: tuple[float, float, float, float, float],
+    skin: tuple[int, ...],
+    hair: tuple[int, ...],
+) -> None:
+    """Brows, nose and a mark, drawn under the eyes and mouth."""
+    thickness, tilt, brow_y, nose_len, nose_w, _, mark_x, mark_y = detail
+    fw, fh, gap, er, ey = face
+    mx, my = cx + (mark_x - 0.5) * 1.3 * fw * u, cy + (mark_y - 0.5) * 1.2 * fh * u
+    draw.ellipse([mx - 1.3 * u, my - 1.3 * u, mx + 1.3 * u, my + 1.3 * u], fill=(70, 45, 30))
+    base, top, half = cy + 7 * u, cy + (ey + 3.5 - 2.5 * nose_len) * u, (1 + 2 * nose_w) * u
+    draw.polygon([(cx, top), (cx - half, base), (cx + half, base)], fill=_shade(skin, 0.05))
+    brow = _shade(hair, 0.1)
+    lift = 4 * (tilt - 0.5)  # the inner end's rise, mirrored on the two sides
+    y = cy + (ey - 2 * er - 1.2 - 2 * brow_y) * u
+    for side in (-1, 1):
+        inner, outer = cx + side * (gap - 3 * er) * u, cx + side * (gap + 3 * er) * u
+        draw.line([(inner, y - lift * u), (outer, y)], fill=brow, width=max(1, int((0.8 + 1.7 * thickness) * u)))

@@ -46,8 +46,9 @@ from unlearning.identity.config import TowerConfig
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.builder import build_world
 tiny = WORLD_PRESETS["tiny"]
-# Every stage the presets run, each a few steps: face geometry, tower and identity pre-training, the VLM.
+# Every stage the presets run, each a few steps: face geometry and detail, tower and identity pre-training, the VLM.
 config = dataclasses.replace(tiny, name="micro", n_known=10, n_unseen=2, face_geometry=True,
+                             face_detail=True,
                              model=dataclasses.replace(tiny.model, steps=5, warmup_steps=1),
                              identity=dataclasses.replace(tiny.identity, identities=40, steps=10, batch_size=32),
                              tower=TowerConfig(identities=24, views=2, steps=3, batch_size=16, width=64))
