@@ -1,8 +1,9 @@
 """How well a pre-trained vision tower tells apart people it never saw, at 1,000 to 10,000 enrolled (offline).
 
 The reference-size tower (CLIP vision, as the scale world's) is pre-trained on drawn people, either as the world
-builder does (symmetric InfoNCE: a mildly changed photo against another photo of the same person) or as face
-recognition does (an additive angular margin over the pre-training identities, ArcFace). Measured with its own head
+builder does (symmetric InfoNCE: a mildly changed photo against another photo of the same person, optionally with
+a margin on the positives) or as face recognition does (an additive angular margin over the pre-training
+identities, ArcFace). Measured with its own head
 (an upper bound for an identity head on its tokens) on people never drawn for pre-training: prototypes of G
 enrolled people (the mean of their 3 request photos), their held-out photo, and a benign population (strangers,
 look-alikes, mild changes); one cosine threshold at the benign set's 99th (99.9th) percentile. docs/scale.md
@@ -87,7 +88,10 @@ def pretrain(model: Embedder, photos: np.ndarray, args: argparse.Namespace) -> f
             as_pixels(photos[who, first.numpy()]), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, MILD_VIEWS, generator
         )
         if classes is None:
-            logits = model(changed) @ model(as_pixels(photos[who, second.numpy()])).T / args.temperature
+            cosine = model(changed) @ model(as_pixels(photos[who, second.numpy()])).T
+            # An additive margin on the positives (as CosFace puts on its classes): one person's photos must be
+            # nearer each other by `positive_margin` than to anyone else's, whatever the number of identities.
+            logits = (cosine - args.positive_margin * torch.eye(len(who))) / args.temperature
             loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         else:
             both = torch.cat([changed, as_pixels(photos[who, second.numpy()])])
@@ -154,6 +158,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--margin", type=float, default=0.3)
+    parser.add_argument("--positive-margin", type=float, default=0.0)
     parser.add_argument("--scale", type=float, default=30.0)
     parser.add_argument("--enrolled", default="1000,10000")
     parser.add_argument("--seed", type=int, default=2)

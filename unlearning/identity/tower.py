@@ -55,7 +55,8 @@ def pretrain_contrastively(
     autocast: bool = False,
     progress: ProgressFn | None = None,
 ) -> dict[str, float]:
-    """Symmetric InfoNCE through a flattening head: a photo (mildly changed) against another of the same person.
+    """Symmetric InfoNCE through a flattening head: a photo (mildly changed) against another of the same person,
+    nearer by `config.margin` than any other person's.
 
     The extension point for other towers: `tokens` runs `tower` on drawn people's photos ([identities, views] as
     `shape`) however its model takes images; `generator` draws the batches and the changes.
@@ -80,7 +81,8 @@ def pretrain_contrastively(
     for step in range(config.steps):
         who = torch.randperm(n_ids, generator=generator)[: config.batch_size].numpy()
         first, second = two_views(n_views, config.batch_size, generator)
-        logits = embed(tokens(who, first, True)) @ embed(tokens(who, second, False)).T / config.temperature
+        cosine = embed(tokens(who, first, True)) @ embed(tokens(who, second, False)).T
+        logits = (cosine - config.margin * torch.eye(config.batch_size)) / config.temperature
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -64,6 +64,11 @@ def test_tower_config_is_checked_and_off_by_default():
         TowerConfig(identities=10, views=1)
     with pytest.raises(InvalidInputError, match="batch_size"):
         TowerConfig(identities=10, batch_size=11)
+    with pytest.raises(InvalidInputError, match="margin"):
+        TowerConfig(identities=10, margin=1.0)
+    # A margin added later leaves the towers pre-trained without one (the default world's) their fingerprint.
+    assert "margin" not in WORLD_PRESETS["default"].to_dict()["tower"]
+    assert TowerConfig(identities=1000, margin=0.2).to_dict()["margin"] == 0.2
     # Worlds built before the tower existed keep their fingerprint; a world that pre-trains its tower does not.
     assert "tower" not in WorldConfig().to_dict()
     assert WORLD_PRESETS["scale"].tower.identities > 0 and WORLD_PRESETS["default"].tower.identities > 0

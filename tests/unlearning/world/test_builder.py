@@ -51,7 +51,8 @@ config = dataclasses.replace(tiny, name="micro", n_known=10, n_unseen=2, face_ge
                              face_detail=True,
                              model=dataclasses.replace(tiny.model, steps=5, warmup_steps=1),
                              identity=dataclasses.replace(tiny.identity, identities=40, steps=10, batch_size=32),
-                             tower=TowerConfig(identities=24, views=2, steps=3, batch_size=16, width=64))
+                             tower=TowerConfig(identities=24, views=2, steps=3, batch_size=16, width=64,
+                                               margin=0.2))
 world = build_world(sys.argv[1], config, with_retain_model=False)
 for path in (world.root / "world.json", world.reference_model_dir / "model.safetensors"):
     print(hashlib.sha256(path.read_bytes()).hexdigest())
