@@ -36,6 +36,7 @@ from unlearning.world.vocabulary import ATTRIBUTES
 
 MEAN = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+STRANGERS = 1000  # never-enrolled people in the benign set, one photo each
 
 
 def as_pixels(array: np.ndarray) -> torch.Tensor:
@@ -178,7 +179,7 @@ def main() -> None:
     people = enrolled_people(world, max(counts))
     seen = cache / f"enrolled-{max(counts)}.npz"
     if not seen.is_file():
-        benign = benign_population(world, [p.identity for p in people], 1000, 500, 300)
+        benign = benign_population(world, [p.identity for p in people], STRANGERS, 500, 300)
         np.savez(
             seen,
             enrolled=np.stack([stack(p.photos) for p in people]),
@@ -191,7 +192,7 @@ def main() -> None:
     loss = pretrain(model, photos, args)
     rows = [measure(model, data["enrolled"], data["heldout"], data["benign"], g) for g in counts]
     # The same people `benign_population` draws as strangers.
-    strangers = draw_identities(world, 1000, 0, "strangers")
+    strangers = draw_identities(world, STRANGERS, 0, "strangers")
     for row in rows:
         row["strangers_sharing_all_attributes"] = shared_attributes(
             strangers, [p.identity for p in people], row["enrolled"]
