@@ -196,6 +196,12 @@ class Settings(BaseSettings):
         description="Budget of the share of benign photos (the reference world's benign set) on which any active "
         "module fires: every threshold is raised by one margin until the set meets it. 0: per-module thresholds only.",
     )
+    gate_calibration: Literal["logit", "cosine"] = Field(
+        default="logit",
+        description="How the set meets LETHE_GATE_SYSTEM_FPR: 'logit' raises every module's threshold by one margin; "
+        "'cosine' keeps each module's threshold and fires it only on images whose identity embedding lies nearer its "
+        "prototype than one calibrated cosine.",
+    )
     gate_candidates: int = Field(
         default=32,
         ge=0,

@@ -37,8 +37,9 @@ def run_scale_bench(
     modules = enrolled_modules(world, backbone, plan, data_dir / "scale", log)
     log("rendering and encoding the held-out photos and the benign population")
     seen = material(world, backbone, plan)
-    system_fpr = get_settings().gate_system_fpr
-    accuracy = _accuracy_rows(backbone, modules, counts, candidates, system_fpr, seen, log)
+    settings = get_settings()
+    system_fpr = settings.gate_system_fpr
+    accuracy = _accuracy_rows(backbone, modules, counts, candidates, (system_fpr, settings.gate_calibration), seen, log)
     del seen
     torch.set_num_threads(1)  # the server process gets the cores while it is timed
     serving = serving_rows(data_dir, world.root, world_name, modules, counts, candidates, requests, log)
@@ -57,6 +58,7 @@ def run_scale_bench(
         "world": world_name,
         "candidates": candidates,
         "system_fpr_budget": system_fpr,
+        "calibration": settings.gate_calibration,
         "requests_per_row": requests,
         "plan": {"enrolled": plan.enrolled, "sampled": plan.sampled, "benign": seen_size(plan)},
         "module_at_llava_1_5_7b": module_bytes(),
@@ -69,9 +71,10 @@ def seen_size(plan: Any) -> int:
 
 
 def _accuracy_rows(
-    backbone: Any, modules: list, counts: list[int], candidates: int, system_fpr: float, seen: Any, log: Log
+    backbone: Any, modules: list, counts: list[int], candidates: int, served: tuple[float, str], seen: Any, log: Log
 ) -> dict:
-    """Per gate and N: the accuracy figures, on the gate object the server serves with (routing only)."""
+    """Per gate and N: the accuracy figures, on the gate object the server serves with (routing only), as served
+    (`served`: the system false-fire budget and the calibration scale) and calibrated to 1% on each scale."""
     from unlearning.artifacts import load_gate
     from unlearning.cagul.gate import CagulGate
     from unlearning.evaluation.drivers.scale import accuracy
@@ -86,17 +89,20 @@ def _accuracy_rows(
             for gate in gates.values():
                 gate.add_discriminator(f"m{i:05d}", part.discriminator, part.config, part.shape["identity_dim"])
         added = max(added, n)
+        budget, scale = served
         for gate_name, gate in gates.items():
             started = time.perf_counter()
-            gate.offset = 0.0  # the last N's calibration does not carry over
-            served = gate.calibrate(seen.calibration, system_fpr) if system_fpr > 0 else 0.0
-            row = accuracy(gate, n, seen) | {"margin": round(served, 3)}
-            # The alternative, side by side: the set calibrated to a 1% budget on the world's benign set.
-            margin = gate.calibrate(seen.calibration, CALIBRATED_BUDGET)
-            other = accuracy(gate, n, seen)
-            row["calibrated_1pct"] = {"margin": round(margin, 3)} | {
-                key: other[key] for key in ("tpr", "fpr", "fpr_upper95")
-            }
+            gate.offset, gate.min_cosine = 0.0, float("-inf")  # the last N's calibration does not carry over
+            held = gate.calibrate(seen.calibration, budget, scale=scale) if budget > 0 else 0.0
+            row = accuracy(gate, n, seen) | {"margin": round(held, 3) if scale == "logit" else 0.0}
+            # The alternatives, side by side: the set calibrated to a 1% budget on the world's benign set, with one
+            # margin on every threshold (logit) or one floor on the prototype cosine (cosine).
+            for key, other_scale in (("calibrated_1pct", "logit"), ("cosine_1pct", "cosine")):
+                level = gate.calibrate(seen.calibration, CALIBRATED_BUDGET, scale=other_scale)
+                other = accuracy(gate, n, seen)
+                row[key] = {"margin" if other_scale == "logit" else "min_cosine": round(level, 4)} | {
+                    k: other[k] for k in ("tpr", "fpr", "fpr_upper95")
+                }
             out[(gate_name, n)] = row
             log(f"{gate_name} gate, {n} modules: {out[(gate_name, n)]} ({time.perf_counter() - started:.1f} s)")
     return out

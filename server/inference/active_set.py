@@ -90,6 +90,7 @@ class ActiveSet:
         # Benign photos' visual tokens: after each change the set's thresholds are raised to meet `system_fpr`.
         self.calibration: Any = None
         self.system_fpr = 0.0
+        self.calibration_scale = "logit"
 
     @property
     def complete(self) -> bool:
@@ -132,7 +133,7 @@ class ActiveSet:
             for adapter_id in [a for a in self.loaded if a not in target]:
                 self._drop(adapter_id)
             if self.calibration is not None and self.system_fpr > 0:
-                self.gate.calibrate(self.calibration, self.system_fpr)
+                self.gate.calibrate(self.calibration, self.system_fpr, scale=self.calibration_scale)
             self.target_version, self.target = version, dict(target)
             if failure is None:
                 self.state, self.version, self.error = SetState.SERVING, version, None

@@ -88,6 +88,7 @@ class InferenceEngine:
         active = ActiveSet(gate, fingerprint, self.settings.device, encoders)
         active.calibration = self._calibration(backbone)
         active.system_fpr = self.settings.gate_system_fpr
+        active.calibration_scale = self.settings.gate_calibration
         # The active set last: background passes and requests start using the engine once it is there.
         self.gate, self.fingerprint, self.active = gate, fingerprint, active
 

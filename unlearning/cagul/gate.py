@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -20,6 +21,8 @@ from unlearning.cagul.selection import encoder_rewrite
 from unlearning.errors import IncompatibleModuleError
 
 T = TypeVar("T")
+# The scales `CagulGate.calibrate` holds a set back on (`LETHE_GATE_CALIBRATION`).
+CALIBRATION_SCALES = ("logit", "cosine")
 
 
 class Rewrite(Protocol):
@@ -80,8 +83,10 @@ class CagulGate:
         self._bank_of: dict[str, tuple] = {}
         self._configs: dict[str, CagulConfig] = {}
         self._held: dict[str, CagulModule] = {}
-        # Added to every threshold (in logits) by `calibrate`, so the set as a whole meets a false-fire budget.
+        # Set by `calibrate`, so the set as a whole meets a false-fire budget: a margin added to every threshold
+        # (logits), or a floor on the cosine between an image's identity embedding and a module's prototype.
         self.offset = 0.0
+        self.min_cosine = float("-inf")
         self.set_modules(modules or {})
 
     @property
@@ -205,20 +210,49 @@ class CagulGate:
             x = embeddings if embeddings is not None and bank.input_kind == "identity" else z.float()
             logits[rows] = bank.logits(x).cpu()
             margins[rows] = logits[rows] - bank.threshold_logits.cpu()[:, None]
+            if bank.input_kind == "identity" and self.min_cosine > float("-inf"):
+                far = (x @ bank.prototypes.T).T.cpu() <= self.min_cosine
+                margins[rows] = margins[rows].masked_fill(far, float("-inf"))
         return logits, margins
 
-    def calibrate(self, z: torch.Tensor, system_fpr: float, batch: int = 256) -> float:
-        """Raise every threshold by one margin so that any module fires on at most `system_fpr` of `z`.
+    @torch.no_grad()
+    def prototype_cosines(self, z: torch.Tensor) -> torch.Tensor:
+        """[modules, batch] cosine of each image's identity embedding to each module's prototype; +inf for modules
+        without one (token gates), which no cosine floor holds back."""
+        cosines = torch.full((len(self), z.shape[0]), float("inf"))
+        offset, embeddings = 0, None
+        for bank in self._banks.values():
+            if bank.input_kind == "identity":
+                embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
+                cosines[offset : offset + len(bank)] = (embeddings @ bank.prototypes.T).T.cpu()
+            offset += len(bank)
+        return cosines
+
+    def calibrate(self, z: torch.Tensor, system_fpr: float, batch: int = 256, scale: str = "logit") -> float:
+        """Hold every module back on one shared scale so that any module fires on at most `system_fpr` of `z`.
 
         `z`: visual tokens of benign photos (people no module is for). The share that matters at N modules is
-        the system's, 1-(1-p)^N for independent gates, not one module's p. Returns the margin (logits, >= 0).
+        the system's, 1-(1-p)^N for independent gates, not one module's p. `scale` "logit": one margin added to
+        every threshold, returned (logits, >= 0). "cosine": on top of each module's own threshold, a floor on the
+        cosine between the image's identity embedding and the module's prototype, returned (-inf: none needed).
         """
-        self.offset = 0.0
+        if scale not in CALIBRATION_SCALES:
+            raise ValueError(f"calibration scale {scale!r} unknown; choose one of {', '.join(CALIBRATION_SCALES)}")
+        self.offset, self.min_cosine = 0.0, float("-inf")
         if not self._banks or len(z) == 0:
-            return 0.0
-        best = torch.cat([self.scores(z[i : i + batch])[1].max(0).values for i in range(0, len(z), batch)])
-        self.offset = max(0.0, float(torch.quantile(best, 1 - system_fpr, interpolation="higher")))
-        return self.offset
+            return 0.0 if scale == "logit" else self.min_cosine
+        chunks = [z[i : i + batch] for i in range(0, len(z), batch)]
+        if scale == "logit":
+            best = torch.cat([self.scores(chunk)[1].max(0).values for chunk in chunks])
+            self.offset = max(0.0, _higher_quantile(best, 1 - system_fpr))
+            return self.offset
+        # Per image, the nearest prototype among the modules that fire on it: the floor must lie above it.
+        nearest = [
+            torch.where(self.scores(chunk)[1] > 0, self.prototype_cosines(chunk), float("-inf")).max(0).values
+            for chunk in chunks
+        ]
+        self.min_cosine = _higher_quantile(torch.cat(nearest), 1 - system_fpr)
+        return self.min_cosine
 
     @torch.no_grad()
     def recalled(self, z: torch.Tensor, expected: torch.Tensor, k: int | None = None) -> torch.Tensor:
@@ -244,6 +278,9 @@ class CagulGate:
         selected = selected.cpu()
         logits = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, picked.T)
         over = picked - bank.threshold_logits.cpu()[selected]
+        if self.min_cosine > float("-inf"):
+            cosine = torch.einsum("bd,bkd->bk", embeddings, bank.prototypes[selected]).cpu()
+            over = over.masked_fill(cosine <= self.min_cosine, float("-inf"))
         margins = torch.full((size, embeddings.shape[0]), float("-inf")).scatter_(0, selected.T, over.T)
         return logits, margins
 
@@ -367,3 +404,9 @@ class CagulGate:
         cfg = self._configs[module_id]
         generator = torch.Generator().manual_seed(cfg.seed)
         return encoder_rewrite(self.encoder(module_id), self.backbone, cfg, batch, generator)
+
+
+def _higher_quantile(values: torch.Tensor, q: float) -> float:
+    """The smallest value at or above the `q` quantile (one of `values`; infinities kept)."""
+    ordered = values.sort().values
+    return float(ordered[min(len(ordered) - 1, math.ceil(q * (len(ordered) - 1)))])

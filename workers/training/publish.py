@@ -52,7 +52,7 @@ def verify_and_publish(
         candidate, current = rt.gate(rows, {adapter_id: module}), rt.gate(rows, {})
         if rt.settings.gate_system_fpr > 0:  # as the server calibrates the set it serves
             for gate in (candidate, current):
-                gate.calibrate(rt.benign_tokens([]), rt.settings.gate_system_fpr)
+                gate.calibrate(rt.benign_tokens([]), rt.settings.gate_system_fpr, scale=rt.settings.gate_calibration)
         verification = verify(
             candidate,
             current,

@@ -48,6 +48,12 @@ def test_each_enrolled_gate_claims_its_own_subject_and_few_others(tiny_world: Wo
     after = gate.firing(tokens)[1]
     assert bool((before | ~after).all())
     assert gate.calibrate(benign_tokens, 0.99) == 0.0  # a budget the set already meets changes nothing
+    # Or on the prototype cosine: each gate keeps its threshold and the set one floor, with the same guarantees.
+    floor = gate.calibrate(benign_tokens, 0.01, scale="cosine")
+    assert -1 <= floor <= 1 and gate.offset == 0.0
+    assert (gate.route(benign_tokens)[0] >= 0).float().mean() <= 0.01
+    assert bool((before | ~gate.firing(tokens)[1]).all())
+    assert gate.calibrate(benign_tokens, 0.99, scale="cosine") == float("-inf")
 
 
 def test_populations_are_new_people_and_repeatable(tiny_world: World):

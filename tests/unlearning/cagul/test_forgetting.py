@@ -220,6 +220,13 @@ def test_two_stage_gate_fires_on_a_subset_of_the_exhaustive_gate(
     # exhaustive gate serves the one furthest past its threshold, the two-stage gate the nearest prototype's.
     assert bool((two_stage.firing(tokens)[1] <= exhaustive.firing(tokens)[1]).all())
     assert bool(((narrow < 0) | (wide >= 0)).all())
+    # Under one floor on the prototype cosine (a set calibrated on that scale) too; the floor only takes fires away.
+    unfloored = exhaustive.firing(tokens)[1]
+    floor = float(exhaustive.prototype_cosines(tokens).max(0).values.median())
+    exhaustive.min_cosine = two_stage.min_cosine = floor
+    floored = exhaustive.firing(tokens)[1]
+    assert bool((floored <= unfloored).all()) and int(floored.sum()) < int(unfloored.sum())
+    assert bool((two_stage.firing(tokens)[1] <= floored).all())
     heldout = tiny_world.heldout_views()[0]
     for s in three_modules.module_ids:
         row = [p.id for p in tiny_world.people].index(s) * len(views) + heldout
