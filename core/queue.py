@@ -47,5 +47,13 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
+def declare_train_queue(app: Celery) -> None:
+    """Create the train queue on the broker once, before the API and the worker start: kombu's SQLAlchemy transport
+    creates a queue's row on first use, and two processes doing so at once fail its UNIQUE constraint (the embedded
+    worker died of it at start-up, 1 start in 6 here, and requests queued with no one to run them)."""
+    with app.connection_for_write() as connection:
+        app.amqp.queues[TRAIN_QUEUE].bind(connection.default_channel).declare()
+
+
 def enqueue_training(app: Celery, payload: TrainPayload) -> None:
     app.send_task(TRAIN_TASK, kwargs=payload.model_dump(), queue=TRAIN_QUEUE)

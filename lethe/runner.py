@@ -1,10 +1,12 @@
-"""The embedded runner behind `lethe serve`: start-up checks, one supervised Celery worker and the API in the
-foreground; the worker is stopped with the API, and dies with its parent."""
+"""The embedded runner behind `lethe serve`: start-up checks, one supervised Celery worker (started again if it
+exits) and the API in the foreground; the worker is stopped with the API, and dies with its parent."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
+import threading
+import time
 
 import typer
 
@@ -96,6 +98,7 @@ def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:  # type: ignore[t
 def prepare(settings) -> None:  # type: ignore[no-untyped-def]
     """Every start-up check and the one-time work (world, schema, first key), before any process starts."""
     from core.db import upgrade_database
+    from core.queue import declare_train_queue, make_celery
 
     master_key_ready(settings)  # a misplaced key file is reported before the minutes-long build, not after
     if settings.model_path is None:
@@ -106,11 +109,53 @@ def prepare(settings) -> None:  # type: ignore[no-untyped-def]
     if settings.model_path is None:
         built_world(settings.data_dir, settings.world, with_retain_model=False)
     upgrade_database(settings.resolved_database_url)
+    declare_train_queue(make_celery(settings))
     bootstrap_admin(settings)
 
 
+class SupervisedWorker:
+    """The embedded worker process, started again whenever it exits on its own (after a pause that doubles, up to
+    30 s, while it keeps dying within a minute of starting), and stopped with the API."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.proc = self._start()
+        self._watcher = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self._watcher.start()
+
+    def _start(self) -> subprocess.Popen:  # type: ignore[type-arg]
+        self.started = time.monotonic()
+        return subprocess.Popen(self.command, preexec_fn=die_with_parent)
+
+    def _watch(self) -> None:
+        young_deaths = 0
+        while not self._stopping.wait(1.0):
+            code = self.proc.poll()
+            if code is None:
+                continue
+            young_deaths = young_deaths + 1 if time.monotonic() - self.started < 60 else 1
+            pause = min(30.0, 2.0 ** (young_deaths - 1))
+            # Requests are accepted meanwhile: their jobs wait on the broker for the next worker.
+            err.print(f"worker (pid {self.proc.pid}) exited with code {code}; starting it again in {pause:.0f} s")
+            if self._stopping.wait(pause):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.proc = self._start()
+            err.print(f"worker started again (pid {self.proc.pid})")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            stop(self.proc)
+        self._watcher.join(5)
+
+
 def run(host: str, port: int) -> None:
-    """One worker process and the API in the foreground, until Ctrl-C or SIGTERM stops both."""
+    """One supervised worker process and the API in the foreground, until Ctrl-C or SIGTERM stops both."""
     import os
     import sys
 
@@ -118,10 +163,8 @@ def run(host: str, port: int) -> None:
 
     from core.processes import API_APP, python_module, worker_command
 
-    worker = subprocess.Popen(
-        python_module(worker_command(f"lethe-embedded-{os.getpid()}@%h")), preexec_fn=die_with_parent
-    )
-    err.print(f"worker started (pid {worker.pid}); API on http://{host}:{port} (docs at /docs)")
+    worker = SupervisedWorker(python_module(worker_command(f"lethe-embedded-{os.getpid()}@%h")))
+    err.print(f"worker started (pid {worker.proc.pid}); API on http://{host}:{port} (docs at /docs)")
     # uvicorn shuts down gracefully, then re-raises the signal it caught: these handlers turn that into a
     # normal exit, so the worker is stopped below instead of being orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -131,5 +174,5 @@ def run(host: str, port: int) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        stop(worker)
+        worker.stop()
         err.print("API and worker stopped")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from PIL import Image
 from tests.checkpoints import QWEN_REFERENCE, cached_qwen2_vl_reference, qwen2_vl_known_people, write_llava_checkpoint
 from tests.helpers import ADMIN_TOKEN, request_body, wait_for
 from tests.system.processes import TERMINAL, free_port, ready, spawn, stop
+from unlearning.artifacts import load_module
 from unlearning.backbones import Backbone, load_backbone
 from unlearning.cagul import CagulGate
 from unlearning.config import REFUSAL_ANSWER
@@ -163,16 +166,24 @@ def test_qwen2_vl_checkpoint_forgets_one_person_over_http(data_dir: Path, tiny_w
 
     after = {p.id: [vqa(client, im, q) for im, q in asked(p)] for p in (subject, other)}
     assert all(a["adapter_set_version"] == adapter_set["version"] for p in after for a in after[p])
-    assert [a["answer"] for a in after[subject.id]] == [REFUSAL_ANSWER] * FACTS
+    # The module as served, in this process: whether a miss is the gate's (score under the threshold) or the rewrite's.
+    module = load_module(tmp_path / "data" / "modules" / final["adapter_id"], reference.backbone.fingerprint())
+    gated = CagulGate(reference.backbone, {subject.id: module}).answer(
+        [Image.open(im).convert("RGB") for im, _ in asked(subject)], [q for _, q in asked(subject)]
+    )
+    assert [a["answer"] for a in after[subject.id]] == [REFUSAL_ANSWER] * FACTS, (module.threshold, gated)
     assert [a["answer"] for a in after[other.id]] == before[other.id]
 
 
 # ---- LLaVA-1.5 (random weights) -------------------------------------------------------------------------------------
+def retain_without_benign(world: World, tmp_path: Path) -> Path:
+    write_retain_folder(world, tmp_path / "retain", lookalikes=40, benign=False)
+    return tmp_path / "retain"
+
+
 def test_random_llava_checkpoint_serves_and_rejects_honestly(tiny_world: World, tmp_path: Path, serve):
     model = write_llava_checkpoint(tmp_path / "llava-1.5")
-    retain = tmp_path / "retain"
-    write_retain_folder(tiny_world, retain, lookalikes=40, benign=False)
-    client = serve(model, retain)
+    client = serve(model, retain_without_benign(tiny_world, tmp_path))
     photo, question = tiny_world.image_path("p000", 0), tiny_world.person("p000").facts[0].heldout_question
     backbone: Backbone = load_backbone(model)
     own = backbone.generate(backbone.make_batch(backbone.pixel_values([Image.open(photo).convert("RGB")]), [question]))
@@ -195,3 +206,15 @@ def test_random_llava_checkpoint_serves_and_rejects_honestly(tiny_world: World, 
         f"{verification['config']['max_leak']} is 'nothing to reveal'): there is nothing to forget, no module is served"
     ]
     assert client.get("/v1/adapter-set").json()["adapter_ids"] == []
+
+
+def test_a_worker_that_exits_is_started_again(tiny_world: World, tmp_path: Path, log_dir: Path, serve):
+    client = serve(write_llava_checkpoint(tmp_path / "llava-1.5"), retain_without_benign(tiny_world, tmp_path))
+    log = log_dir / "serve.log"
+    first = int(re.search(r"worker started \(pid (\d+)\)", log.read_text()).group(1))  # type: ignore[union-attr]
+    os.kill(first, signal.SIGKILL)  # as the start-up race on the broker's queue row once ended it
+    wait_for(lambda: "worker started again" in log.read_text(), 60, 0.5, "the worker to be started again")
+    # A request filed after it is trained and decided by the new worker (the random model reveals nothing).
+    final = file_and_wait(client, request_body(tiny_world, "p000", params=QUICK))
+    assert final["status"] == "nothing_to_forget", final
+    assert f"worker (pid {first}) exited with code -9" in log.read_text()
