@@ -15,6 +15,7 @@ from core.queue import TrainPayload
 from core.settings import Settings
 from server.app import create_app
 from tests.helpers import ADMIN_TOKEN, request_body
+from unlearning.cagul.config import TOKEN_GATE_THRESHOLD_FLOOR
 from unlearning.data import pixels_sha256
 from unlearning.retain import RetainFolder
 from unlearning.world import World
@@ -29,7 +30,10 @@ def test_checkpoints_without_an_identity_encoder_train_token_gates_with_the_answ
     config = job_config({"steps": 3}, settings, token_shape=(576, 4096))  # LLaVA-1.5-7B: flattened, 300M parameters
     assert config.discriminator_input == "attention_pool" and config.max_answer_tokens == 7 and config.steps == 3
     # Qwen2-VL-7B's gate reads a pooled 4x4 grid: flattened is 7.3M parameters, and false-fires less.
-    assert job_config({}, settings, token_shape=(16, 3584)).discriminator_input == "flatten"
+    qwen = job_config({}, settings, token_shape=(16, 3584))
+    assert qwen.discriminator_input == "flatten"
+    # Token gates start at the floor a retry for a missed subject reaches; the identity gate keeps its own.
+    assert qwen.threshold_floor == TOKEN_GATE_THRESHOLD_FLOOR < job_config({}, settings).threshold_floor
 
 
 @pytest.fixture()

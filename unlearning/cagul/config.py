@@ -43,6 +43,13 @@ WIDER_PROBES = (
 RETRY_GROWTH = 1.5
 # A retry for a gate that misses its subject lowers the threshold floor by 0.1 a time, never below this.
 MIN_THRESHOLD_FLOOR = 0.5
+# A gate on the tokens themselves (a checkpoint with no identity encoder beside it) starts at the lowest floor a retry
+# reaches. The checkpoint tests' Qwen2-VL, 32 discriminators (8 seeds each of 150 steps, 75, 300, 32 views): the
+# subject's never-seen photo scored 0.755-0.9999 (3 under 0.80, none of the 300-step ones) and other people's photos
+# at most 0.0074, so 0.75 sat in the tail of the subject's own new photos; a CI machine's build of that model missed
+# it and leaked 3 of 3 answers.
+# A gate this lets fire on others is caught by verification (canaries, benign set), whose retry raises the floor.
+TOKEN_GATE_THRESHOLD_FLOOR = MIN_THRESHOLD_FLOOR
 # A retry for a gate that fires on others mines at least this many hard negatives.
 HARD_NEGATIVES_ON_FALSE_FIRES = 100
 
