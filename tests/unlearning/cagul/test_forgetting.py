@@ -222,7 +222,8 @@ def test_two_stage_gate_fires_on_a_subset_of_the_exhaustive_gate(
     assert bool(((narrow < 0) | (wide >= 0)).all())
     # Under one floor on the prototype cosine (a set calibrated on that scale) too; the floor only takes fires away.
     unfloored = exhaustive.firing(tokens)[1]
-    floor = float(exhaustive.prototype_cosines(tokens).max(0).values.median())
+    # The median cosine of the pairs that fire: at least the pair at it is held back, whatever the world's scores.
+    floor = float(exhaustive.prototype_cosines(tokens)[unfloored].median())
     exhaustive.min_cosine = two_stage.min_cosine = floor
     floored = exhaustive.firing(tokens)[1]
     assert bool((floored <= unfloored).all()) and int(floored.sum()) < int(unfloored.sum())
