@@ -177,10 +177,21 @@ class StackedDiscriminators:
         return torch.logit(self.thresholds, eps=1e-7)
 
     @torch.no_grad()
+    def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """[batch, M] cosine of each image's (unit) identity embedding to each module's prototype."""
+        return embeddings @ self.prototypes.T
+
+    @torch.no_grad()
+    def nearest(self, embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1: per image, the `k` modules whose prototypes lie nearest its identity embedding, and their cosines:
+        ([batch, k] cosines, [batch, k] rows)."""
+        similarity = self.cosines(embeddings)
+        values, indices = similarity.topk(min(k, similarity.shape[1]), dim=1)
+        return values, indices
+
     def candidates(self, embeddings: torch.Tensor, k: int) -> torch.Tensor:
-        """Stage 1: per image, the `k` modules whose prototypes lie nearest its identity embedding: [batch, k]."""
-        similarity = embeddings @ self.prototypes.T
-        return similarity.topk(min(k, similarity.shape[1]), dim=1).indices
+        """Stage 1's [batch, k] rows alone (`nearest`)."""
+        return self.nearest(embeddings, k)[1]
 
     @torch.no_grad()
     def forward_selected(self, embeddings: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:

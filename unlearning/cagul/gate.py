@@ -211,7 +211,7 @@ class CagulGate:
             logits[rows] = bank.logits(x).cpu()
             margins[rows] = logits[rows] - bank.threshold_logits.cpu()[:, None]
             if bank.input_kind == "identity" and self.min_cosine > float("-inf"):
-                far = (x @ bank.prototypes.T).T.cpu() <= self.min_cosine
+                far = bank.cosines(x).T.cpu() <= self.min_cosine
                 margins[rows] = margins[rows].masked_fill(far, float("-inf"))
         return logits, margins
 
@@ -224,7 +224,7 @@ class CagulGate:
         for bank in self._banks.values():
             if bank.input_kind == "identity":
                 embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
-                cosines[offset : offset + len(bank)] = (embeddings @ bank.prototypes.T).T.cpu()
+                cosines[offset : offset + len(bank)] = bank.cosines(embeddings).T.cpu()
             offset += len(bank)
         return cosines
 
@@ -273,14 +273,13 @@ class CagulGate:
     def _two_stage(self, bank: StackedDiscriminators, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[bank size, batch] logits and margins, -inf margins for modules stage 1 did not pick."""
         size = len(bank)
-        selected = bank.candidates(embeddings, self.candidates)
+        cosine, selected = bank.nearest(embeddings, self.candidates)
         picked = bank.logits_selected(embeddings, selected).cpu()
         selected = selected.cpu()
         logits = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, picked.T)
         over = picked - bank.threshold_logits.cpu()[selected]
-        if self.min_cosine > float("-inf"):
-            cosine = torch.einsum("bd,bkd->bk", embeddings, bank.prototypes[selected]).cpu()
-            over = over.masked_fill(cosine <= self.min_cosine, float("-inf"))
+        if self.min_cosine > float("-inf"):  # stage 1's own cosines: the exhaustive path reads the same matmul
+            over = over.masked_fill(cosine.cpu() <= self.min_cosine, float("-inf"))
         margins = torch.full((size, embeddings.shape[0]), float("-inf")).scatter_(0, selected.T, over.T)
         return logits, margins
 
