@@ -8,6 +8,7 @@ default settings but the world and the gate) that reads the registry as it would
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,19 +94,24 @@ def _accuracy_rows(
         for gate_name, gate in gates.items():
             started = time.perf_counter()
             gate.offset, gate.min_cosine = 0.0, float("-inf")  # the last N's calibration does not carry over
-            held = gate.calibrate(seen.calibration, budget, scale=scale) if budget > 0 else 0.0
-            row = accuracy(gate, n, seen) | {"margin": round(held, 3) if scale == "logit" else 0.0}
+            if budget > 0:
+                gate.calibrate(seen.calibration, budget, scale=scale)
+            row = accuracy(gate, n, seen) | {"margin": round(gate.offset, 3), "min_cosine": _floor(gate.min_cosine)}
             # The alternatives, side by side: the set calibrated to a 1% budget on the world's benign set, with one
             # margin on every threshold (logit) or one floor on the prototype cosine (cosine).
             for key, other_scale in (("calibrated_1pct", "logit"), ("cosine_1pct", "cosine")):
                 level = gate.calibrate(seen.calibration, CALIBRATED_BUDGET, scale=other_scale)
                 other = accuracy(gate, n, seen)
-                row[key] = {"margin" if other_scale == "logit" else "min_cosine": round(level, 4)} | {
-                    k: other[k] for k in ("tpr", "fpr", "fpr_upper95")
-                }
+                held = {"margin": round(level, 4)} if other_scale == "logit" else {"min_cosine": _floor(level)}
+                row[key] = held | {k: other[k] for k in ("tpr", "fpr", "fpr_upper95")}
             out[(gate_name, n)] = row
             log(f"{gate_name} gate, {n} modules: {out[(gate_name, n)]} ({time.perf_counter() - started:.1f} s)")
     return out
+
+
+def _floor(min_cosine: float) -> float | None:
+    """The served cosine floor, None when there is none (JSON has no infinity)."""
+    return None if math.isinf(min_cosine) else round(min_cosine, 4)
 
 
 def _routing_only(module_id: str) -> Any:

@@ -41,17 +41,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"{llava['artifact_bytes'] / 2**20:.1f} MiB on disk (encoder in bf16, gate in fp32).",
         "",
         "| gate | N | p50 ms | p95 ms | p50 vs N=0 | RSS MB | TPR | recall@k | nearest is own | FPR | FPR 95% upper "
-        "| margin | TPR / FPR calibrated to 1%: logit margin | cosine floor | activation s |",
+        "| served hold-back | TPR / FPR calibrated to 1%: logit margin | cosine floor | activation s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['gate']} | {r['n']} | {r['p50_ms']} | {r['p95_ms']} | {r['p50_ratio']} | {r['rss_mb']} | "
             f"{_fmt(r['tpr'])} | {_fmt(r['recall_at_k'])} | {_fmt(r['identification_at_1'])} | {_fmt(r['fpr'])} | "
-            f"{_fmt(r['fpr_upper95'])} | {r['margin']} | {_calibrated(r, 'calibrated_1pct')} | "
+            f"{_fmt(r['fpr_upper95'])} | {_held(r)} | {_calibrated(r, 'calibrated_1pct')} | "
             f"{_calibrated(r, 'cosine_1pct')} | {_fmt(r['activation_s'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _held(row: dict[str, Any]) -> str:
+    """How the served set was held back: a logit margin on every threshold, or a floor on the prototype cosine."""
+    if row.get("min_cosine") is not None:
+        return f"cosine >= {row['min_cosine']}"
+    return f"logit +{row['margin']}" if row["margin"] else "none"
 
 
 def _calibrated(row: dict[str, Any], key: str) -> str:

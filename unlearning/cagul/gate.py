@@ -191,13 +191,12 @@ class CagulGate:
         return torch.where(picked, torch.sigmoid(logits), torch.zeros_like(logits)), margins > self.offset
 
     @torch.no_grad()
-    def scores(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """[modules, batch] logits and margins over each module's threshold (in logits); -inf margins where stage
-        1 did not pick the module."""
+        1 did not pick the module. `embeddings`: `z`'s identity embeddings, when the caller has them already."""
         batch = z.shape[0]
         logits = torch.zeros(len(self), batch)
         margins = torch.full((len(self), batch), float("-inf"))
-        embeddings = None
         offset = 0
         for bank in self._banks.values():
             rows = slice(offset, offset + len(bank))
@@ -216,11 +215,11 @@ class CagulGate:
         return logits, margins
 
     @torch.no_grad()
-    def prototype_cosines(self, z: torch.Tensor) -> torch.Tensor:
+    def prototype_cosines(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """[modules, batch] cosine of each image's identity embedding to each module's prototype; +inf for modules
         without one (token gates), which no cosine floor holds back."""
         cosines = torch.full((len(self), z.shape[0]), float("inf"))
-        offset, embeddings = 0, None
+        offset = 0
         for bank in self._banks.values():
             if bank.input_kind == "identity":
                 embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
@@ -244,15 +243,23 @@ class CagulGate:
         chunks = [z[i : i + batch] for i in range(0, len(z), batch)]
         if scale == "logit":
             best = torch.cat([self.scores(chunk)[1].max(0).values for chunk in chunks])
-            self.offset = max(0.0, _higher_quantile(best, 1 - system_fpr))
+            self.offset = max(0.0, higher_quantile(best, 1 - system_fpr))
             return self.offset
         # Per image, the nearest prototype among the modules that fire on it: the floor must lie above it.
-        nearest = [
-            torch.where(self.scores(chunk)[1] > 0, self.prototype_cosines(chunk), float("-inf")).max(0).values
-            for chunk in chunks
-        ]
-        self.min_cosine = _higher_quantile(torch.cat(nearest), 1 - system_fpr)
+        nearest = []
+        for chunk in chunks:
+            embeddings = self._identity_embeddings(chunk)
+            fires = self.scores(chunk, embeddings)[1] > 0
+            nearest.append(torch.where(fires, self.prototype_cosines(chunk, embeddings), float("-inf")).max(0).values)
+        self.min_cosine = higher_quantile(torch.cat(nearest), 1 - system_fpr)
         return self.min_cosine
+
+    @torch.no_grad()
+    def _identity_embeddings(self, z: torch.Tensor) -> torch.Tensor | None:
+        """`z`'s identity embeddings, or None when no module gates on them."""
+        if any(bank.input_kind == "identity" for bank in self._banks.values()):
+            return self.backbone.identity_embeddings(z)
+        return None
 
     @torch.no_grad()
     def recalled(self, z: torch.Tensor, expected: torch.Tensor, k: int | None = None) -> torch.Tensor:
@@ -405,7 +412,7 @@ class CagulGate:
         return encoder_rewrite(self.encoder(module_id), self.backbone, cfg, batch, generator)
 
 
-def _higher_quantile(values: torch.Tensor, q: float) -> float:
+def higher_quantile(values: torch.Tensor, q: float) -> float:
     """The smallest value at or above the `q` quantile (one of `values`; infinities kept)."""
     ordered = values.sort().values
     return float(ordered[min(len(ordered) - 1, math.ceil(q * (len(ordered) - 1)))])
