@@ -185,19 +185,21 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15, description="How often the API looks for silent jobs.")
     vqa_max_batch: int = Field(default=16, description="Most /v1/vqa requests answered in one forward pass (1: none).")
     vqa_batch_wait_s: float = Field(default=0.005, description="How long a request waits for others to batch with.")
-    # Off by default, as measured (`lethe bench scale`): calibrated to 1% the set's false fires fall to 1.4-1.6%,
-    # but its held-out-photo TPR falls to 0.4 of 10 subjects and 0.02 of 1,000: subjects would leak, so per-module
-    # thresholds and admission control (`verify_max_benign_fire`) guard the set until the identity embedding
-    # separates people well enough for both.
+    # Off by default, as measured (`lethe bench scale`, scale world, 2026-12-02): held back on the prototype cosine
+    # to 1% the set keeps TPR 1.0 at 10 and 100 modules (false fires 11% -> 0.9%, 64% -> 2.1%) but 0.85 at 1,000
+    # (0.97 unheld, where every benign photo fires); not yet measured on the default world's requests filed one
+    # after another, which the README's walkthrough is.
     gate_system_fpr: float = Field(
         default=0.0,
         ge=0,
         lt=1,
         description="Budget of the share of benign photos (the reference world's benign set) on which any active "
-        "module fires: every threshold is raised by one margin until the set meets it. 0: per-module thresholds only.",
+        "module fires: the set is held back (LETHE_GATE_CALIBRATION) until it meets it. 0: per-module thresholds only.",
     )
+    # Measured side by side at a 1% budget (`lethe bench scale`, scale world, 1,000 modules): TPR 0.85 on the cosine,
+    # 0.22 with one logit margin (at 100: 1.0 and 0.98, at 10 both 1.0).
     gate_calibration: Literal["logit", "cosine"] = Field(
-        default="logit",
+        default="cosine",
         description="How the set meets LETHE_GATE_SYSTEM_FPR: 'logit' raises every module's threshold by one margin; "
         "'cosine' keeps each module's threshold and fires it only on images whose identity embedding lies nearer its "
         "prototype than one calibrated cosine.",

@@ -90,7 +90,7 @@ class ActiveSet:
         # Benign photos' visual tokens: after each change the set's thresholds are raised to meet `system_fpr`.
         self.calibration: Any = None
         self.system_fpr = 0.0
-        self.calibration_scale = "logit"
+        self.calibration_scale = "cosine"
 
     @property
     def complete(self) -> bool:

@@ -68,3 +68,27 @@ def test_one_activation_loads_one_module_and_leaves_the_others(
     loads = cache.loads
     cache(first[1]), cache(first[1]), cache(third)  # a miss, a hit, a miss that evicts the first
     assert len(cache) == 1 and cache.loads == loads + 2
+
+
+def test_a_served_set_meets_the_system_budget_after_each_change(
+    backbone: Backbone, tiny_world: World, data_dir: Path, pg_url: str, tmp_path: Path
+):
+    budget = 0.05
+    sessions = make_session_factory(make_engine(pg_url))
+    settings = Settings(data_dir=data_dir, world="tiny", database_url=pg_url, gate_system_fpr=budget)
+    engine = InferenceEngine(settings, sessions)
+    engine.attach(backbone)
+    assert engine.active is not None and engine.active.calibration_scale == "cosine"  # the default scale
+    benign = engine.active.calibration  # the tiny world's benign set, as the server calibrates on it
+    fp = str(engine.fingerprint)
+    for i in range(2):
+        artifact = module_artifact(tmp_path / f"m{i}", fp, backbone, seed=i)
+        with transaction(sessions) as session:
+            adapter_row(session, artifact, fp)
+            AdapterSetRepository(session).record(f"module {i}")
+        engine.sync()
+        assert engine.ready and len(engine.gate) == i + 1
+        # Random-weight gates fire on most photos: the set is held back by a cosine floor, recalibrated per change.
+        assert engine.gate.min_cosine > float("-inf")
+        _, fires = engine.gate.firing(benign)
+        assert float(fires.any(0).float().mean()) <= budget
