@@ -120,10 +120,16 @@ def embed(model: Embedder, images: np.ndarray, batch: int = 512) -> torch.Tensor
 
 def measure(model: Embedder, enrolled: np.ndarray, heldout: np.ndarray, benign: np.ndarray, g: int) -> dict:
     """Rank-1 and the TPR of one cosine threshold at the benign set's 99th and 99.9th percentiles, G enrolled."""
-    photos = embed(model, enrolled[:g].reshape(-1, *enrolled.shape[2:]))
-    prototypes = F.normalize(photos.view(g, enrolled.shape[1], -1).mean(1), dim=-1)
-    own = embed(model, heldout[:g]) @ prototypes.T
-    nearest_benign = (embed(model, benign) @ prototypes.T).max(1).values
+    photos = embed(model, enrolled[:g].reshape(-1, *enrolled.shape[2:])).view(g, enrolled.shape[1], -1)
+    return measure_embeddings(photos, embed(model, heldout[:g]), embed(model, benign))
+
+
+def measure_embeddings(photos: torch.Tensor, heldout: torch.Tensor, benign: torch.Tensor) -> dict:
+    """`measure` on embeddings: [G, request photos, dim] of the enrolled, [G, dim] held-out, [benign, dim]."""
+    g = len(photos)
+    prototypes = F.normalize(photos.mean(1), dim=-1)
+    own = heldout @ prototypes.T
+    nearest_benign = (benign @ prototypes.T).max(1).values
     own_score = own.diagonal()
     row = {"enrolled": g, "rank1": round(float((own.argmax(1) == torch.arange(g)).float().mean()), 4)}
     for share, name in ((0.99, "tpr_at_1pct"), (0.999, "tpr_at_0_1pct")):

@@ -27,8 +27,12 @@ class IdentityConfig:
     # "fixed": each photo as drawn, once strongly and once mildly changed, encoded once before training. "fresh":
     # each step a new mild view of one photo against another photo as drawn, as the vision tower is pre-trained.
     augmentation: str = "fixed"
+    # As `TowerConfig.margin`: taken off each positive pair's cosine (0 unless set, so fingerprints are kept).
+    margin: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.margin < 1:
+            raise InvalidInputError("identity margin must be in [0, 1): it is taken off a cosine")
         if self.augmentation not in AUGMENTATIONS:
             raise InvalidInputError(f"identity augmentation must be one of {AUGMENTATIONS}")
         for name in ("identities", "width", "dim", "steps", "batch_size"):
@@ -41,8 +45,9 @@ class IdentityConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["augmentation"] == "fixed":  # added later: configs from before keep their fingerprint
-            del data["augmentation"]
+        for name, default in (("augmentation", "fixed"), ("margin", 0.0)):
+            if data[name] == default:  # added later: configs from before keep their fingerprint
+                del data[name]
         return data
 
     @classmethod

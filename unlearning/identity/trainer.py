@@ -55,7 +55,8 @@ def train_identity_encoder(
     config: IdentityConfig,
     progress: ProgressFn | None = None,
 ) -> IdentityEncoder:
-    """Symmetric InfoNCE: two photos of one identity against every other identity in the batch."""
+    """Symmetric InfoNCE: two photos of one identity against every other identity in the batch, nearer by
+    `config.margin`."""
     if len(portraits) < config.batch_size:
         raise InvalidInputError(f"{len(portraits)} identities is fewer than the batch size {config.batch_size}")
     torch.manual_seed(config.seed)
@@ -72,7 +73,8 @@ def train_identity_encoder(
             first, second = pairs(who)
         else:
             first, second = _fresh_pair(backbone, portraits, who, generator)
-        logits = encoder(first) @ encoder(second).T / config.temperature
+        cosine = encoder(first) @ encoder(second).T
+        logits = (cosine - config.margin * torch.eye(config.batch_size)) / config.temperature
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
