@@ -27,7 +27,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, get_cosine_schedule_
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from unlearning.augment import MILD_VIEWS, augment
-from unlearning.identity.trainer import two_views
+from unlearning.identity.trainer import contrastive_loss, two_views
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.builder import ensure_people
 from unlearning.world.identities import pretraining_photos
@@ -78,7 +78,6 @@ def pretrain(model: Embedder, photos: np.ndarray, args: argparse.Namespace) -> f
     params = [*model.parameters(), *([classes] if classes is not None else [])]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, args.steps // 10), args.steps)
-    labels = torch.arange(args.batch)
     model.train()
     loss_value = float("nan")
     started = time.perf_counter()
@@ -90,10 +89,7 @@ def pretrain(model: Embedder, photos: np.ndarray, args: argparse.Namespace) -> f
         )
         if classes is None:
             cosine = model(changed) @ model(as_pixels(photos[who, second.numpy()])).T
-            # An additive margin on the positives (as CosFace puts on its classes): one person's photos must be
-            # nearer each other by `positive_margin` than to anyone else's, whatever the number of identities.
-            logits = (cosine - args.positive_margin * torch.eye(len(who))) / args.temperature
-            loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            loss = contrastive_loss(cosine, args.positive_margin, args.temperature)
         else:
             both = torch.cat([changed, as_pixels(photos[who, second.numpy()])])
             target = torch.from_numpy(np.concatenate([who, who]))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from unlearning.cagul.discriminator import StackedDiscriminators
 from unlearning.cagul.gate import higher_quantile
 from unlearning.cagul.verification import upper_bound
 
@@ -53,7 +54,6 @@ def main() -> None:
 def study(data_dir: Path, enrolled: int, counts: list[int], candidates: int) -> list[dict]:
     from unlearning.artifacts import load_gate
     from unlearning.backbones import load_backbone
-    from unlearning.cagul.discriminator import StackedDiscriminators
     from unlearning.evaluation.drivers.scale import ScalePlan, enrolled_modules, material
     from unlearning.world import WORLD_PRESETS
     from unlearning.world.builder import build_world
@@ -107,11 +107,8 @@ def study(data_dir: Path, enrolled: int, counts: list[int], candidates: int) -> 
     return rows
 
 
-def _scorer(bank: object, cohort: torch.Tensor, candidates: int) -> Callable[[str], Score]:
+def _scorer(bank: StackedDiscriminators, cohort: torch.Tensor, candidates: int) -> Callable[[str], Score]:
     """Per rule: images' identity embeddings -> (best score, best module) per image."""
-    from unlearning.cagul.discriminator import StackedDiscriminators
-
-    assert isinstance(bank, StackedDiscriminators)
     prototypes = bank.prototypes
     top = min(COHORT_TOP, len(cohort))
     module_norm = (prototypes @ cohort.T).topk(top, dim=1).values.mean(1)  # [M]

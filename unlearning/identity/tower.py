@@ -12,7 +12,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.identity.config import TowerConfig
-from unlearning.identity.trainer import two_views
+from unlearning.identity.trainer import contrastive_loss, two_views
 from unlearning.progress import ProgressFn
 
 # (identities, view indices, mildly changed) -> the tower's patch tokens [batch, tokens, hidden], with gradients.
@@ -75,15 +75,13 @@ def pretrain_contrastively(
     params = [*tower.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-2)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, config.steps // 10), config.steps)
-    labels = torch.arange(config.batch_size)
     tower.train()
     loss_value = float("nan")
     for step in range(config.steps):
         who = torch.randperm(n_ids, generator=generator)[: config.batch_size].numpy()
         first, second = two_views(n_views, config.batch_size, generator)
         cosine = embed(tokens(who, first, True)) @ embed(tokens(who, second, False)).T
-        logits = (cosine - config.margin * torch.eye(config.batch_size)) / config.temperature
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        loss = contrastive_loss(cosine, config.margin, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -49,6 +49,15 @@ def two_views(views: int, count: int, generator: torch.Generator) -> tuple[torch
     return first, (first + torch.randint(1, views, (count,), generator=generator)) % views
 
 
+def contrastive_loss(cosine: torch.Tensor, margin: float, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE over a [batch, batch] cosine matrix whose diagonal holds the positive pairs, each positive
+    less `margin` (as CosFace does for its classes): one person's photos must be nearer each other by that much
+    than to anyone else's, whatever the number of identities."""
+    labels = torch.arange(len(cosine))
+    logits = (cosine - margin * torch.eye(len(cosine))) / temperature
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
 def train_identity_encoder(
     backbone: Backbone,
     portraits: Sequence[Sequence[Image.Image]],
@@ -65,7 +74,6 @@ def train_identity_encoder(
     pairs = _fixed_pairs(backbone, portraits, generator) if config.augmentation == "fixed" else None
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=1e-2)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, config.steps // 10), config.steps)
-    labels = torch.arange(config.batch_size)
     encoder.train()
     for step in range(config.steps):
         who = torch.randperm(len(portraits), generator=generator)[: config.batch_size]
@@ -73,9 +81,7 @@ def train_identity_encoder(
             first, second = pairs(who)
         else:
             first, second = _fresh_pair(backbone, portraits, who, generator)
-        cosine = encoder(first) @ encoder(second).T
-        logits = (cosine - config.margin * torch.eye(config.batch_size)) / config.temperature
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        loss = contrastive_loss(encoder(first) @ encoder(second).T, config.margin, config.temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
