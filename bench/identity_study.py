@@ -1,12 +1,13 @@
 """How well the served identity embedding tells apart people it never saw, at 1,000 to 10,000 enrolled (offline).
 
 `bench/embedding_study.py` measures a vision tower's own contrastive head, an upper bound. The gate reads the
-identity encoder trained on the VLM's projected visual tokens (`IdentityConfig`); this trains that encoder as the
-scale world's builder does, on the built scale world's frozen model, with the recipe given on the command line,
-and measures it the same way: prototypes of G enrolled people (the mean of their 3 request photos), their
-held-out photo, and the benign population; one cosine threshold at the benign set's 99th (99.9th) percentile.
+identity encoder trained on the VLM's visual tokens (`IdentityConfig`: projected, or the tower's); this trains that
+encoder as the scale world's builder does, on the built scale world's frozen model, with the recipe given on the
+command line, and measures it the same way: prototypes of G enrolled people (the mean of their 3 request photos),
+their held-out photo, and the benign population; one cosine threshold at the benign set's 99th (99.9th) percentile.
 
     python -m bench.identity_study --data-dir DIR --identities 4000 --margin 0.2 --enrolled 1000,10000
+    python -m bench.identity_study --data-dir DIR --built --enrolled 1000,10000   # the encoder the world built
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from bench.embedding_study import STRANGERS, measure_embeddings
 
 def main() -> None:
     from unlearning.backbones import load_backbone
-    from unlearning.identity import IdentityConfig, train_identity_encoder
+    from unlearning.identity import IdentityConfig, load_identity_encoder, train_identity_encoder
     from unlearning.world import WORLD_PRESETS
     from unlearning.world.builder import build_world
     from unlearning.world.identities import pretraining_portraits
@@ -37,6 +38,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--margin", type=float, default=0.0)
     parser.add_argument("--augmentation", choices=("fixed", "fresh"), default="fixed")
+    parser.add_argument(
+        "--tokens",
+        choices=("projected", "tower"),
+        default="projected",
+        help="what the encoder reads: the projected visual tokens or the tower's, the projector's input",
+    )
+    parser.add_argument("--built", action="store_true", help="measure the world's own encoder, no recipe, no training")
     parser.add_argument("--enrolled", default="1000")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -51,13 +59,21 @@ def main() -> None:
         batch_size=args.batch,
         margin=args.margin,
         augmentation=args.augmentation,
+        tokens=args.tokens,
     )
     started = time.perf_counter()
-    encoder = train_identity_encoder(backbone, pretraining_portraits(world, config.identities, config.views), config)
+    if args.built:
+        stored = load_identity_encoder(world.reference_model_dir, backbone.gate_shapes())
+        if stored is None:
+            raise SystemExit(f"{world.reference_model_dir} holds no identity encoder")
+        encoder, config = stored[0], world.config.identity
+    else:
+        portraits = pretraining_portraits(world, config.identities, config.views)
+        encoder = train_identity_encoder(backbone, portraits, config)
     trained = round(time.perf_counter() - started, 1)
     people = enrolled_people(world, max(counts))
     benign = benign_population(world, [p.identity for p in people], STRANGERS, 500, 300)
-    with torch.no_grad():
+    with torch.no_grad(), backbone.reading_gate_tokens(config.tokens):
 
         def embed(images: list) -> torch.Tensor:
             return torch.cat([encoder(backbone.tokens_of(images[i : i + 2048])) for i in range(0, len(images), 2048)])
@@ -65,7 +81,12 @@ def main() -> None:
         photos = embed([im for p in people for im in p.photos]).view(len(people), len(people[0].photos), -1)
         heldout, benign_embeddings = embed([p.heldout for p in people]), embed(benign)
         rows = [measure_embeddings(photos[:g], heldout[:g], benign_embeddings) for g in counts]
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "train_seconds": trained, "rows": rows}
+    result = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "config": config.to_dict(),
+        "train_seconds": None if args.built else trained,
+        "rows": rows,
+    }
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

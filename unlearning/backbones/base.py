@@ -21,8 +21,9 @@ from PIL import Image
 
 from unlearning.augment import AugmentConfig, augment
 from unlearning.data import validate_image
-from unlearning.errors import InvalidInputError
+from unlearning.errors import IncompatibleModuleError, InvalidInputError
 from unlearning.freeze import freeze
+from unlearning.identity.config import GATE_TOKENS
 
 VisualOverride = Callable[[torch.Tensor], torch.Tensor]
 
@@ -67,6 +68,8 @@ class Backbone(ABC):
         # The shared identity encoder trained on this model's visual tokens, where one is stored beside it.
         self.identity: Any = None
         self.identity_digest: str | None = None
+        # Which visual tokens the gate reads (`GATE_TOKENS`): those the identity encoder was trained on.
+        self.gate_tokens = "projected"
 
     # ---- family-specific hooks -------------------------------------------------------------
     @classmethod
@@ -104,6 +107,35 @@ class Backbone(ABC):
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.text_config.hidden_size)
+
+    def gate_shapes(self) -> dict[str, tuple[int, int]]:
+        """(n_tokens, hidden size) of each kind of visual tokens this model can give the gate.
+
+        Extension point: a family whose projector takes the tower's tokens one per visual token adds "tower".
+        """
+        return {"projected": (self.n_visual_tokens, self.hidden_size)}
+
+    @property
+    def gate_hidden_size(self) -> int:
+        """Hidden size of the visual tokens the gate reads now."""
+        return self.gate_shapes()[self.gate_tokens][1]
+
+    @contextlib.contextmanager
+    def reading_gate_tokens(self, tokens: str) -> Iterator[None]:
+        """Within the block, `visual_tokens` gives `tokens` (`GATE_TOKENS`): how an identity encoder is trained."""
+        previous = self.gate_tokens
+        self._read_gate_tokens(tokens)
+        try:
+            yield
+        finally:
+            self.gate_tokens = previous
+
+    def _read_gate_tokens(self, tokens: str) -> None:
+        if tokens not in GATE_TOKENS:
+            raise InvalidInputError(f"gate tokens must be one of {GATE_TOKENS}")
+        if tokens not in self.gate_shapes():
+            raise IncompatibleModuleError(f"a {self.family} model cannot give its gate {tokens} visual tokens")
+        self.gate_tokens = tokens
 
     @property
     def num_layers(self) -> int:
@@ -263,11 +295,12 @@ class Backbone(ABC):
 
     @torch.no_grad()
     def visual_tokens(self, image_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Projected visual tokens Z_v of every image: [n_images, n_visual, hidden]."""
+        """The visual tokens Z_v the gate reads of every image: [n_images, n_visual, gate hidden]; the projector's
+        output, or its input where the gate reads the tower's tokens (`gate_tokens`)."""
         captured: list[torch.Tensor] = []
 
-        def hook(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            captured.append(output)
+        def hook(_module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            captured.append(output if self.gate_tokens == "projected" else inputs[0])
 
         handle = self.projector().register_forward_hook(hook)
         try:
@@ -280,7 +313,7 @@ class Backbone(ABC):
         self.model.get_image_features(pixel_values=image_inputs["pixel_values"])
 
     def tokens_of(self, images: Sequence[Image.Image], batch: int = 64) -> torch.Tensor:
-        """Projected visual tokens of many images, in batches: [n_images, n_visual, hidden] fp32 on the CPU."""
+        """The gate's visual tokens of many images, in batches: [n_images, n_visual, hidden] fp32 on the CPU."""
         parts = [self.visual_tokens(self.pixel_values(images[i : i + batch])) for i in range(0, len(images), batch)]
         return torch.cat(parts).float().cpu()
 
@@ -383,7 +416,9 @@ class Backbone(ABC):
         return self._fingerprint
 
     def attach_identity(self, encoder: torch.nn.Module, digest: str) -> None:
-        """Use `encoder` for identity embeddings; modules trained from now on are bound to it too."""
+        """Use `encoder` for identity embeddings, and the gate reads the visual tokens it reads; modules trained from
+        now on are bound to it too."""
+        self._read_gate_tokens(str(getattr(encoder, "tokens", "projected")))
         self.identity = encoder.to(self.device)
         self.identity_digest = digest
         self._fingerprint = None
@@ -394,7 +429,7 @@ class Backbone(ABC):
 
     @torch.no_grad()
     def identity_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Unit identity embeddings [n_images, dim] of projected visual tokens [n_images, n_visual, hidden]."""
+        """Unit identity embeddings [n_images, dim] of the gate's visual tokens [n_images, n_visual, hidden]."""
         return self._identity_encoder()(tokens)  # type: ignore[no-any-return]
 
     def _identity_encoder(self) -> Any:

@@ -31,6 +31,13 @@ class LlavaBackbone(Backbone):
             n += 1
         return n
 
+    def gate_shapes(self) -> dict[str, tuple[int, int]]:
+        # The projector maps each of the tower's patch tokens to one visual token: the same count, the tower's width.
+        return {
+            **super().gate_shapes(),
+            "tower": (self.n_visual_tokens, int(self.model.config.vision_config.hidden_size)),
+        }
+
     def _image_inputs(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]}
 
@@ -52,12 +59,14 @@ class LlavaBackbone(Backbone):
     def reusing_visual_tokens(self, tokens: torch.Tensor, image_inputs: dict[str, torch.Tensor]) -> Iterator[None]:
         inner = self.model.model
         pixels = image_inputs["pixel_values"]
+        # The tower's tokens go through the projector as the model's own pass takes them: the same output, bit for bit.
+        projected = tokens if self.gate_tokens == "projected" else inner.multi_modal_projector(tokens)
 
         def features(pixel_values: torch.Tensor, **kwargs: Any) -> Any:
             if pixel_values.shape != pixels.shape or not torch.equal(pixel_values.to(pixels.device), pixels):
                 return type(inner).get_image_features(inner, pixel_values=pixel_values, **kwargs)
             # A list, as LLaVA's own get_image_features returns (the annotation says tensor).
-            return BaseModelOutputWithPooling(pooler_output=list(tokens.to(pixel_values.device)))  # type: ignore[arg-type]
+            return BaseModelOutputWithPooling(pooler_output=list(projected.to(pixel_values.device)))  # type: ignore[arg-type]
 
         inner.get_image_features = features
         try:

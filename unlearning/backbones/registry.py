@@ -77,7 +77,7 @@ def load_backbone(
         backbone.prompt_template = templates["prompt_template"]
         backbone.text_prompt_template = templates.get("text_prompt_template", backbone.text_prompt_template)
     backbone.freeze()
-    identity = load_identity_encoder(path, backbone.n_visual_tokens, backbone.hidden_size)
+    identity = load_identity_encoder(path, backbone.gate_shapes())
     if identity is not None:
         backbone.attach_identity(*identity)
     return backbone

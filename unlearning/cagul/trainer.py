@@ -106,6 +106,13 @@ class CagulTrainer:
         # A learned offset per token position means nothing where the token count changes with the photo's size.
         if cfg.position_offsets and bb.variable_token_count:
             raise InvalidInputError("position_offsets needs a fixed number of visual tokens: this model has none")
+        # A module's token discriminator and encoder share one width, the projected tokens': where the gate reads the
+        # tower's, only an identity gate fits.
+        if cfg.discriminator_input != "identity" and bb.gate_tokens != "projected":
+            raise InvalidInputError(
+                f"discriminator_input {cfg.discriminator_input!r} reads projected visual tokens; this model's gate "
+                f"reads {bb.gate_tokens} tokens (its identity encoder's): use discriminator_input 'identity'"
+            )
         identity_dim = bb.identity_dim if cfg.discriminator_input == "identity" else 0
         aliases = tuple(forget.aliases) if cfg.text_module else ()
         module = CagulModule(cfg, bb.n_visual_tokens, bb.hidden_size, identity_dim, aliases).to(bb.device)
@@ -145,7 +152,7 @@ class CagulTrainer:
     # projected tokens alive at any moment are one chunk's, whatever the number of augmented views: at LLaVA-1.5-7B
     # shapes (576 x 4096) keeping every view's tokens took ~50 GB for a 5-photo request (bench/train_memory.py).
     def _stream(self, part: ViewPart) -> Iterator[torch.Tensor]:
-        """Projected tokens of one part's views, a chunk at a time, in the order the generator draws them."""
+        """The gate's visual tokens of one part's views, a chunk at a time, in the order the generator draws them."""
         images, views, copies = part
         augmented = views is not None and copies > 0
         for _ in range(copies if augmented else 1):

@@ -1,4 +1,4 @@
-"""The identity encoder: projected visual tokens -> one unit-length embedding per image."""
+"""The identity encoder: the visual tokens the gate reads -> one unit-length embedding per image."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from unlearning.freeze import freeze
 class IdentityEncoder(nn.Module):
     """Layer-normed tokens, flattened, through a two-layer MLP; photos of one person land close together."""
 
-    def __init__(self, n_tokens: int, hidden_size: int, width: int, dim: int) -> None:
+    def __init__(self, n_tokens: int, hidden_size: int, width: int, dim: int, tokens: str = "projected") -> None:
         super().__init__()
         self.n_tokens = n_tokens
         self.hidden_size = hidden_size
+        self.tokens = tokens  # which visual tokens it reads (`GATE_TOKENS`): a backbone serving it reads the same
         self.fc1 = nn.Linear(n_tokens * hidden_size, width)
         self.fc2 = nn.Linear(width, dim)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from safetensors.torch import load as load_bytes
@@ -30,8 +31,13 @@ def save_identity_encoder(encoder: IdentityEncoder, config: IdentityConfig, dire
     return identity_digest(data)
 
 
-def load_identity_encoder(directory: str | Path, n_tokens: int, hidden_size: int) -> tuple[IdentityEncoder, str] | None:
-    """The encoder stored beside a base model and its digest, or None where the model has none."""
+def load_identity_encoder(
+    directory: str | Path, shapes: Mapping[str, tuple[int, int]]
+) -> tuple[IdentityEncoder, str] | None:
+    """The encoder stored beside a base model and its digest, or None where the model has none.
+
+    `shapes`: (n_tokens, hidden size) of each kind of visual tokens the model can give the gate (`GATE_TOKENS`).
+    """
     path = Path(directory) / IDENTITY_FILE
     if not path.is_file():
         return None
@@ -44,8 +50,13 @@ def load_identity_encoder(directory: str | Path, n_tokens: int, hidden_size: int
         state = load_bytes(data)
     except (ValueError, KeyError, json.JSONDecodeError) as exc:
         raise ArtifactIntegrityError(f"{path} is not a readable identity encoder ({exc}): rebuild it") from None
+    if config.tokens not in shapes:
+        raise IncompatibleModuleError(
+            f"{path} reads {config.tokens} visual tokens, which this model family cannot give"
+        )
+    n_tokens, hidden_size = shapes[config.tokens]
     if (int(meta["n_tokens"]), int(meta["hidden_size"])) != (n_tokens, hidden_size):
         raise IncompatibleModuleError(f"{path} was trained for another visual token shape: rebuild it")
-    encoder = IdentityEncoder(n_tokens, hidden_size, config.width, config.dim)
+    encoder = IdentityEncoder(n_tokens, hidden_size, config.width, config.dim, config.tokens)
     encoder.load_state_dict(state)
     return encoder.frozen(), identity_digest(data)

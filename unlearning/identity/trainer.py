@@ -65,12 +65,20 @@ def train_identity_encoder(
     progress: ProgressFn | None = None,
 ) -> IdentityEncoder:
     """Symmetric InfoNCE: two photos of one identity against every other identity in the batch, nearer by
-    `config.margin`."""
+    `config.margin`, on the visual tokens `config.tokens` names."""
     if len(portraits) < config.batch_size:
         raise InvalidInputError(f"{len(portraits)} identities is fewer than the batch size {config.batch_size}")
+    with backbone.reading_gate_tokens(config.tokens):
+        return _train(backbone, portraits, config, progress)
+
+
+def _train(
+    backbone: Backbone, portraits: Sequence[Sequence[Image.Image]], config: IdentityConfig, progress: ProgressFn | None
+) -> IdentityEncoder:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    encoder = IdentityEncoder(backbone.n_visual_tokens, backbone.hidden_size, config.width, config.dim)
+    n_tokens, hidden = backbone.gate_shapes()[config.tokens]
+    encoder = IdentityEncoder(n_tokens, hidden, config.width, config.dim, config.tokens)
     pairs = _fixed_pairs(backbone, portraits, generator) if config.augmentation == "fixed" else None
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=1e-2)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, config.steps // 10), config.steps)

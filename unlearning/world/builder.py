@@ -312,10 +312,11 @@ def _build_identity(world_root: str, progress: ProgressFn) -> None:
     views = world.config.n_views
     own = [[world.image(p.id, v) for v in range(views)] for p in world.people]
     report = {"train_seconds": round(train_seconds, 1), "threads": torch.get_num_threads(), **config.to_dict()}
-    for name, people in (("never_seen", fresh), ("world", own)):
-        tokens = backbone.visual_tokens(backbone.pixel_values([im for p in people for im in p]))
-        embeddings = encoder(tokens).view(len(people), len(people[0]), -1)
-        report[name] = {"people": len(people), **identification_recall(embeddings)}
+    with backbone.reading_gate_tokens(config.tokens):
+        for name, people in (("never_seen", fresh), ("world", own)):
+            tokens = backbone.visual_tokens(backbone.pixel_values([im for p in people for im in p]))
+            embeddings = encoder(tokens).view(len(people), len(people[0]), -1)
+            report[name] = {"people": len(people), **identification_recall(embeddings)}
     write_atomic(world.reference_model_dir / "identity.json", json.dumps(report, indent=1).encode())
     save_identity_encoder(encoder, config, world.reference_model_dir)
 

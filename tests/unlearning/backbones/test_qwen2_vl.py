@@ -10,6 +10,7 @@ from PIL import Image
 from tests.checkpoints import write_qwen2_vl_checkpoint
 from unlearning.backbones import load_backbone
 from unlearning.backbones.qwen2_vl import Qwen2VLBackbone
+from unlearning.errors import IncompatibleModuleError
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +35,6 @@ def test_qwen2_vl_backbone_reads_tokens_attention_and_generates_with_overrides(q
     plain = bb.generate(batch, max_new_tokens=4)
     assert len(plain) == 2 and all(isinstance(a, str) for a in plain)
     assert bb.generate(batch, z, max_new_tokens=4) == plain
+    # Its merger takes four of the tower's patches per visual token: the gate reads projected tokens only.
+    with pytest.raises(IncompatibleModuleError, match="tower"), bb.reading_gate_tokens("tower"):
+        pass

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearning.backbones import Backbone, load_backbone
+from unlearning.cagul import CagulConfig, CagulTrainer
 from unlearning.errors import ArtifactIntegrityError, IncompatibleModuleError, InvalidInputError
 from unlearning.identity import (
     IDENTITY_FILE,
@@ -20,6 +21,7 @@ from unlearning.identity import (
 )
 from unlearning.world import World
 from unlearning.world.identities import pretraining_portraits
+from unlearning.world.requests import forget_data, world_retain_set
 
 
 def test_new_photos_of_never_seen_people_land_next_to_their_other_photos(tiny_world: World, backbone: Backbone):
@@ -67,12 +69,42 @@ def test_store_round_trip_and_refusals(tmp_path):
     config = IdentityConfig(identities=2, views=2, width=8, dim=4, batch_size=2)
     encoder = IdentityEncoder(3, 5, 8, 4)
     digest = save_identity_encoder(encoder, config, tmp_path)
-    loaded, loaded_digest = load_identity_encoder(tmp_path, 3, 5)  # type: ignore[misc]
+    loaded, loaded_digest = load_identity_encoder(tmp_path, {"projected": (3, 5)})  # type: ignore[misc]
     z = torch.randn(2, 3, 5)
-    assert loaded_digest == digest and torch.equal(loaded(z), encoder(z))
+    assert loaded_digest == digest and torch.equal(loaded(z), encoder(z)) and loaded.tokens == "projected"
     with pytest.raises(IncompatibleModuleError):
-        load_identity_encoder(tmp_path, 4, 5)
+        load_identity_encoder(tmp_path, {"projected": (4, 5)})
     (tmp_path / IDENTITY_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     with pytest.raises(ArtifactIntegrityError):
-        load_identity_encoder(tmp_path, 3, 5)
-    assert load_identity_encoder(tmp_path / "absent", 3, 5) is None
+        load_identity_encoder(tmp_path, {"projected": (3, 5)})
+    assert load_identity_encoder(tmp_path / "absent", {"projected": (3, 5)}) is None
+    # An encoder of the tower's tokens: refused by a model that cannot give its gate those, loaded where it can.
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    save_identity_encoder(
+        IdentityEncoder(3, 2, 8, 4, "tower"), IdentityConfig(**{**config.to_dict(), "tokens": "tower"}), tower
+    )
+    with pytest.raises(IncompatibleModuleError, match="tower"):
+        load_identity_encoder(tower, {"projected": (3, 5)})
+    loaded, _ = load_identity_encoder(tower, {"projected": (3, 5), "tower": (3, 2)})  # type: ignore[misc]
+    assert loaded.tokens == "tower" and loaded(torch.randn(2, 3, 2)).shape == (2, 4)
+    with pytest.raises(InvalidInputError, match="tokens"):
+        IdentityConfig(tokens="pooled")
+    assert "tokens" not in IdentityConfig().to_dict()
+
+
+def test_an_encoder_of_the_tower_s_tokens_makes_the_gate_read_them(tiny_world: World, backbone: Backbone):
+    config = IdentityConfig(identities=64, views=4, width=128, dim=32, steps=40, batch_size=32, tokens="tower")
+    encoder = train_identity_encoder(backbone, pretraining_portraits(tiny_world, 64, 4, seed=5), config)
+    assert backbone.gate_tokens == "projected"  # training leaves what the model's gate reads as it was
+    inputs = backbone.pixel_values([tiny_world.image(p.id, 0) for p in tiny_world.people[:3]])
+    projected = backbone.visual_tokens(inputs)
+    backbone.attach_identity(encoder, "tower-encoder")
+    z = backbone.visual_tokens(inputs)
+    assert backbone.gate_tokens == "tower" and z.shape == (3, backbone.n_visual_tokens, 128) != projected.shape
+    assert backbone.identity_embeddings(z).shape == (3, 32)
+    # A token discriminator reads projected tokens: on this model a module must gate on identity embeddings.
+    forget = forget_data(tiny_world, ["p000"])
+    retain = world_retain_set(tiny_world, ["p000"])
+    with pytest.raises(InvalidInputError, match="identity"):
+        CagulTrainer(backbone, CagulConfig(discriminator_input="flatten")).train(forget, retain)
