@@ -32,8 +32,9 @@ class IdentityConfig:
     augmentation: str = "fixed"
     # As `TowerConfig.margin`: taken off each positive pair's cosine (0 unless set, so fingerprints are kept).
     margin: float = 0.0
-    # On the scale world the tower's tokens kept what tells strangers apart where the projector's, trained on the
-    # world's 22 people, lost it: TPR at 1% false fires among 1,000 enrolled 0.975 against 0.807 (docs/scale.md).
+    # The projector is trained on a world's 22 people and may drop what tells strangers apart. On the scale world, the
+    # tower's tokens with fresh views: TPR at 1% false fires among 1,000 enrolled 0.975, against 0.807 on projected
+    # tokens with fixed views (which of the two changes does it: not yet measured; docs/scale.md).
     tokens: str = "projected"
 
     def __post_init__(self) -> None:

@@ -133,7 +133,7 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
     # 2,000 tower steps rather than 1,000 and a margin of 0.2 on the positives: never-seen people found at 1 of 10,000
     # 0.968 -> 0.990, TPR at 1% false fires 0.461 -> 0.790 (offline, the tower's own head; docs/scale.md). The identity
     # encoder reads the tower's tokens, learns from 10,000 people and draws fresh views each step: TPR at 1% false
-    # fires among 10,000 enrolled 0.350 -> 0.803, as the tower's own head (bench/identity_study.py; docs/scale.md).
+    # fires among 10,000 enrolled 0.350 -> 0.803, as the tower's own head (offline, bench/identity_study.py).
     "scale": WorldConfig(
         name="scale",
         seed=11,
