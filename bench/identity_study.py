@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from bench.embedding_study import STRANGERS, measure_embeddings
+from unlearning.identity.config import AUGMENTATIONS, GATE_TOKENS
 
 
 def main() -> None:
@@ -37,10 +38,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--margin", type=float, default=0.0)
-    parser.add_argument("--augmentation", choices=("fixed", "fresh"), default="fixed")
+    parser.add_argument("--augmentation", choices=AUGMENTATIONS, default="fixed")
     parser.add_argument(
         "--tokens",
-        choices=("projected", "tower"),
+        choices=GATE_TOKENS,
         default="projected",
         help="what the encoder reads: the projected visual tokens or the tower's, the projector's input",
     )

@@ -115,11 +115,6 @@ class Backbone(ABC):
         """
         return {"projected": (self.n_visual_tokens, self.hidden_size)}
 
-    @property
-    def gate_hidden_size(self) -> int:
-        """Hidden size of the visual tokens the gate reads now."""
-        return self.gate_shapes()[self.gate_tokens][1]
-
     @contextlib.contextmanager
     def reading_gate_tokens(self, tokens: str) -> Iterator[None]:
         """Within the block, `visual_tokens` gives `tokens` (`GATE_TOKENS`): how an identity encoder is trained."""

@@ -62,7 +62,7 @@ def test_a_gate_reading_the_tower_gets_the_projector_s_input_and_reusing_it_chan
     projected = backbone.visual_tokens(inputs)
     with backbone.reading_gate_tokens("tower"):
         z = backbone.visual_tokens(inputs)
-        assert z.shape == (2, backbone.n_visual_tokens, backbone.gate_hidden_size) == (2, 16, 128)
+        assert z.shape == (2, *backbone.gate_shapes()["tower"]) == (2, 16, 128)
         with torch.no_grad():
             tower = backbone.model.model.vision_tower(pixel_values=inputs["pixel_values"], output_hidden_states=True)
             assert torch.equal(z, tower.hidden_states[-1][:, 1:])  # LLaVA's default: the last layer, no class token
