@@ -150,15 +150,15 @@ class CagulConfig:
 
         Each remedy aims at its cause: a gate that misses the subject (`gate_tpr`) trains on more views of them
         under a lower threshold floor and no mined hard negatives; a gate that fires on others (`retain_identical`,
-        `captured_probes`, `benign_fires`) trains on twice the hard negatives and more negative views, longer, under
-        a stricter threshold; a module that fires and still leaks (`leak` alone) trains its encoder longer on more probe
-        questions; one that leaks asked by name (`named_leak`) trains its prefix longer. Every attempt draws a new
-        seed.
+        `captured_probes`, `released_probes`, `benign_fires`) trains on twice the hard negatives and more negative
+        views, longer, under a stricter threshold; a module that fires and still leaks (`leak` alone) trains its
+        encoder longer on more probe questions; one that leaks asked by name (`named_leak`) trains its prefix
+        longer. Every attempt draws a new seed.
         """
         failed = set(failed)
         changes: dict[str, Any] = {"seed": self.seed + 1}
         misses = "gate_tpr" in failed
-        false_fires = bool(failed & {"retain_identical", "captured_probes", "benign_fires"})
+        false_fires = bool(failed & {"retain_identical", "captured_probes", "released_probes", "benign_fires"})
         if misses:
             changes["positive_augmentations"] = round(self.positive_augmentations * RETRY_GROWTH)
             changes["discriminator_steps"] = round(self.discriminator_steps * RETRY_GROWTH)

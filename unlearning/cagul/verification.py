@@ -395,6 +395,7 @@ def verify(
         criteria += named_criteria(candidate, module_id, base, config, deadline)
     criteria.append(_canary_criterion(candidate, current, canaries, config, deadline))
     criteria.append(capture_criterion(candidate, module_id, probes))
+    criteria.append(release_criterion(candidate, current, module_id, probes))
     criteria.append(benign_criterion(candidate, module_id, benign, config))
     reasons = [_reason(c) for c in criteria if not c.passed]
     return Verification(
@@ -488,6 +489,33 @@ def capture_criterion(candidate: CagulGate, module_id: str, probes: dict[str, to
     return Criterion("captured_probes", 0.0, float(captured), None, 0.0, captured == 0, total, detail)
 
 
+def release_criterion(
+    candidate: CagulGate, current: CagulGate, module_id: str, probes: dict[str, torch.Tensor]
+) -> Criterion:
+    """How many stored probes of earlier subjects the set serves to their own module now and would not with the new
+    one: under a system false-fire budget, a gate that fires on benign photos raises every module's bar."""
+    released, total, owners = 0, 0, []
+    for owner, tokens in probes.items():
+        if owner == module_id or owner not in current.module_ids or owner not in candidate.module_ids:
+            continue
+        z = tokens.to(candidate.backbone.device)
+        before = current.route(z)[0] == current.module_ids.index(owner)
+        after = candidate.route(z)[0]
+        lost = int(
+            (before & (after != candidate.module_ids.index(owner)) & (after != _index(candidate, module_id))).sum()
+        )
+        released, total = released + lost, total + int(before.sum())
+        if lost:
+            owners.append(owner)
+    detail = f"adapters {', '.join(owners)}" if owners else ""
+    return Criterion("released_probes", 0.0, float(released), None, 0.0, released == 0, total, detail)
+
+
+def _index(gate: CagulGate, module_id: str) -> int:
+    """`module_id`'s index in `gate`, -2 (no route) when absent."""
+    return gate.module_ids.index(module_id) if module_id in gate.module_ids else -2
+
+
 def benign_criterion(
     candidate: CagulGate, module_id: str, benign: torch.Tensor, config: VerifyConfig, batch: int = 256
 ) -> Criterion:
@@ -542,6 +570,12 @@ def _reason(c: Criterion) -> str:
         return (
             f"the gate fires on {c.module:.4f} of {c.cases} benign photos of people no request filed (upper bound "
             f"{c.bound:.4f}), over the budget {c.threshold}"
+        )
+    if c.name == "released_probes":
+        return (
+            f"with the module the set no longer serves {int(c.module)} stored probes of already-forgotten subjects "
+            f"to their own modules ({c.detail}): its false fires raise the bar LETHE_GATE_SYSTEM_FPR holds every "
+            "module to"
         )
     return f"the module takes over {int(c.module)} stored probes of already-forgotten subjects ({c.detail})"
 

@@ -31,6 +31,7 @@ from unlearning.cagul.verification import (
     named_cases,
     named_criteria,
     nothing_to_forget,
+    release_criterion,
     upper_bound,
 )
 from unlearning.data import QA, pixels_sha256
@@ -167,6 +168,22 @@ def test_a_module_taking_over_earlier_probes_fails(backbone: Backbone):
     assert not taken.passed and taken.module == 5 and taken.detail == "adapters owner"
     modest = CagulGate(backbone, {"owner": owner, "new": _constant_module(backbone, 1.0)})
     assert capture_criterion(modest, "new", probes).passed
+
+
+def test_a_module_raising_the_bar_past_earlier_probes_fails(backbone: Backbone):
+    owner = _constant_module(backbone, 3.0)
+    probes = {"owner": torch.randn(5, backbone.n_visual_tokens, backbone.hidden_size)}
+    current = CagulGate(backbone, {"owner": owner})
+    silent = _constant_module(backbone, -20.0)
+    # As a system budget holds the set back: one margin over every threshold, raised by the new module's false fires.
+    raised = CagulGate(backbone, {"owner": owner, "new": silent})
+    raised.offset = 10.0
+    released = release_criterion(raised, current, "new", probes)
+    assert not released.passed and released.module == 5 and released.cases == 5 and released.detail == "adapters owner"
+    kept = CagulGate(backbone, {"owner": owner, "new": silent})
+    assert release_criterion(kept, current, "new", probes).passed
+    assert "released_probes" in Verification(Outcome.LEAKS, [released], ["x"]).causes
+    assert CagulConfig().strengthened(["released_probes"]).target_fpr < CagulConfig().target_fpr
 
 
 def test_a_leak_mostly_past_the_gate_is_remedied_as_the_gate_missing():
