@@ -185,10 +185,14 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15, description="How often the API looks for silent jobs.")
     vqa_max_batch: int = Field(default=16, description="Most /v1/vqa requests answered in one forward pass (1: none).")
     vqa_batch_wait_s: float = Field(default=0.005, description="How long a request waits for others to batch with.")
-    # Off by default, as measured (`lethe bench scale`, scale world, 2026-12-02): held back on the prototype cosine
+    # Off by default, as measured. Scale world (`lethe bench scale`, 2026-12-02): held back on the prototype cosine
     # to 1% the set keeps TPR 1.0 at 10 and 100 modules (false fires 11% -> 0.9%, 64% -> 2.1%) but 0.85 at 1,000
-    # (0.97 unheld, where every benign photo fires); not yet measured on the default world's requests filed one
-    # after another, which the README's walkthrough is.
+    # (0.97 unheld, where every benign photo fires). Default world, people filed one after another as the README's
+    # walkthrough does (`bench/many_requests.py`, 2026-12-03): at 1% 3 of the first 10 ended rejected_verification
+    # (their own gates held below 0.9 of their held-out photos, and they would have released 40-196 stored probes of
+    # earlier subjects), where unheld all 22 went active. One cosine floor serves every module, and the benign photos
+    # nearest some prototype set it (look-alikes of world people, people drawn outside it): with the 7 that went
+    # active it stood at 0.756 under their probes' lowest own cosine, 0.80; each rejected gate raised it past its own.
     gate_system_fpr: float = Field(
         default=0.0,
         ge=0,
