@@ -493,7 +493,9 @@ def release_criterion(
     candidate: CagulGate, current: CagulGate, module_id: str, probes: dict[str, torch.Tensor]
 ) -> Criterion:
     """How many stored probes of earlier subjects the set serves to their own module now and would not with the new
-    one: under a system false-fire budget, a gate that fires on benign photos raises every module's bar."""
+    one (taking them itself is `capture_criterion`'s): under a system false-fire budget its false fires raise every
+    module's bar; past `candidates` modules its prototype can push an owner's out of stage 1."""
+    new = candidate.module_ids.index(module_id) if module_id in candidate.module_ids else -2
     released, total, owners = 0, 0, []
     for owner, tokens in probes.items():
         if owner == module_id or owner not in current.module_ids or owner not in candidate.module_ids:
@@ -501,19 +503,12 @@ def release_criterion(
         z = tokens.to(candidate.backbone.device)
         before = current.route(z)[0] == current.module_ids.index(owner)
         after = candidate.route(z)[0]
-        lost = int(
-            (before & (after != candidate.module_ids.index(owner)) & (after != _index(candidate, module_id))).sum()
-        )
+        lost = int((before & (after != candidate.module_ids.index(owner)) & (after != new)).sum())
         released, total = released + lost, total + int(before.sum())
         if lost:
             owners.append(owner)
     detail = f"adapters {', '.join(owners)}" if owners else ""
     return Criterion("released_probes", 0.0, float(released), None, 0.0, released == 0, total, detail)
-
-
-def _index(gate: CagulGate, module_id: str) -> int:
-    """`module_id`'s index in `gate`, -2 (no route) when absent."""
-    return gate.module_ids.index(module_id) if module_id in gate.module_ids else -2
 
 
 def benign_criterion(
@@ -575,7 +570,7 @@ def _reason(c: Criterion) -> str:
         return (
             f"with the module the set no longer serves {int(c.module)} stored probes of already-forgotten subjects "
             f"to their own modules ({c.detail}): its false fires raise the bar LETHE_GATE_SYSTEM_FPR holds every "
-            "module to"
+            "module to, or its prototype pushes theirs out of the candidates"
         )
     return f"the module takes over {int(c.module)} stored probes of already-forgotten subjects ({c.detail})"
 
