@@ -186,6 +186,20 @@ def test_a_module_raising_the_bar_past_earlier_probes_fails(backbone: Backbone):
     assert CagulConfig().strengthened(["released_probes"]).target_fpr < CagulConfig().target_fpr
 
 
+def test_a_prototype_pushing_an_owner_out_of_the_candidates_releases_its_probes(backbone: Backbone):
+    probes = {"owner": torch.randn(5, backbone.n_visual_tokens, backbone.hidden_size)}
+    toward = torch.nn.functional.normalize(backbone.identity_embeddings(probes["owner"]).mean(0), dim=0)
+    owner, silent = _constant_module(backbone, 3.0), _constant_module(backbone, -20.0)
+    owner.discriminator.prototype.copy_(-toward)
+    silent.discriminator.prototype.copy_(toward)
+    current = CagulGate(backbone, {"owner": owner}, candidates=1)
+    # One candidate of two: the new prototype lies nearer every probe, and its gate never fires.
+    crowded = CagulGate(backbone, {"owner": owner, "new": silent}, candidates=1)
+    released = release_criterion(crowded, current, "new", probes)
+    assert not released.passed and released.module == 5 and released.detail == "adapters owner"
+    assert release_criterion(CagulGate(backbone, {"owner": owner, "new": silent}), current, "new", probes).passed
+
+
 def test_a_leak_mostly_past_the_gate_is_remedied_as_the_gate_missing():
     leak = Criterion("leak", 0.9, 0.08, 0.12, 0.05, False, 100)
     tpr = Criterion("gate_tpr", None, 0.95, 0.91, 0.9, True, 100)
