@@ -394,8 +394,7 @@ def verify(
     if by_name:
         criteria += named_criteria(candidate, module_id, base, config, deadline)
     criteria.append(_canary_criterion(candidate, current, canaries, config, deadline))
-    criteria.append(capture_criterion(candidate, module_id, probes))
-    criteria.append(release_criterion(candidate, current, module_id, probes))
+    criteria += probe_criteria(candidate, current, module_id, probes)
     criteria.append(benign_criterion(candidate, module_id, benign, config))
     reasons = [_reason(c) for c in criteria if not c.passed]
     return Verification(
@@ -471,44 +470,46 @@ def _canary_criterion(
     )
 
 
-def capture_criterion(candidate: CagulGate, module_id: str, probes: dict[str, torch.Tensor]) -> Criterion:
-    """How many stored probes of earlier subjects the new module would take over (it scores highest and fires)."""
-    if module_id not in candidate.module_ids:
-        return Criterion("captured_probes", 0.0, 0.0, None, 0.0, True, 0)
-    new = candidate.module_ids.index(module_id)
-    captured, total, owners = 0, 0, []
+def probe_criteria(
+    candidate: CagulGate, current: CagulGate, module_id: str, probes: dict[str, torch.Tensor]
+) -> tuple[Criterion, Criterion]:
+    """What the new module does to stored probes of earlier subjects, each routed once through the new set: how many
+    it takes over (it scores highest and fires), and how many the set serves to their own module now and would not
+    with it (under a system false-fire budget its false fires raise every module's bar; past `candidates` modules its
+    prototype can push an owner's out of stage 1)."""
+    new = candidate.module_ids.index(module_id) if module_id in candidate.module_ids else -2
+    captured, offered, taken_from = 0, 0, []
+    released, served, released_from = 0, 0, []
     for owner, tokens in probes.items():
         if owner == module_id or owner not in candidate.module_ids:
             continue
-        chosen, _ = candidate.route(tokens.to(candidate.backbone.device))
-        taken = int((chosen == new).sum())
-        captured, total = captured + taken, total + len(tokens)
-        if taken:
-            owners.append(owner)
-    detail = f"adapters {', '.join(owners)}" if owners else ""
-    return Criterion("captured_probes", 0.0, float(captured), None, 0.0, captured == 0, total, detail)
-
-
-def release_criterion(
-    candidate: CagulGate, current: CagulGate, module_id: str, probes: dict[str, torch.Tensor]
-) -> Criterion:
-    """How many stored probes of earlier subjects the set serves to their own module now and would not with the new
-    one (taking them itself is `capture_criterion`'s): under a system false-fire budget its false fires raise every
-    module's bar; past `candidates` modules its prototype can push an owner's out of stage 1."""
-    new = candidate.module_ids.index(module_id) if module_id in candidate.module_ids else -2
-    released, total, owners = 0, 0, []
-    for owner, tokens in probes.items():
-        if owner == module_id or owner not in current.module_ids or owner not in candidate.module_ids:
-            continue
         z = tokens.to(candidate.backbone.device)
-        before = current.route(z)[0] == current.module_ids.index(owner)
         after = candidate.route(z)[0]
-        lost = int((before & (after != candidate.module_ids.index(owner)) & (after != new)).sum())
-        released, total = released + lost, total + int(before.sum())
-        if lost:
-            owners.append(owner)
-    detail = f"adapters {', '.join(owners)}" if owners else ""
-    return Criterion("released_probes", 0.0, float(released), None, 0.0, released == 0, total, detail)
+        taken = int((after == new).sum())
+        captured, offered = captured + taken, offered + len(tokens)
+        if taken:
+            taken_from.append(owner)
+        if owner in current.module_ids:
+            before = current.route(z)[0] == current.module_ids.index(owner)
+            lost = int((before & (after != candidate.module_ids.index(owner)) & (after != new)).sum())
+            released, served = released + lost, served + int(before.sum())
+            if lost:
+                released_from.append(owner)
+    capture = (
+        Criterion("captured_probes", 0.0, 0.0, None, 0.0, True, 0)
+        if new < 0
+        else Criterion(
+            "captured_probes", 0.0, float(captured), None, 0.0, captured == 0, offered, _adapters(taken_from)
+        )
+    )
+    release = Criterion(
+        "released_probes", 0.0, float(released), None, 0.0, released == 0, served, _adapters(released_from)
+    )
+    return capture, release
+
+
+def _adapters(owners: list[str]) -> str:
+    return f"adapters {', '.join(owners)}" if owners else ""
 
 
 def benign_criterion(

@@ -23,7 +23,6 @@ from unlearning.cagul.verification import (
     VerifyConfig,
     benign_criterion,
     build_cases,
-    capture_criterion,
     heldout_photo,
     heldout_photos,
     heldout_split,
@@ -31,7 +30,7 @@ from unlearning.cagul.verification import (
     named_cases,
     named_criteria,
     nothing_to_forget,
-    release_criterion,
+    probe_criteria,
     upper_bound,
 )
 from unlearning.data import QA, pixels_sha256
@@ -163,11 +162,12 @@ def _constant_module(backbone: Backbone, logit: float) -> CagulModule:
 def test_a_module_taking_over_earlier_probes_fails(backbone: Backbone):
     owner = _constant_module(backbone, 3.0)
     probes = {"owner": torch.randn(5, backbone.n_visual_tokens, backbone.hidden_size)}
+    current = CagulGate(backbone, {"owner": owner})
     greedy = CagulGate(backbone, {"owner": owner, "new": _constant_module(backbone, 6.0)})
-    taken = capture_criterion(greedy, "new", probes)
+    taken = probe_criteria(greedy, current, "new", probes)[0]
     assert not taken.passed and taken.module == 5 and taken.detail == "adapters owner"
     modest = CagulGate(backbone, {"owner": owner, "new": _constant_module(backbone, 1.0)})
-    assert capture_criterion(modest, "new", probes).passed
+    assert probe_criteria(modest, current, "new", probes)[0].passed
 
 
 def test_a_module_raising_the_bar_past_earlier_probes_fails(backbone: Backbone):
@@ -178,10 +178,10 @@ def test_a_module_raising_the_bar_past_earlier_probes_fails(backbone: Backbone):
     # As a system budget holds the set back: one margin over every threshold, raised by the new module's false fires.
     raised = CagulGate(backbone, {"owner": owner, "new": silent})
     raised.offset = 10.0
-    released = release_criterion(raised, current, "new", probes)
+    released = probe_criteria(raised, current, "new", probes)[1]
     assert not released.passed and released.module == 5 and released.cases == 5 and released.detail == "adapters owner"
     kept = CagulGate(backbone, {"owner": owner, "new": silent})
-    assert release_criterion(kept, current, "new", probes).passed
+    assert probe_criteria(kept, current, "new", probes)[1].passed
     assert "released_probes" in Verification(Outcome.LEAKS, [released], ["x"]).causes
     assert CagulConfig().strengthened(["released_probes"]).target_fpr < CagulConfig().target_fpr
 
@@ -195,9 +195,9 @@ def test_a_prototype_pushing_an_owner_out_of_the_candidates_releases_its_probes(
     current = CagulGate(backbone, {"owner": owner}, candidates=1)
     # One candidate of two: the new prototype lies nearer every probe, and its gate never fires.
     crowded = CagulGate(backbone, {"owner": owner, "new": silent}, candidates=1)
-    released = release_criterion(crowded, current, "new", probes)
+    released = probe_criteria(crowded, current, "new", probes)[1]
     assert not released.passed and released.module == 5 and released.detail == "adapters owner"
-    assert release_criterion(CagulGate(backbone, {"owner": owner, "new": silent}), current, "new", probes).passed
+    assert probe_criteria(CagulGate(backbone, {"owner": owner, "new": silent}), current, "new", probes)[1].passed
 
 
 def test_a_leak_mostly_past_the_gate_is_remedied_as_the_gate_missing():
