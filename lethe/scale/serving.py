@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.db import make_engine, make_session_factory, upgrade_database
 from core.processes import api_command, python_module
@@ -57,13 +58,14 @@ def serving_rows(
                 load_s = set_active(sessions, client, adapter_ids, n)
                 for image, question in queries[:10]:  # warm-up: first calls after a set change pay for allocations
                     client.post("/v1/vqa", json={"image": image, "question": question})
-                latencies = []
+                latencies, gated_before = [], _gated(client)
                 for i in range(requests):
                     image, question = queries[i % len(queries)]
                     started = time.perf_counter()
                     response = client.post("/v1/vqa", json={"image": image, "question": question})
                     latencies.append(1000 * (time.perf_counter() - started))
                     response.raise_for_status()
+                gated = _gated(client) - gated_before
                 rss = _rss_mb(pid)
                 activation = one_more_activation(sessions, client, adapter_ids, n)
                 latencies.sort()
@@ -74,6 +76,8 @@ def serving_rows(
                         "p50_ms": round(statistics.median(latencies), 1),
                         "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
                         "rss_mb": rss,
+                        # Timed queries are never-enrolled people: where a gate claims one, it takes the encoder path.
+                        "timed_gated": round(gated / requests, 3),
                         "activation_s": activation,
                         "set_load_s": load_s,
                     }
@@ -129,6 +133,16 @@ def _server(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def _gated(client: httpx.Client) -> int:
+    """Images the server's gate routed to a module so far (its metrics)."""
+    response = client.get("/metrics")
+    response.raise_for_status()
+    families = text_string_to_metric_families(response.text)
+    return int(
+        sum(s.value for f in families if f.name == "lethe_gate_fires" for s in f.samples if s.name.endswith("_total"))
+    )
 
 
 def _rss_mb(pid: int) -> float:

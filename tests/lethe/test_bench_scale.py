@@ -9,7 +9,8 @@ from lethe.cli import app
 CONTRACT = {"gate", "n", "p50_ms", "p95_ms", "p50_ratio", "rss_mb", "tpr", "recall_at_k", "fpr", "fpr_upper95"}
 
 
-def test_bench_scale_writes_both_gates_at_every_count(data_dir, tmp_path):
+def test_bench_scale_writes_both_gates_at_every_count(data_dir, tiny_world, tmp_path):
+    # `tiny_world`: the first test to need the world builds both its models side by side, as later tests need both.
     out = tmp_path / "gate-scale.json"
     args = ["bench", "scale", "--world", "tiny", "--counts", "0,3", "--requests", "3", "--candidates", "2"]
     result = CliRunner().invoke(
@@ -24,6 +25,7 @@ def test_bench_scale_writes_both_gates_at_every_count(data_dir, tmp_path):
         assert CONTRACT | {"activation_s"} <= set(row), row
         assert row["p50_ms"] > 0 and row["rss_mb"] > 0 and row["activation_s"] is not None
         assert 0 <= row["fpr"] <= row["fpr_upper95"] <= 1
+        assert 0 <= row["timed_gated"] <= 1
         assert rows[(gate, 0)]["p50_ratio"] == 1.0
     # Three enrolled subjects, each asked on a photo its module never trained on; two candidates of three.
     assert rows[("two_stage", 3)]["recall_at_k"] is not None and rows[("exhaustive", 3)]["recall_at_k"] is None

@@ -3,6 +3,7 @@ only, and encoders load on first use under their LRU bound."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -92,3 +93,28 @@ def test_a_served_set_meets_the_system_budget_after_each_change(
         assert engine.gate.min_cosine > float("-inf")
         _, fires = engine.gate.firing(benign)
         assert float(fires.any(0).float().mean()) <= budget
+
+
+def test_a_set_change_runs_its_torch_work_on_a_thread_that_ends(backbone: Backbone, pg_url: str, tmp_path: Path):
+    # A long-lived background thread that once ran torch keeps an OpenMP team beside the answering thread's, and
+    # every answer took 1.6x as long (tiny world, 10 modules): the sync pass's thread must never run it itself.
+    sessions = make_session_factory(make_engine(pg_url))
+    engine = InferenceEngine(Settings(data_dir=tmp_path, database_url=pg_url), sessions)
+    engine.attach(backbone)
+    fp = str(engine.fingerprint)
+    with transaction(sessions) as session:
+        adapter_row(session, module_artifact(tmp_path / "m0", fp, backbone), fp)
+        AdapterSetRepository(session).record("one")
+    assert engine.active is not None
+    applied_on: list[threading.Thread] = []
+    apply = engine.active.apply
+
+    def recording_apply(*args: object) -> None:
+        applied_on.append(threading.current_thread())
+        apply(*args)  # type: ignore[arg-type]
+
+    engine.active.apply = recording_apply  # type: ignore[method-assign]
+    engine.sync()
+    assert engine.ready and len(engine.gate) == 1
+    assert len(applied_on) == 1 and applied_on[0] is not threading.current_thread()
+    assert not applied_on[0].is_alive()
