@@ -22,7 +22,11 @@ class _Pending(Generic[In, Out]):
 
 
 class Batcher(Generic[In, Out]):
-    """Collects items for up to `wait_s` (or `max_batch` of them) and answers them with one `run(items)` call."""
+    """Collects items for up to `wait_s` (or `max_batch` of them) and answers them with one `run(items)` call.
+
+    Every call runs on the one loop thread, batched or not (`max_batch` 1): torch on many request threads keeps an
+    OpenMP team alive per thread, and each slowed the others' answers (docs/scale.md, "The N = 10 gap explained").
+    """
 
     def __init__(self, run: Callable[[Sequence[In]], list[Out]], max_batch: int, wait_s: float) -> None:
         self.run = run
@@ -34,8 +38,6 @@ class Batcher(Generic[In, Out]):
         self._start_lock = threading.Lock()
 
     def submit(self, item: In, timeout_s: float = 120) -> Out:
-        if self.max_batch <= 1:
-            return self.run([item])[0]
         pending: _Pending[In, Out] = _Pending(item, Future())
         self._ensure_running()
         self._pending.put(pending)
