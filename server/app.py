@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None, load_model: bool = True) -> Fas
         yield
         for task in background:
             task.stop()
+        app.state.engine.close()
         http.close()
         db.dispose()
 

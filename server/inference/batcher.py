@@ -33,7 +33,7 @@ class Batcher(Generic[In, Out]):
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.sizes: deque[int] = deque(maxlen=10_000)
-        self._pending: queue.Queue[_Pending[In, Out]] = queue.Queue()
+        self._pending: queue.Queue[_Pending[In, Out] | None] = queue.Queue()  # None: the loop ends
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
@@ -42,6 +42,16 @@ class Batcher(Generic[In, Out]):
         self._ensure_running()
         self._pending.put(pending)
         return pending.future.result(timeout=timeout_s)
+
+    def stop(self, timeout_s: float = 15) -> None:
+        """End the loop thread after the batch it runs (a later `submit` starts another): a thread that ran torch
+        keeps an OpenMP team that slows every other thread's torch until it ends."""
+        with self._start_lock:  # the stop is queued before any item a later `submit` queues
+            thread, self._thread = self._thread, None
+            if thread is None or not thread.is_alive():
+                return
+            self._pending.put(None)
+        thread.join(timeout_s)
 
     def _ensure_running(self) -> None:
         with self._start_lock:
@@ -52,6 +62,8 @@ class Batcher(Generic[In, Out]):
     def _loop(self) -> None:
         while True:
             batch = self._collect()
+            if batch is None:
+                return
             self.sizes.append(len(batch))
             try:
                 results = self.run([p.item for p in batch])
@@ -62,15 +74,22 @@ class Batcher(Generic[In, Out]):
             for p, result in zip(batch, results, strict=True):
                 p.future.set_result(result)
 
-    def _collect(self) -> list[_Pending[In, Out]]:
-        batch = [self._pending.get()]
+    def _collect(self) -> list[_Pending[In, Out]] | None:
+        first = self._pending.get()
+        if first is None:
+            return None
+        batch = [first]
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
-                batch.append(self._pending.get(timeout=remaining))
+                item = self._pending.get(timeout=remaining)
             except queue.Empty:
                 break
+            if item is None:  # answer what came before the stop, then end
+                self._pending.put(None)
+                break
+            batch.append(item)
         return batch

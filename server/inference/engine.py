@@ -160,6 +160,10 @@ class InferenceEngine:
             )
         return self.status()
 
+    def close(self) -> None:
+        """End the answering thread (at shutdown; a later answer starts it again)."""
+        self.batcher.stop()
+
     # ---- background passes ---------------------------------------------------------------------
     def sync(self) -> None:
         """Make the served set the registry's newest version; fail closed if it drifts from the active rows."""

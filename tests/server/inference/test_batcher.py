@@ -26,3 +26,31 @@ def test_every_request_is_answered_on_one_thread_whatever_the_batch_size(max_bat
     assert answers == [2 * i for i in range(40)]
     assert len(ran_on) == 1 and threading.get_ident() not in ran_on
     assert sum(batcher.sizes) == 40 and max(batcher.sizes) <= max_batch
+    batcher.stop()
+
+
+def test_stop_ends_the_loop_thread_after_its_batch_and_a_later_request_starts_another():
+    started = threading.Event()
+    release = threading.Event()
+
+    loops: list[threading.Thread] = []
+
+    def run(items: Sequence[int]) -> list[int]:
+        loops.append(threading.current_thread())
+        started.set()
+        release.wait(5)
+        return list(items)
+
+    batcher = Batcher(run, max_batch=4, wait_s=0.0)
+    with ThreadPoolExecutor(1) as caller:
+        answer = caller.submit(batcher.submit, 7)
+        assert started.wait(5)
+        stopping = threading.Thread(target=batcher.stop)
+        stopping.start()
+        release.set()
+        stopping.join(5)
+        assert answer.result(5) == 7  # the batch running at the stop is answered
+    assert not loops[0].is_alive()
+    assert batcher.submit(8) == 8 and loops[1] is not loops[0]  # a new loop thread
+    batcher.stop()
+    assert not loops[1].is_alive()
