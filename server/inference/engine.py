@@ -185,16 +185,12 @@ class InferenceEngine:
             if missing := [aid for aid in ids if aid not in rows]:
                 self.active.fail(f"active adapter set version {version} cannot be served: {missing[0]} has no record")
                 return
-            # Torch work on a thread that ends with it: a long-lived thread that once ran torch keeps an OpenMP
-            # team alive beside the one answering, and every answer took 1.6x as long (10 modules, tiny world,
-            # `lethe bench scale`: p50 29 -> 47 ms, 17% of the timed photos gated; 30 ms with it ended).
-            with ThreadPoolExecutor(1, thread_name_prefix="active-set-apply") as apply:
-                apply.submit(self.active.apply, version, {aid: rows[aid] for aid in ids}).result()
+            _on_passing_thread(self.active.apply, version, {aid: rows[aid] for aid in ids})
 
     def check_integrity(self) -> None:
         """One background pass re-verifying the next few served artifacts against the registry's checksums."""
-        if self.active is not None:
-            self.active.check_integrity(self.settings.engine_integrity_batch)
+        if self.active is not None:  # a failing artifact is dropped from the gate's stacks: torch work
+            _on_passing_thread(self.active.check_integrity, self.settings.engine_integrity_batch)
 
     # ---- requests ------------------------------------------------------------------------------
     def answer(self, image: Image.Image | None, question: str) -> tuple[str, int]:
@@ -245,6 +241,14 @@ class InferenceEngine:
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"params: a value has the wrong type ({exc})") from None
         return params
+
+
+def _on_passing_thread(work: Callable[..., None], *args: Any) -> None:
+    """Run `work` on a thread that ends with it. A long-lived thread that once ran torch keeps an OpenMP team beside
+    the answering thread's, and every answer took 1.6x as long (10 modules, tiny world, `lethe bench scale`: p50 29 ->
+    47 ms, 17% of the timed photos gated; 31.8 ms with the set's loading on a passing thread)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="engine-pass") as thread:
+        thread.submit(work, *args).result()
 
 
 def _drift(version: int, served: list[str], active: list[str]) -> str | None:
