@@ -33,51 +33,53 @@ class Batcher(Generic[In, Out]):
         self.max_batch = max_batch
         self.wait_s = wait_s
         self.sizes: deque[int] = deque(maxlen=10_000)
-        self._pending: queue.Queue[_Pending[In, Out] | None] = queue.Queue()  # None: the loop ends
+        # Each loop thread reads a queue of its own, so a stop (None) reaches the thread it was meant for.
+        self._pending: queue.Queue[_Pending[In, Out] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
     def submit(self, item: In, timeout_s: float = 120) -> Out:
         pending: _Pending[In, Out] = _Pending(item, Future())
-        self._ensure_running()
-        self._pending.put(pending)
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._pending = queue.Queue()
+                self._thread = threading.Thread(target=self._loop, args=(self._pending,), name="vqa-batcher")
+                self._thread.daemon = True
+                self._thread.start()
+            self._pending.put(pending)
         return pending.future.result(timeout=timeout_s)
 
     def stop(self, timeout_s: float = 15) -> None:
-        """End the loop thread after the batch it runs (a later `submit` starts another): a thread that ran torch
-        keeps an OpenMP team that slows every other thread's torch until it ends."""
-        with self._start_lock:  # the stop is queued before any item a later `submit` queues
+        """End the loop thread once it has answered what was queued (a later `submit` starts another): a thread
+        that ran torch keeps an OpenMP team that slows every other thread's torch until it ends."""
+        with self._start_lock:
             thread, self._thread = self._thread, None
             if thread is None or not thread.is_alive():
                 return
             self._pending.put(None)
         thread.join(timeout_s)
 
-    def _ensure_running(self) -> None:
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="vqa-batcher", daemon=True)
-                self._thread.start()
-
-    def _loop(self) -> None:
+    def _loop(self, pending: queue.Queue[_Pending[In, Out] | None]) -> None:
         while True:
-            batch = self._collect()
-            if batch is None:
+            batch, stopping = self._collect(pending)
+            if batch:
+                self.sizes.append(len(batch))
+                try:
+                    results = self.run([p.item for p in batch])
+                except Exception as exc:
+                    for p in batch:
+                        p.future.set_exception(exc)
+                else:
+                    for p, result in zip(batch, results, strict=True):
+                        p.future.set_result(result)
+            if stopping:
                 return
-            self.sizes.append(len(batch))
-            try:
-                results = self.run([p.item for p in batch])
-            except Exception as exc:
-                for p in batch:
-                    p.future.set_exception(exc)
-                continue
-            for p, result in zip(batch, results, strict=True):
-                p.future.set_result(result)
 
-    def _collect(self) -> list[_Pending[In, Out]] | None:
-        first = self._pending.get()
+    def _collect(self, pending: queue.Queue[_Pending[In, Out] | None]) -> tuple[list[_Pending[In, Out]], bool]:
+        """The next batch, and whether the loop ends after it."""
+        first = pending.get()
         if first is None:
-            return None
+            return [], True
         batch = [first]
         deadline = time.monotonic() + self.wait_s
         while len(batch) < self.max_batch:
@@ -85,11 +87,10 @@ class Batcher(Generic[In, Out]):
             if remaining <= 0:
                 break
             try:
-                item = self._pending.get(timeout=remaining)
+                item = pending.get(timeout=remaining)
             except queue.Empty:
                 break
-            if item is None:  # answer what came before the stop, then end
-                self._pending.put(None)
-                break
+            if item is None:
+                return batch, True
             batch.append(item)
-        return batch
+        return batch, False
