@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from core.db import make_engine, make_session_factory, upgrade_database
 from core.processes import api_command, python_module
@@ -136,13 +135,10 @@ def _server(
 
 
 def _gated(client: httpx.Client) -> int:
-    """Images the server's gate routed to a module so far (its metrics)."""
-    response = client.get("/metrics")
+    """Images the server's gate routed to a module so far (`/v1/operations`, the console's gate figures)."""
+    response = client.get("/v1/operations")
     response.raise_for_status()
-    families = text_string_to_metric_families(response.text)
-    return int(
-        sum(s.value for f in families if f.name == "lethe_gate_fires" for s in f.samples if s.name.endswith("_total"))
-    )
+    return sum(int(module["fires"]) for module in response.json()["gate"]["fires"])
 
 
 def _rss_mb(pid: int) -> float:
