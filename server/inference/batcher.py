@@ -43,8 +43,9 @@ class Batcher(Generic[In, Out]):
         with self._start_lock:
             if self._thread is None or not self._thread.is_alive():
                 self._pending = queue.Queue()
-                self._thread = threading.Thread(target=self._loop, args=(self._pending,), name="vqa-batcher")
-                self._thread.daemon = True
+                self._thread = threading.Thread(
+                    target=self._loop, args=(self._pending,), name="vqa-batcher", daemon=True
+                )
                 self._thread.start()
             self._pending.put(pending)
         return pending.future.result(timeout=timeout_s)
