@@ -189,7 +189,7 @@ class InferenceEngine:
 
     def check_integrity(self) -> None:
         """One background pass re-verifying the next few served artifacts against the registry's checksums."""
-        if self.active is not None:  # a failing artifact is dropped from the gate's stacks: torch work
+        if self.active is not None and self.active.loaded:  # dropping a failing artifact is torch work
             _on_passing_thread(self.active.check_integrity, self.settings.engine_integrity_batch)
 
     # ---- requests ------------------------------------------------------------------------------
