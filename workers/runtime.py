@@ -20,7 +20,7 @@ from unlearning.backbones import Backbone, load_backbone
 from unlearning.cagul import CagulModule
 from unlearning.cagul.gate import CagulGate, Rewrite
 from unlearning.cagul.module import ModuleRewrite
-from unlearning.cagul.verification import Canaries, VerifyConfig
+from unlearning.cagul.verification import PROBES, Canaries, StoredProbes, VerifyConfig
 from unlearning.data import RetainSet
 from unlearning.retain import RetainFolder, RetainSource
 from unlearning.world import WORLD_PRESETS, World
@@ -28,7 +28,6 @@ from unlearning.world.builder import serving_model_dir, world_dir
 from unlearning.world.requests import WorldRetain
 
 log = logging.getLogger(__name__)
-PROBES = "probes"
 
 
 @dataclass
@@ -40,7 +39,7 @@ class Runtime:
     source: RetainSource
     master_key: MasterKey
     _retain: dict[tuple[str, ...], RetainSet] = field(default_factory=dict)
-    _gates: dict[tuple[str, str], tuple[GatePart, torch.Tensor | None]] = field(default_factory=dict)
+    _gates: dict[tuple[str, str], tuple[GatePart, StoredProbes | None]] = field(default_factory=dict)
     _encoders: OrderedDict[tuple[str, str], ModuleRewrite] = field(default_factory=OrderedDict)
 
     def people_in(self, photo_hashes: Iterable[str]) -> list[str]:
@@ -88,14 +87,21 @@ class Runtime:
             min_photos_to_hold_out=s.verify_min_photos_to_hold_out,
         )
 
-    def gate_part(self, path: str, digest: str) -> tuple[GatePart, torch.Tensor | None]:
+    def gate_part(self, path: str, digest: str) -> tuple[GatePart, StoredProbes | None]:
         """A served module's gate and stored probes, loaded once per artifact digest (checked against the
         registry); its encoder and prefix load only when its gate fires (`rewrite`)."""
         key = (path, digest)
         if key not in self._gates:
             part = load_gate(path, self.fingerprint, digest, self.settings.device)
-            stored = tensors_file(PROBES) in read_manifest(path, digest)["files"]
-            probes = load_tensors(path, PROBES, expected_digest=digest)["tokens"] if stored else None
+            probes = None
+            if tensors_file(PROBES) in read_manifest(path, digest)["files"]:
+                stored = load_tensors(path, PROBES, expected_digest=digest)
+                inputs = stored.get("embeddings")
+                if inputs is None:  # stored as visual tokens before identity embeddings were
+                    tokens = stored["tokens"].to(self.backbone.device)
+                    identity = part.discriminator.input_kind == "identity"
+                    inputs = self.backbone.identity_embeddings(tokens).cpu() if identity else tokens.cpu()
+                probes = StoredProbes.of(part.discriminator, inputs)
             self._gates[key] = (part, probes)
         return self._gates[key]
 

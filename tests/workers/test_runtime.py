@@ -11,6 +11,7 @@ from core.settings import Settings
 from unlearning.artifacts import save_module
 from unlearning.backbones import Backbone
 from unlearning.cagul import CagulConfig, CagulModule
+from unlearning.cagul.verification import PROBES
 from unlearning.world import World
 from unlearning.world.requests import WorldRetain
 from workers.runtime import Runtime
@@ -40,3 +41,22 @@ def test_verification_gates_load_modules_gate_first_and_encoders_on_use(
     assert all(torch.equal(v, stored[k].to(torch.bfloat16).to(v.dtype)) for k, v in first.state_dict().items())
     gate.encoder("a1")
     assert list(rt._encoders) == [rows["a1"]]  # bounded as the server's cache: the least recent one went
+
+
+def test_stored_probes_load_as_identity_embeddings_with_their_owners_figures(
+    tiny_world: World, backbone: Backbone, tmp_path: Path
+):
+    settings = Settings(data_dir=tmp_path, world="tiny")
+    rt = Runtime(settings, None, backbone, backbone.fingerprint(), WorldRetain(tiny_world), None)  # type: ignore[arg-type]
+    module = _module(backbone, 3)
+    tokens = backbone.tokens_of([tiny_world.image("p000", v) for v in tiny_world.heldout_views()] * 2)
+    embeddings = backbone.identity_embeddings(tokens)
+    # As artifacts store them now (embeddings), and as they were stored before (visual tokens): read alike.
+    for name, stored in (("now", {"embeddings": embeddings}), ("before", {"tokens": tokens})):
+        manifest = save_module(module, tmp_path / name, backbone.fingerprint(), tensors={PROBES: stored})
+        _, probes = rt.gate_part(str(tmp_path / name), manifest["digest"])
+        assert probes is not None and probes.own_margins is not None and probes.own_cosines is not None
+        assert torch.allclose(probes.inputs, embeddings, atol=1e-6)
+        threshold = torch.logit(module.discriminator.threshold, eps=1e-7)
+        assert torch.allclose(probes.own_margins, module.discriminator.logits(embeddings) - threshold, atol=1e-5)
+        assert torch.allclose(probes.own_cosines, embeddings @ module.discriminator.prototype, atol=1e-6)

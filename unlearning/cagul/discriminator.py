@@ -203,6 +203,12 @@ class StackedDiscriminators:
         h = torch.einsum("bd,bkdh->bkh", embeddings, self.w1[selected]) + self.b1[selected]
         return torch.einsum("bkh,bkh->bk", F.gelu(h), self.w2[selected]) + self.b2[selected]
 
+    @torch.no_grad()
+    def row_logits(self, embeddings: torch.Tensor, row: int) -> torch.Tensor:
+        """[batch] logits of one identity discriminator (one row of the stack) on any number of images."""
+        h = F.gelu(embeddings @ self.w1[row] + self.b1[row])
+        return h @ self.w2[row] + self.b2[row]
+
     def _head(self, h: torch.Tensor) -> torch.Tensor:
         h = F.gelu(h + self.b1[:, None, :])
         return torch.einsum("mbh,mh->mb", h, self.w2) + self.b2[:, None]

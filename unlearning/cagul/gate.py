@@ -171,13 +171,15 @@ class CagulGate:
         return min(subjects) if subjects else None
 
     @torch.no_grad()
-    def route(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(
+        self, z: torch.Tensor | None, embeddings: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per image: index (into `module_ids`) of the firing module furthest past its threshold (-1 if none) and
-        its probability."""
-        batch = z.shape[0]
+        its probability. `embeddings` alone (`z` None) routes through a set whose gates all read identity."""
+        batch = _batch_size(z, embeddings)
         if not self._banks:
             return torch.full((batch,), -1, dtype=torch.long), torch.zeros(batch)
-        logits, margins = self.scores(z)
+        logits, margins = self.scores(z, embeddings)
         best_margin, best = margins.max(0)
         fired = best_margin > self.offset
         score = torch.sigmoid(logits.gather(0, best[None])[0])
@@ -191,10 +193,13 @@ class CagulGate:
         return torch.where(picked, torch.sigmoid(logits), torch.zeros_like(logits)), margins > self.offset
 
     @torch.no_grad()
-    def scores(self, z: torch.Tensor, embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(
+        self, z: torch.Tensor | None, embeddings: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """[modules, batch] logits and margins over each module's threshold (in logits); -inf margins where stage
-        1 did not pick the module. `embeddings`: `z`'s identity embeddings, when the caller has them already."""
-        batch = z.shape[0]
+        1 did not pick the module. `embeddings`: `z`'s identity embeddings, when the caller has them already (with
+        `z` None for a set whose gates all read identity)."""
+        batch = _batch_size(z, embeddings)
         logits = torch.zeros(len(self), batch)
         margins = torch.full((len(self), batch), float("-inf"))
         offset = 0
@@ -202,11 +207,14 @@ class CagulGate:
             rows = slice(offset, offset + len(bank))
             offset += len(bank)
             if bank.input_kind == "identity":
-                embeddings = self.backbone.identity_embeddings(z) if embeddings is None else embeddings
+                if embeddings is None:
+                    embeddings = self.backbone.identity_embeddings(_tokens(z))
                 if 0 < self.candidates < len(bank):
                     logits[rows], margins[rows] = self._two_stage(bank, embeddings)
                     continue
-            x = embeddings if embeddings is not None and bank.input_kind == "identity" else z.float()
+                x = embeddings
+            else:
+                x = _tokens(z).float()
             logits[rows] = bank.logits(x).cpu()
             margins[rows] = logits[rows] - bank.threshold_logits.cpu()[:, None]
             if bank.input_kind == "identity" and self.min_cosine > float("-inf"):
@@ -226,6 +234,22 @@ class CagulGate:
                 cosines[offset : offset + len(bank)] = bank.cosines(embeddings).T.cpu()
             offset += len(bank)
         return cosines
+
+    @torch.no_grad()
+    def module_scores(self, module_id: str, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[batch] margin over its threshold (in logits) of one identity module, whatever stage 1 picks, and the
+        cosine to its prototype: what it would do to each image if stage 1 offered it."""
+        key = self._bank_of[module_id]
+        bank = self._banks[key]
+        if bank.input_kind != "identity":
+            raise ValueError(f"module {module_id} reads visual tokens, not identity embeddings")
+        row = self._ids[key].index(module_id)
+        margins = bank.row_logits(embeddings, row) - bank.threshold_logits[row]
+        return margins.cpu(), (embeddings @ bank.prototypes[row]).cpu()
+
+    def reads_identity(self, module_id: str) -> bool:
+        """Does this module's gate read identity embeddings (rather than visual tokens)?"""
+        return self._bank_of[module_id][0] == "identity"
 
     def calibrate(self, z: torch.Tensor, system_fpr: float, batch: int = 256, scale: str = "logit") -> float:
         """Hold every module back on one shared scale so that any module fires on at most `system_fpr` of `z`.
@@ -410,6 +434,20 @@ class CagulGate:
         cfg = self._configs[module_id]
         generator = torch.Generator().manual_seed(cfg.seed)
         return encoder_rewrite(self.encoder(module_id), self.backbone, cfg, batch, generator)
+
+
+def _tokens(z: torch.Tensor | None) -> torch.Tensor:
+    if z is None:
+        raise ValueError("a gate that reads visual tokens cannot route identity embeddings alone")
+    return z
+
+
+def _batch_size(z: torch.Tensor | None, embeddings: torch.Tensor | None) -> int:
+    if z is not None:
+        return int(z.shape[0])
+    if embeddings is None:
+        raise ValueError("route visual tokens, identity embeddings or both")
+    return int(embeddings.shape[0])
 
 
 def higher_quantile(values: torch.Tensor, q: float) -> float:

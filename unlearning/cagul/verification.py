@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageFilter
 from scipy.stats import beta
 
+from unlearning.cagul.discriminator import Discriminator
 from unlearning.cagul.gate import CagulGate, GateAnswer
 from unlearning.cagul.prefix import about, misspelt
 from unlearning.data import QA, pixels_sha256
@@ -30,6 +31,9 @@ from unlearning.evaluation.metrics.leakage import leaked_answer, normalised_toke
 # Photo changes of families the training augmentation (`unlearning.augment`: rotation, scale, shift, flip,
 # brightness, contrast, saturation, noise) never applies, so a pass is not a replay of training views.
 HELDOUT_PHOTO_FAMILIES = ("gaussian_blur", "jpeg", "gamma", "perspective", "unsharp")
+# The tensor set a module's artifact keeps its stored probes in (`probe_inputs`), and how many it keeps at most.
+PROBES = "probes"
+PROBE_LIMIT = 32
 # Word-level rewrites, applied to questions the trainer never saw: synonyms, not wrappers around a template.
 _REWRITES = (
     ("this person's", "the person's"),
@@ -348,7 +352,7 @@ def verify(
     module_id: str,
     base: Baseline,
     canaries: Canaries,
-    probes: dict[str, torch.Tensor],
+    probes: dict[str, StoredProbes],
     benign: torch.Tensor,
     config: VerifyConfig,
     deadline: Deadline | None = None,
@@ -356,7 +360,7 @@ def verify(
     """Check `candidate` (the served set plus the new module) against every threshold of `config`.
 
     `current` is the set without the new module: canary drift is what the new module changes. `probes` holds the
-    stored visual tokens of every already-forgotten subject (by module id): the new module must not capture them.
+    stored probes of every already-forgotten subject (by module id): the new module must not capture them.
     `benign` holds the visual tokens of the benign set: the new gate's false fires are counted on all of it.
     """
     outcome = nothing_to_forget(base, config)
@@ -470,46 +474,127 @@ def _canary_criterion(
     )
 
 
+@dataclass(frozen=True)
+class StoredProbes:
+    """A served module's stored probes: identity embeddings when its gate reads identity (visual tokens otherwise)
+    and then, per probe, its margin over the owner's own threshold (logits) and its cosine to the owner's prototype,
+    fixed for the owner's life: found once, when the artifact loads (`of`)."""
+
+    inputs: torch.Tensor
+    own_margins: torch.Tensor | None = None
+    own_cosines: torch.Tensor | None = None
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, discriminator: Discriminator, inputs: torch.Tensor) -> StoredProbes:
+        if discriminator.input_kind != "identity":
+            return cls(inputs)
+        x = inputs.to(discriminator.fc1.weight.device).float()
+        margins = discriminator.logits(x) - torch.logit(discriminator.threshold, eps=1e-7)
+        return cls(inputs, margins.cpu(), (x @ discriminator.prototype).cpu())
+
+
+# Slack on the comparisons that leave a probe out of routing: the owner's figures come from its own discriminator,
+# the set's from the stacked one, and float sums in another order may differ in the last bits.
+_RISK_SLACK = 1e-4
+
+
 def probe_criteria(
-    candidate: CagulGate, current: CagulGate, module_id: str, probes: dict[str, torch.Tensor]
+    candidate: CagulGate, current: CagulGate, module_id: str, probes: dict[str, StoredProbes]
 ) -> tuple[Criterion, Criterion]:
-    """What the new module does to stored probes of earlier subjects, each routed once through the new set: how many
-    it takes over (it scores highest and fires), and how many the set serves to their own module now and would not
-    with it (under a system false-fire budget its false fires raise every module's bar; past `candidates` modules its
-    prototype can push an owner's out of stage 1)."""
+    """What the new module does to stored probes of earlier subjects: how many it takes over (it scores highest and
+    fires), and how many the set serves to their own module now and would not with it (under a system false-fire
+    budget its false fires raise every module's bar; past `candidates` modules its prototype can push an owner's out
+    of stage 1).
+
+    Identity probes are routed through both sets only where the new module could change their route (`at_risk`);
+    for every other probe both sets route alike by construction, so the check reads one matmul over the stored
+    embeddings plus the few probes near the new subject, not every probe through every candidate.
+    """
     new = candidate.module_ids.index(module_id) if module_id in candidate.module_ids else -2
-    captured, offered, taken_from = 0, 0, []
-    released, served, released_from = 0, 0, []
-    for owner, tokens in probes.items():
-        if owner == module_id or owner not in candidate.module_ids:
-            continue
-        z = tokens.to(candidate.backbone.device)
-        after = candidate.route(z)[0]
+    owners = [o for o in probes if o != module_id and o in candidate]
+    offered = sum(len(probes[o].inputs) for o in owners)
+    by_identity = [o for o in owners if probes[o].own_margins is not None]
+    routed: list[tuple[str, torch.Tensor | None, torch.Tensor | None]] = [
+        (o, probes[o].inputs, None) for o in owners if probes[o].own_margins is None
+    ]
+    if by_identity:
+        embeddings = torch.cat([probes[o].inputs for o in by_identity]).float()
+        risk = at_risk(candidate, current, module_id, embeddings, by_identity, probes)
+        start = 0
+        for owner in by_identity:
+            count = len(probes[owner].inputs)
+            rows = risk[start : start + count]
+            if bool(rows.any()):
+                routed.append((owner, None, embeddings[start : start + count][rows]))
+            start += count
+    captured, taken_from, released, released_from, checked = 0, [], 0, [], 0
+    device = candidate.backbone.device
+    for owner, tokens, chosen in routed:
+        z = None if tokens is None else tokens.to(device)
+        e = None if chosen is None else chosen.to(device)
+        checked += len(z if z is not None else e)  # type: ignore[arg-type]
+        after = candidate.route(z, e)[0]
         taken = int((after == new).sum())
-        captured, offered = captured + taken, offered + len(tokens)
+        captured += taken
         if taken:
             taken_from.append(owner)
-        if owner in current.module_ids:
-            before = current.route(z)[0] == current.module_ids.index(owner)
+        if owner in current:
+            before = current.route(z, e)[0] == current.module_ids.index(owner)
             lost = int((before & (after != candidate.module_ids.index(owner)) & (after != new)).sum())
-            released, served = released + lost, served + int(before.sum())
+            released += lost
             if lost:
                 released_from.append(owner)
+    detail = f"{checked} of {offered} stored probes at risk, routed through both sets"
     capture = (
         Criterion("captured_probes", 0.0, 0.0, None, 0.0, True, 0)
         if new < 0
         else Criterion(
-            "captured_probes", 0.0, float(captured), None, 0.0, captured == 0, offered, _adapters(taken_from)
+            "captured_probes", 0.0, float(captured), None, 0.0, captured == 0, offered, _adapters(taken_from, detail)
         )
     )
     release = Criterion(
-        "released_probes", 0.0, float(released), None, 0.0, released == 0, served, _adapters(released_from)
+        "released_probes",
+        0.0,
+        float(released),
+        None,
+        0.0,
+        released == 0,
+        offered,
+        _adapters(released_from, detail),
     )
     return capture, release
 
 
-def _adapters(owners: list[str]) -> str:
-    return f"adapters {', '.join(owners)}" if owners else ""
+def at_risk(
+    candidate: CagulGate,
+    current: CagulGate,
+    module_id: str,
+    embeddings: torch.Tensor,
+    owners: list[str],
+    probes: dict[str, StoredProbes],
+) -> torch.Tensor:
+    """[probes] which identity probes (`owners`' in order, `embeddings` concatenated) the new module could route
+    differently: it would fire on them were stage 1 to offer it, its prototype lies at least as near as their
+    owner's (so it could push the owner's out of the candidates), or the set's calibration moved past the owner's
+    own figures (a raised margin or cosine floor could drop the owner). Elsewhere the owner keeps its place: stage 1
+    still offers it, no module past it fires that did not before, and its own margin clears the new bar."""
+    own_margins = torch.cat([probes[o].own_margins for o in owners])  # type: ignore[misc]
+    own_cosines = torch.cat([probes[o].own_cosines for o in owners])  # type: ignore[misc]
+    if module_id in candidate and candidate.reads_identity(module_id):
+        margins, cosines = candidate.module_scores(module_id, embeddings.to(candidate.backbone.device))
+        risk = (margins > candidate.offset - _RISK_SLACK) & (cosines > candidate.min_cosine - _RISK_SLACK)
+        risk |= cosines >= own_cosines - _RISK_SLACK
+    else:
+        risk = torch.zeros(len(embeddings), dtype=torch.bool)
+    risk |= (own_margins <= candidate.offset + _RISK_SLACK) & (own_margins > current.offset - _RISK_SLACK)
+    risk |= (own_cosines <= candidate.min_cosine + _RISK_SLACK) & (own_cosines > current.min_cosine - _RISK_SLACK)
+    return risk
+
+
+def _adapters(owners: list[str], detail: str = "") -> str:
+    named = f"adapters {', '.join(owners)}" if owners else ""
+    return "; ".join(part for part in (named, detail) if part)
 
 
 def benign_criterion(
@@ -576,13 +661,18 @@ def _reason(c: Criterion) -> str:
     return f"the module takes over {int(c.module)} stored probes of already-forgotten subjects ({c.detail})"
 
 
-def probe_tokens(backbone: Any, base: Baseline, limit: int = 32) -> torch.Tensor:
-    """Visual tokens of the held-out photos the reference revealed on: stored with a module to guard its subject."""
+def probe_inputs(backbone: Any, base: Baseline, identity: bool, limit: int = PROBE_LIMIT) -> dict[str, torch.Tensor]:
+    """What a module stores to guard its subject, of the held-out photos the reference revealed on: their identity
+    embeddings when its gate reads identity (512 bytes a photo), else their visual tokens (9.4 MB a photo at
+    LLaVA-1.5-7B's 576 x 4096)."""
     pictured = [
         (c.image, r) for c, r in zip(base.cases, base.reveals, strict=True) if c.image is not None and not c.named
     ]
     images = [im for im, r in pictured if r][:limit] or [im for im, _ in pictured][:limit]
-    return backbone.visual_tokens(backbone.pixel_values(images)).float().cpu()
+    tokens = backbone.visual_tokens(backbone.pixel_values(images))
+    if identity:
+        return {"embeddings": backbone.identity_embeddings(tokens).float().cpu().contiguous()}
+    return {"tokens": tokens.float().cpu().contiguous()}
 
 
 def _answers(

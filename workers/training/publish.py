@@ -15,8 +15,8 @@ from core.forget_requests.repository import ForgetRequestRepository
 from unlearning.artifacts import save_module
 from unlearning.cagul import CagulModule
 from unlearning.cagul.trainer import TrainReport
-from unlearning.cagul.verification import Baseline, Canaries, Verification, VerifyConfig, probe_tokens, verify
-from workers.runtime import PROBES, Runtime
+from unlearning.cagul.verification import PROBES, Baseline, Canaries, Verification, VerifyConfig, probe_inputs, verify
+from workers.runtime import Runtime
 from workers.training.job import Job
 from workers.training.records import attempt_record, discard, record_adapter
 
@@ -91,7 +91,7 @@ def _publish(
         directory,
         rt.fingerprint,
         {"request_id": job.request_id},
-        tensors={PROBES: {"tokens": probe_tokens(rt.backbone, base).contiguous()}},
+        tensors={PROBES: probe_inputs(rt.backbone, base, module.config.discriminator_input == "identity")},
     )
     record = attempt_record(len(attempts) + 1, job.config, module.config, train_report, verification)
     report: dict[str, Any] = {

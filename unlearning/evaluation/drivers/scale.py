@@ -23,7 +23,7 @@ from unlearning.cagul.enrollment import EnrollmentConfig, enroll
 from unlearning.cagul.gate import CagulGate
 from unlearning.cagul.module import CagulModule
 from unlearning.cagul.trainer import CagulTrainer
-from unlearning.cagul.verification import upper_bound
+from unlearning.cagul.verification import PROBE_LIMIT, PROBES, upper_bound
 from unlearning.world.people import lookalike_identity
 from unlearning.world.population import benign_population, draw_identities, enrolled_people, photos_of, stream
 from unlearning.world.requests import forget_data, world_benign_set, world_retain_set
@@ -130,10 +130,12 @@ def enrolled_modules(world: World, backbone: Backbone, plan: ScalePlan, root: Pa
 
 
 def module_bytes(n_tokens: int = 576, hidden_size: int = 4096, identity_dim: int = 128) -> dict[str, int]:
-    """Bytes of one default module's artifact at a checkpoint's shapes (LLaVA-1.5-7B: 576 tokens x 4096)."""
+    """Bytes of one default module's artifact at a checkpoint's shapes (LLaVA-1.5-7B: 576 tokens x 4096), with the
+    identity embeddings of the probes verification stores beside it."""
     module = CagulModule(CagulConfig(), n_tokens, hidden_size, identity_dim)
+    probes = {PROBES: {"embeddings": torch.zeros(PROBE_LIMIT, identity_dim)}}
     with tempfile.TemporaryDirectory() as directory:
-        save_module(module, directory, "shape-only")
+        save_module(module, directory, "shape-only", tensors=probes)
         stored = sum(f.stat().st_size for f in Path(directory).iterdir())
     params = module.num_parameters()
     return {"n_tokens": n_tokens, "hidden_size": hidden_size, "parameters": params, "artifact_bytes": stored}
