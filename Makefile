@@ -2,6 +2,8 @@
 
 VENV := .venv
 PY := $(VENV)/bin/python
+# Test processes side by side (pytest-xdist), each with its share of the cores (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 # torch first and exactly pinned: anything looser pulls a multi-GB CUDA build.
 $(VENV)/bin/lethe: pyproject.toml
@@ -12,7 +14,7 @@ $(VENV)/bin/lethe: pyproject.toml
 	touch $@
 
 test: $(VENV)/bin/lethe
-	$(PY) -m pytest -q --timeout=1200 --durations=20
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --timeout=1200 --durations=20
 
 lint: $(VENV)/bin/lethe
 	$(VENV)/bin/ruff check unlearning core lethe server workers migrations tests bench

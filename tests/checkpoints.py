@@ -41,6 +41,7 @@ from unlearning.config import REFUSAL_ANSWER
 from unlearning.identity.config import TowerConfig
 from unlearning.identity.tower import pretrain_contrastively
 from unlearning.world import World
+from unlearning.world.builder import build_lock
 from unlearning.world.identities import pretraining_photos
 from unlearning.world.people import Person
 from unlearning.world.vocabulary import REFUSAL_QUESTIONS
@@ -343,13 +344,15 @@ def cached_qwen2_vl_reference(data_dir: Path, world: World) -> Path:
     train on 2 cores the first time)."""
     key = json.dumps({**QWEN_REFERENCE, "world": world.root.name}, sort_keys=True).encode()
     out = data_dir / "checkpoints" / f"qwen2-vl-{hashlib.sha256(key).hexdigest()[:12]}"
-    if not (out / "train.json").is_file():
-        partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        people = qwen2_vl_known_people(world)
-        train_qwen2_vl_reference(
-            world, people, partial, QWEN_REFERENCE["facts"], QWEN_REFERENCE["steps"], tower=QWEN_TOWER
-        )
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(partial, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(out.parent):  # parallel test processes train it once
+        if not (out / "train.json").is_file():
+            partial = out.with_name(f"{out.name}.{os.getpid()}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            people = qwen2_vl_known_people(world)
+            train_qwen2_vl_reference(
+                world, people, partial, QWEN_REFERENCE["facts"], QWEN_REFERENCE["steps"], tower=QWEN_TOWER
+            )
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(partial, out)
     return out

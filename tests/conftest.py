@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import torch
 from sqlalchemy import create_engine, text
 
 from core.db import upgrade_database
@@ -18,6 +19,26 @@ from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import build_world
 
 DATA_DIR = Path(os.environ.get("LETHE_TEST_DATA_DIR", Path(__file__).resolve().parent.parent / ".lethe-test"))
+# Under pytest-xdist each test process is one of WORKERS ("gw0", "gw1", ...) sharing the machine's cores.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if WORKERS > 1:
+        # A share of the cores per test process, and for the servers and workers it starts: OpenMP teams of every
+        # core in each process slowed the small ops of all of them (2.5x, docs/scale.md "The N = 10 gap explained").
+        threads = max(1, (os.cpu_count() or 1) // WORKERS)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The default world's tests first (its build is the longest), then files that train real models, the rest in
+    their order: parallel test processes then end together."""
+    items.sort(
+        key=lambda item: ("default_world" not in getattr(item, "fixturenames", ()), not item.get_closest_marker("slow"))
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +73,8 @@ def backbone(tiny_world: World) -> Backbone:
 
 
 PG_ADMIN_URL = os.environ.get("LETHE_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# One database per test process: each test empties its own.
+REDIS_URL = os.environ.get("LETHE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{15 - WORKER}")
 
 
 @pytest.fixture()

@@ -8,6 +8,8 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,8 +57,18 @@ def ensure_people(data_dir: str | Path, config: WorldConfig) -> World:
     root = world_dir(data_dir, config)
     if not (root / "world.json").is_file():
         root.mkdir(parents=True, exist_ok=True)
-        _write_people(root, config, generate_people(config))
+        with build_lock(root):  # another process may be writing the portraits this one would read
+            if not (root / "world.json").is_file():
+                _write_people(root, config, generate_people(config))
     return World(root)
+
+
+@contextmanager
+def build_lock(root: Path) -> Iterator[None]:
+    """Processes sharing a data dir (a server and its worker, parallel tests) wait for one build instead of racing."""
+    with open(root / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def build_world(
@@ -67,9 +79,7 @@ def build_world(
     targets: dict[str, list[str]] = {"reference": []}
     if with_retain_model:
         targets["retain"] = sorted(p.id for p in world.split("forget10"))
-    # Processes sharing a data dir (a server and its worker, parallel tests) wait for one build instead of racing.
-    with open(world.root / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with build_lock(world.root):
         missing = {name: ex for name, ex in targets.items() if not (world.root / name / "build.json").is_file()}
         if missing:
             # One process per model, side by side: on 2 cores two 1-thread trainings beat two 2-thread ones in a
