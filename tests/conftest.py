@@ -34,8 +34,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The default world's tests first (its build is the longest), then files that train real models, the rest in
-    their order: parallel test processes then end together."""
+    """Under several test processes: the default world's tests first (its build is the longest), then files that
+    train real models, the rest in their order, so that the processes end together (`--no-loadscope-reorder`)."""
+    if WORKERS <= 1:
+        return
     items.sort(
         key=lambda item: ("default_world" not in getattr(item, "fixturenames", ()), not item.get_closest_marker("slow"))
     )

@@ -97,10 +97,10 @@ class Runtime:
             if tensors_file(PROBES) in read_manifest(path, digest)["files"]:
                 stored = load_tensors(path, PROBES, expected_digest=digest)
                 inputs = stored.get("embeddings")
-                if inputs is None:  # stored as visual tokens before identity embeddings were
-                    tokens = stored["tokens"].to(self.backbone.device)
-                    identity = part.discriminator.input_kind == "identity"
-                    inputs = self.backbone.identity_embeddings(tokens).cpu() if identity else tokens.cpu()
+                if inputs is None:  # a token gate's, or an identity gate's stored before embeddings were
+                    inputs = stored["tokens"]
+                    if part.discriminator.input_kind == "identity":
+                        inputs = self.backbone.identity_embeddings(inputs.to(self.backbone.device)).cpu()
                 probes = StoredProbes.of(part.discriminator, inputs)
             self._gates[key] = (part, probes)
         return self._gates[key]

@@ -578,7 +578,12 @@ def at_risk(
     differently: it would fire on them were stage 1 to offer it, its prototype lies at least as near as their
     owner's (so it could push the owner's out of the candidates), or the set's calibration moved past the owner's
     own figures (a raised margin or cosine floor could drop the owner). Elsewhere the owner keeps its place: stage 1
-    still offers it, no module past it fires that did not before, and its own margin clears the new bar."""
+    still offers it, no module past it fires that did not before, and its own margin clears the new bar. A lower
+    margin changes no argmax; a lower cosine floor can (it unmasks modules), and then every probe is at risk."""
+    if candidate.min_cosine < current.min_cosine - _RISK_SLACK:
+        # A lower floor with the new module (its prototype took stage-1 places from modules that fired on benign
+        # photos) unmasks modules the set held back: any of them may now out-score an owner. Every probe is at risk.
+        return torch.ones(len(embeddings), dtype=torch.bool)
     own_margins = torch.cat([probes[o].own_margins for o in owners])  # type: ignore[misc]
     own_cosines = torch.cat([probes[o].own_cosines for o in owners])  # type: ignore[misc]
     if module_id in candidate and candidate.reads_identity(module_id):
