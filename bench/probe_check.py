@@ -17,12 +17,14 @@ Run: python -m bench.probe_check --data-dir DIR --counts 1000,10000 [--json PATH
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from lethe.scale.report import commit, machine
 from unlearning.cagul.config import CagulConfig
 from unlearning.cagul.discriminator import Discriminator
 from unlearning.cagul.gate import DEFAULT_CANDIDATES, CagulGate
@@ -45,7 +47,13 @@ def main() -> None:
         build_world(args.data_dir, WORLD_PRESETS["tiny"], with_retain_model=False).reference_model_dir
     )
     rows = [check(backbone, n, args.sample) for n in (int(c) for c in args.counts.split(","))]
-    report = {"rows": rows, "probe_bytes": probe_bytes(backbone)}
+    report = {
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "rows": rows,
+        "probe_bytes": probe_bytes(backbone),
+    }
     print(json.dumps(report, indent=1))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
