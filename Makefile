@@ -16,7 +16,7 @@ $(VENV)/bin/lethe: pyproject.toml
 	touch $@
 
 test: $(VENV)/bin/lethe
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --timeout=1200 --durations=20
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --timeout=1200 --durations=40
 
 lint: $(VENV)/bin/lethe
 	$(VENV)/bin/ruff check unlearning core lethe server workers migrations tests bench

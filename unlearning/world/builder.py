@@ -83,12 +83,13 @@ def build_world(
         missing = {name: ex for name, ex in targets.items() if not (world.root / name / "build.json").is_file()}
         if missing:
             # One process per model, side by side: on 2 cores two 1-thread trainings beat two 2-thread ones in a
-            # row (0.35 s vs 2 x 0.21 s per step), and a fixed thread count keeps the bits reproducible.
-            threads = max(1, (os.cpu_count() or 1) // len(missing))
+            # row (0.35 s vs 2 x 0.21 s per step). The threads are this process's share of the cores (parallel test
+            # processes each hold one): more OpenMP threads than cores spent half the CPU in the kernel (50% sys).
+            threads = max(1, torch.get_num_threads() // len(missing))
             jobs = {name: (_build_model, (str(world.root), name, exclude)) for name, exclude in missing.items()}
             run_in_processes(jobs, progress, threads)
         if not (world.reference_model_dir / IDENTITY_FILE).is_file():
-            run_in_processes({"identity": (_build_identity, (str(world.root),))}, progress, os.cpu_count() or 1)
+            run_in_processes({"identity": (_build_identity, (str(world.root),))}, progress, torch.get_num_threads())
     return world
 
 
