@@ -3,9 +3,8 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 # Test processes side by side (pytest-xdist), each with its share of the cores (tests/conftest.py); 0 runs the
-# tests in this process. Not yet the default: a world built under two processes got an identity encoder of other
-# bits (OMP_NUM_THREADS=1 in its environment), and the tiny-world enrollment test then claimed 7 of 12 subjects.
-TEST_WORKERS ?= 0
+# tests in this process. Two on 2 cores: a cold CI run took 30.5 min (it had taken 50 to 89 min in one process).
+TEST_WORKERS ?= 2
 
 # torch first and exactly pinned: anything looser pulls a multi-GB CUDA build.
 $(VENV)/bin/lethe: pyproject.toml
