@@ -8,8 +8,9 @@ Builds (or reuses) the world under --cache, starts `lethe serve` on a fresh data
 API's model and the worker's training both on the GPU), asks the reference model the subject's held-out material
 (held-out photo x each fact's held-out question: never sent to the service), files the subject's request as
 `lethe world export --inline` writes it, waits for it, and asks again. Prints the timings (training s from the
-report, verification s from the status events, /v1/vqa p50 and p95 ms over sequential requests) and checks the
-module forgets: the request is active and at most 5% of the held-out cases the reference leaked still leak.
+report, verification s from the status events, /v1/vqa p50 and p95 ms over sequential requests, before the module
+and with it) and checks the module forgets: the request is active and at most 5% of the held-out cases the reference
+leaked still leak.
 Exit 0: every check passed; 1: a check failed; 2: no CUDA device (`--cpu` runs the same path on the CPU, with
 LETHE_DEVICE=cpu, to show the script works where there is no GPU).
 """
@@ -142,6 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with running_service(world, data_dir, log) as http:
         ready_s = time.perf_counter() - started
         reference, others_before = ask_all(http, cases), ask_all(http, others)
+        unmodified = vqa_latency_ms(http, others, args.vqa_requests)  # no module active yet: the baseline
         before, filed = served_version(http), time.perf_counter()
         request = wait_terminal(http, file_request(http, body, f"gpu-check-{uuid.uuid4().hex}"), args.timeout)
         if request["status"] == "active":
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures = phase_seconds(http, request["id"])
         after, others_after = ask_all(http, cases), ask_all(http, others)
         figures |= vqa_latency_ms(http, others, args.vqa_requests)
+        figures |= {f"{key}_no_module": value for key, value in unmodified.items() if key != "vqa_requests"}
         held = gpu_memory()
     leak_before = leak_share(reference, cases, reference)
     leak_after = leak_share(after, cases, reference)
@@ -185,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(result, indent=1))
     print(
         f"\n{result['device']}: training {result['training_s']} s, verification {result['verification_s']} s "
-        f"({result['attempts']} attempt(s)), /v1/vqa p50 {result['vqa_p50_ms']} ms (p95 {result['vqa_p95_ms']} ms)"
+        f"({result['attempts']} attempt(s)), /v1/vqa p50 {result['vqa_p50_ms']} ms (p95 {result['vqa_p95_ms']} ms; "
+        f"before the module: {result['vqa_p50_ms_no_module']} ms, p95 {result['vqa_p95_ms_no_module']} ms)"
     )
     for name, ok in result["checks"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import torch
@@ -40,6 +40,17 @@ RewriteSource = Callable[[str], Rewrite]
 # Scale world, 1,000 enrolled: the subject's own module is among the nearest 8 prototypes for 99.3% of new photos,
 # among 16 for 99.8% (`lethe bench scale`); stage 2 reads k weight sets per image, so k costs little.
 DEFAULT_CANDIDATES = 32
+
+
+@dataclass
+class CosineCalibration:
+    """What a cosine calibration found on benign photos `z` with `candidates`, kept for the next one on them."""
+
+    z: torch.Tensor
+    candidates: int
+    nearest: torch.Tensor  # [photos] the nearest firing prototype's cosine, unheld (-inf: none fires)
+    kth: dict[tuple, torch.Tensor]  # per identity bank, [photos] its k-th candidate's cosine (-inf: scored whole)
+    joined: list[str] = field(default_factory=list)  # modules added since
 
 
 @dataclass(frozen=True)
@@ -82,11 +93,15 @@ class CagulGate:
         self._ids: dict[tuple, list[str]] = {}
         self._bank_of: dict[str, tuple] = {}
         self._configs: dict[str, CagulConfig] = {}
-        self._held: dict[str, CagulModule] = {}
+        self._held_modules: dict[str, CagulModule] = {}
         # Set by `calibrate`, so the set as a whole meets a false-fire budget: a margin added to every threshold
         # (logits), or a floor on the cosine between an image's identity embedding and a module's prototype.
         self.offset = 0.0
         self.min_cosine = float("-inf")
+        # The calibration set's identity embeddings, and what the last cosine calibration found per photo: the
+        # backbone is frozen, so a later calibration on the same set reuses both (`_nearest_firing`).
+        self._calibration_set: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._held: CosineCalibration | None = None
         self.set_modules(modules or {})
 
     @property
@@ -97,7 +112,7 @@ class CagulGate:
     @property
     def modules(self) -> list[CagulModule]:
         """The module objects, in `module_ids` order; only a gate built without an encoder source holds them."""
-        return [self._held[m] for m in self.module_ids]
+        return [self._held_modules[m] for m in self.module_ids]
 
     def __len__(self) -> int:
         return len(self._bank_of)
@@ -115,7 +130,7 @@ class CagulGate:
         """Start gating with `module` (replacing a module of the same id); the others are not touched."""
         self.add_discriminator(module_id, module.discriminator, module.config, module.identity_dim, module.aliases)
         if self._rewrites is None:
-            self._held[module_id] = module.to(self.backbone.device).eval()
+            self._held_modules[module_id] = module.to(self.backbone.device).eval()
 
     def add_discriminator(
         self,
@@ -144,6 +159,8 @@ class CagulGate:
         self._bank_of[module_id] = key
         self._configs[module_id] = config
         self._names.add(module_id, aliases)
+        if self._held is not None:
+            self._held.joined.append(module_id)
 
     def remove_module(self, module_id: str) -> None:
         """Stop gating with one module; the others are not touched."""
@@ -157,10 +174,11 @@ class CagulGate:
             del self._banks[key], self._ids[key]
         del self._configs[module_id]
         self._names.remove(module_id)
-        self._held.pop(module_id, None)
+        self._held_modules.pop(module_id, None)
+        self._held = None  # rows moved: the next calibration starts over
 
     def rewrite(self, module_id: str) -> Rewrite:
-        return self._rewrites(module_id) if self._rewrites is not None else self._held[module_id]
+        return self._rewrites(module_id) if self._rewrites is not None else self._held_modules[module_id]
 
     def encoder(self, module_id: str) -> nn.Module:
         return self.rewrite(module_id).encoder
@@ -251,6 +269,7 @@ class CagulGate:
         """Does this module's gate read identity embeddings (rather than visual tokens)?"""
         return self._bank_of[module_id][0] == "identity"
 
+    @torch.no_grad()
     def calibrate(self, z: torch.Tensor, system_fpr: float, batch: int = 256, scale: str = "logit") -> float:
         """Hold every module back on one shared scale so that any module fires on at most `system_fpr` of `z`.
 
@@ -264,26 +283,66 @@ class CagulGate:
         self.offset, self.min_cosine = 0.0, float("-inf")
         if not self._banks or len(z) == 0:
             return 0.0 if scale == "logit" else self.min_cosine
-        chunks = [z[i : i + batch] for i in range(0, len(z), batch)]
+        embedded = self._calibration_embeddings(z, batch)
         if scale == "logit":
-            best = torch.cat([self.scores(chunk)[1].max(0).values for chunk in chunks])
+            best = torch.cat(
+                [
+                    self.scores(z[i : i + batch], None if embedded is None else embedded[i : i + batch])[1]
+                    .max(0)
+                    .values
+                    for i in range(0, len(z), batch)
+                ]
+            )
             self.offset = max(0.0, higher_quantile(best, 1 - system_fpr))
             return self.offset
-        # Per image, the nearest prototype among the modules that fire on it: the floor must lie above it.
-        nearest = []
-        for chunk in chunks:
-            embeddings = self._identity_embeddings(chunk)
-            fires = self.scores(chunk, embeddings)[1] > 0
-            nearest.append(torch.where(fires, self.prototype_cosines(chunk, embeddings), float("-inf")).max(0).values)
-        self.min_cosine = higher_quantile(torch.cat(nearest), 1 - system_fpr)
+        self.min_cosine = higher_quantile(self._nearest_firing(z, embedded, batch), 1 - system_fpr)
         return self.min_cosine
 
+    def _nearest_firing(self, z: torch.Tensor, embedded: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Per photo of `z`, the cosine of the nearest prototype among the modules that fire on it unheld (the floor
+        must lie above it; -inf where none fires).
+
+        After modules only joined, since the last call on the same set, only the photos whose stage 1 they enter
+        are routed again: for any other photo the candidates, and so the modules that fire, are the same. That
+        keeps one more activation of a held set to a few photos' routing, not the whole benign set's.
+        """
+        held, k = self._held, self.candidates
+        identity_only = embedded is not None and all(b.input_kind == "identity" for b in self._banks.values())
+        if held is None or held.z is not z or held.candidates != k or not identity_only or embedded is None:
+            held = CosineCalibration(z, k, torch.full((len(z),), float("-inf")), {})
+            changed = torch.ones(len(z), dtype=torch.bool)
+        else:
+            changed = torch.zeros(len(z), dtype=torch.bool)
+            for module_id in held.joined:
+                key = self._bank_of[module_id]
+                bank, row = self._banks[key], self._ids[key].index(module_id)
+                kth = held.kth.get(key, torch.full((len(z),), float("-inf")))
+                changed |= (embedded @ bank.prototypes[row]).cpu() >= kth
+        held.joined = []
+        self._held = held
+        for rows in torch.nonzero(changed).flatten().split(batch):
+            chunk, embeddings = z[rows], None if embedded is None else embedded[rows]
+            fires = self.scores(chunk, embeddings)[1] > 0
+            cosines = torch.where(fires, self.prototype_cosines(chunk, embeddings), float("-inf"))
+            held.nearest[rows] = cosines.max(0).values
+            for key, bank in self._banks.items():
+                kth = held.kth.setdefault(key, torch.full((len(z),), float("-inf")))
+                if embeddings is not None and bank.input_kind == "identity" and 0 < k < len(bank):
+                    kth[rows] = bank.nearest(embeddings, k)[0][:, -1].cpu()
+                else:
+                    kth[rows] = float("-inf")
+        return held.nearest
+
     @torch.no_grad()
-    def _identity_embeddings(self, z: torch.Tensor) -> torch.Tensor | None:
-        """`z`'s identity embeddings, or None when no module gates on them."""
-        if any(bank.input_kind == "identity" for bank in self._banks.values()):
-            return self.backbone.identity_embeddings(z)
-        return None
+    def _calibration_embeddings(self, z: torch.Tensor, batch: int) -> torch.Tensor | None:
+        """`z`'s identity embeddings (kept while `z` is the set calibrated on), or None when no module gates on
+        them."""
+        if not any(bank.input_kind == "identity" for bank in self._banks.values()):
+            return None
+        if self._calibration_set is None or self._calibration_set[0] is not z:
+            embeddings = [self.backbone.identity_embeddings(z[i : i + batch]) for i in range(0, len(z), batch)]
+            self._calibration_set = (z, torch.cat(embeddings))
+        return self._calibration_set[1]
 
     @torch.no_grad()
     def recalled(self, z: torch.Tensor, expected: torch.Tensor, k: int | None = None) -> torch.Tensor:

@@ -56,7 +56,7 @@ def test_vqa_without_a_question_says_what_to_send(client: TestClient, tiny_world
 @pytest.fixture(scope="module")
 def p000_module(backbone: Backbone, tiny_world: World) -> CagulModule:
     """A real module forgetting p000, trained with the forgetting table's quick settings (seconds, not minutes)."""
-    config = CagulConfig(steps=40, discriminator_steps=150, positive_augmentations=8)
+    config = CagulConfig(steps=40, positive_augmentations=8)
     module, _ = CagulTrainer(backbone, config).train(
         forget_data(tiny_world, ["p000"]), world_retain_set(tiny_world, exclude=["p000"])
     )

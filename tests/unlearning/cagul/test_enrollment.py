@@ -3,6 +3,7 @@ served and routed like a request's module."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unlearning.backbones import Backbone
@@ -13,7 +14,9 @@ from unlearning.world import World
 from unlearning.world.population import benign_population, draw_identities, enrolled_people, photos_of, stream
 
 
-def test_each_enrolled_gate_claims_its_own_subject_and_few_others(tiny_world: World, backbone: Backbone):
+def test_each_enrolled_gate_claims_its_own_subject_and_few_others(
+    tiny_world: World, backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+):
     people = enrolled_people(tiny_world, 12)
     config = CagulConfig()
     rng = stream(tiny_world, 0, "test-negatives")
@@ -54,6 +57,24 @@ def test_each_enrolled_gate_claims_its_own_subject_and_few_others(tiny_world: Wo
     assert (gate.route(benign_tokens)[0] >= 0).float().mean() <= 0.01
     assert bool((before | ~gate.firing(tokens)[1]).all())
     assert gate.calibrate(benign_tokens, 0.99, scale="cosine") == float("-inf")
+    # Each activation calibrates again on the same set: its embeddings are kept, and the floor is the one a fresh
+    # embedding of the set gives.
+    embedded: list[int] = []
+    embed = backbone.identity_embeddings
+    monkeypatch.setattr(backbone, "identity_embeddings", lambda t: embedded.append(len(t)) or embed(t))
+    assert gate.calibrate(benign_tokens, 0.01, scale="cosine") == floor and not embedded
+    assert gate.calibrate(benign_tokens.clone(), 0.01, scale="cosine") == floor and sum(embedded) == len(benign_tokens)
+    # One more module joins: only the photos whose stage 1 it enters are routed again, to the floor the whole set
+    # routed anew gives (to float rounding: a few photos' cosines come out of a smaller matmul).
+    gate.remove_module("s11")
+    gate.calibrate(benign_tokens, 0.01, scale="cosine")
+    routed: list[int] = []
+    scores = gate.scores
+    monkeypatch.setattr(gate, "scores", lambda t, e=None: routed.append(len(t)) or scores(t, e))
+    gate.add_discriminator("s11", gates[11], config)
+    assert gate.calibrate(benign_tokens, 0.01, scale="cosine") == pytest.approx(floor, abs=1e-6)
+    assert 0 < sum(routed) < len(benign_tokens)
+    assert gate.calibrate(benign_tokens.clone(), 0.01, scale="cosine") == floor
 
 
 def test_populations_are_new_people_and_repeatable(tiny_world: World):

@@ -63,9 +63,9 @@ PROBES = ("leak_direct", "leak_paraphrase", "leak_new_image")
 def test_cagul_forgets_what_the_reference_leaks(quick_table: dict) -> None:
     rows = {r["method"]: r for r in quick_table["rows"]}
     reference, cagul = rows["reference"], rows["cagul"]
-    # Measured on the tiny world, quick settings: the reference leaks 1.0 on every probe (direct, paraphrase, new
-    # photo), CAGUL 0.0, refusing 99% of the time, gate TPR 1.0, FPR 0.003. A gate that never fires serves the
-    # reference's answers: leak 1.0 and TPR 0.0 fail here.
+    # Measured on the tiny world, quick settings (one core): the reference leaks 1.0 on every probe (direct,
+    # paraphrase, new photo), CAGUL 0.0, refusing 100% of the time, gate TPR 1.0, FPR 0.0. A gate that never fires
+    # serves the reference's answers: leak 1.0 and TPR 0.0 fail here.
     for probe in PROBES:
         assert reference[probe] >= 0.8, (probe, reference[probe])
         assert cagul[probe] <= 0.10, (probe, cagul[probe])

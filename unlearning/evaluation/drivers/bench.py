@@ -40,9 +40,11 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "cagul-flatten": ("cagul", {"discriminator_input": "flatten"}),
     "cagul-visual-only": ("cagul", {"text_module": False}),
 }
-# Fewer steps everywhere: the smoke version the test suite runs. Not for reported numbers.
+# Fewer steps everywhere: the smoke version the test suite runs. Not for reported numbers. CAGUL's discriminator keeps
+# its full 600 steps (about 1 s more on one core, tiny world): at 150 other people's photos scored up to 0.61 under
+# the 0.75 threshold (0.13 at 600; 4 seeds), and one CI machine's build fired on a retain person (retain 0.917).
 QUICK_PARAMS: dict[str, dict[str, Any]] = {
-    "cagul": {"steps": 40, "discriminator_steps": 150, "positive_augmentations": 8},
+    "cagul": {"steps": 40, "positive_augmentations": 8},
     **{m: {"steps": 10} for m in ("ga", "gd", "kl", "idk", "npo")},
 }
 COLUMNS = (
