@@ -126,15 +126,25 @@ def measure_embeddings(photos: torch.Tensor, heldout: torch.Tensor, benign: torc
     prototypes = F.normalize(photos.mean(1), dim=-1)
     own = heldout @ prototypes.T
     nearest_benign = (benign @ prototypes.T).max(1).values
-    own_score = own.diagonal()
     row = {"enrolled": g, "rank1": round(float((own.argmax(1) == torch.arange(g)).float().mean()), 4)}
+    row |= _tpr(own, nearest_benign, "")
+    # Each request photo its own prototype, a module scoring its nearest (template matching, not the mean).
+    each = F.normalize(photos, dim=-1)
+    own_each = torch.einsum("hd,gpd->hgp", heldout, each).amax(2)
+    nearest_each = torch.cat([torch.einsum("bd,gpd->bgp", b, each).amax((1, 2)) for b in benign.split(256)])
+    row |= _tpr(own_each, nearest_each, "_each_photo")
+    return row
+
+
+def _tpr(own: torch.Tensor, nearest_benign: torch.Tensor, suffix: str) -> dict:
+    """TPR of one threshold at the benign set's 99th and 99.9th percentiles; the own module must be the nearest."""
+    g, own_score, row = len(own), own.diagonal(), {}
     for share, name in ((0.99, "tpr_at_1pct"), (0.999, "tpr_at_0_1pct")):
         threshold = float(torch.quantile(nearest_benign, share))
-        # The subject's own module must win: its prototype the nearest and past the threshold.
         hit = (own.argmax(1) == torch.arange(g)) & (own_score > threshold)
-        row[name] = round(float(hit.float().mean()), 4)
-    row["own_cosine_p01"] = round(float(torch.quantile(own_score, 0.01)), 4)
-    row["benign_nearest_p99"] = round(float(torch.quantile(nearest_benign, 0.99)), 4)
+        row[name + suffix] = round(float(hit.float().mean()), 4)
+    row["own_cosine_p01" + suffix] = round(float(torch.quantile(own_score, 0.01)), 4)
+    row["benign_nearest_p99" + suffix] = round(float(torch.quantile(nearest_benign, 0.99)), 4)
     return row
 
 
