@@ -7,7 +7,8 @@ The served set is calibrated again under the lock answers wait on whenever a mod
 near its own prototype); the benign set is the world's (`world_benign_set`), as the server calibrates on it. Both
 must set the same floor (to float rounding). Timing only: accuracy at N is `lethe bench scale`'s.
 
-Run: python -m bench.calibration_time --data-dir DIR --counts 100,1000,10000 [--world tiny] [--json PATH]
+Run: python -m bench.calibration_time --data-dir DIR --counts 100,1000,10000 [--world tiny] [--candidates 0]
+[--json PATH] (`--candidates 0`: the exhaustive gate)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--world", default="tiny")
     parser.add_argument("--budget", type=float, default=0.01)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES, help="0: the exhaustive gate")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -45,7 +47,7 @@ def main() -> None:
     backbone = load_backbone(world.reference_model_dir)
     backbone.freeze()
     benign = backbone.tokens_of([im for im, _ in world_benign_set(world)])
-    rows = [timed(backbone, benign, int(n), args.budget, args.repeats) for n in args.counts.split(",")]
+    rows = [timed(backbone, benign, int(n), args.budget, args.repeats, args.candidates) for n in args.counts.split(",")]
     report = {
         "commit": commit(),
         "date": datetime.date.today().isoformat(),
@@ -53,6 +55,7 @@ def main() -> None:
         "world": args.world,
         "benign_photos": len(benign),
         "budget": args.budget,
+        "candidates": args.candidates,
         "rows": rows,
     }
     print(json.dumps(report, indent=1))
@@ -60,14 +63,14 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
-def timed(backbone, benign: torch.Tensor, n: int, budget: float, repeats: int) -> dict:
+def timed(backbone, benign: torch.Tensor, n: int, budget: float, repeats: int, candidates: int) -> dict:
     generator = torch.Generator().manual_seed(n)
     dim = backbone.identity_dim
     # Prototypes near the benign photos' own embeddings, so gates fire on some of them and the floor has work to do.
     anchors = backbone.identity_embeddings(benign[: min(len(benign), 256)])
     noise = 0.6 * torch.randn(n, dim, generator=generator) / dim**0.5
     prototypes = torch.nn.functional.normalize(anchors[torch.arange(n) % len(anchors)] + noise, dim=1)
-    gate = CagulGate(backbone, candidates=DEFAULT_CANDIDATES)
+    gate = CagulGate(backbone, candidates=candidates)
     config = CagulConfig()
     gates = [gate_of(dim, prototypes[i], generator, backbone) for i in range(n)]
     for i, discriminator in enumerate(gates[:-1]):

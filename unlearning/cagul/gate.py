@@ -303,8 +303,9 @@ class CagulGate:
         must lie above it; -inf where none fires).
 
         After modules only joined, since the last call on the same set, only the photos whose stage 1 they enter
-        are routed again: for any other photo the candidates, and so the modules that fire, are the same. That
-        keeps one more activation of a held set to a few photos' routing, not the whole benign set's.
+        are routed again: for any other photo the candidates, and so the modules that fire, are the same. A bank
+        scored whole (the exhaustive gate) adds only the joined module's own column. That keeps one more
+        activation of a held set to a few photos' routing, not the whole benign set's.
         """
         held, k = self._held, self.candidates
         identity_only = embedded is not None and all(b.input_kind == "identity" for b in self._banks.values())
@@ -316,11 +317,18 @@ class CagulGate:
             for module_id in held.joined:
                 key = self._bank_of[module_id]
                 bank, row = self._banks[key], self._ids[key].index(module_id)
+                if not 0 < k < len(bank):
+                    # Scored whole, the bank's modules fire independently: the joined one can only add its own
+                    # firings, one column, where re-routing would score every module on every photo again.
+                    margins, cosines = self.module_scores(module_id, embedded)
+                    held.nearest = torch.maximum(held.nearest, cosines.masked_fill(margins <= 0, float("-inf")))
+                    continue
                 kth = held.kth.get(key, torch.full((len(z),), float("-inf")))
                 changed |= (embedded @ bank.prototypes[row]).cpu() >= kth
         held.joined = []
         self._held = held
-        for rows in torch.nonzero(changed).flatten().split(batch):
+        stale = torch.nonzero(changed).flatten()
+        for rows in stale.split(batch) if len(stale) else ():  # an empty tensor still splits into one empty chunk
             chunk, embeddings = z[rows], None if embedded is None else embedded[rows]
             fires = self.scores(chunk, embeddings)[1] > 0
             cosines = torch.where(fires, self.prototype_cosines(chunk, embeddings), float("-inf"))

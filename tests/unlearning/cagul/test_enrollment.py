@@ -75,6 +75,15 @@ def test_each_enrolled_gate_claims_its_own_subject_and_few_others(
     assert gate.calibrate(benign_tokens, 0.01, scale="cosine") == pytest.approx(floor, abs=1e-6)
     assert 0 < sum(routed) < len(benign_tokens)
     assert gate.calibrate(benign_tokens.clone(), 0.01, scale="cosine") == floor
+    # The exhaustive gate: every module scores every photo, so a join adds its own column and routes no photo again.
+    gate.candidates = 0
+    gate.remove_module("s11")
+    gate.calibrate(benign_tokens, 0.01, scale="cosine")
+    routed.clear()
+    gate.add_discriminator("s11", gates[11], config)
+    exhaustive = gate.calibrate(benign_tokens, 0.01, scale="cosine")
+    assert not routed and exhaustive == pytest.approx(gate.calibrate(benign_tokens.clone(), 0.01, scale="cosine"))
+    assert (gate.route(benign_tokens)[0] >= 0).float().mean() <= 0.01
 
 
 def test_populations_are_new_people_and_repeatable(tiny_world: World):
