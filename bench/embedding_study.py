@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,10 @@ class Embedder(nn.Module):
         return F.normalize(self.head(h.flatten(1)), dim=-1)
 
 
-def pretrain(model: Embedder, photos: np.ndarray, args: argparse.Namespace) -> float:
+def pretrain(
+    model: Embedder, photos: np.ndarray, args: argparse.Namespace, checkpoint: Callable[[int, float], None]
+) -> float:
+    """Train `args.steps` steps; `checkpoint(step, loss)` runs in eval mode after each step in `args.measure_at`."""
     generator = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     n_ids, n_views = photos.shape[:2]
@@ -105,6 +109,10 @@ def pretrain(model: Embedder, photos: np.ndarray, args: argparse.Namespace) -> f
         if (step + 1) % 50 == 0:
             elapsed = time.perf_counter() - started
             print(f"step {step + 1}/{args.steps} loss {loss_value:.3f} ({elapsed:.0f} s)", flush=True)
+        if step + 1 in args.measure_at:
+            model.eval()
+            checkpoint(step + 1, loss_value)
+            model.train()
     model.eval()
     return loss_value
 
@@ -176,8 +184,14 @@ def main() -> None:
     parser.add_argument("--enrolled", default="1000,10000")
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--measure-at",
+        default="",
+        help="also measure after these steps (comma-separated) of the same run; its schedule still spans --steps",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    args.measure_at = {int(s) for s in args.measure_at.split(",") if s} | {args.steps}
     if args.threads:
         torch.set_num_threads(args.threads)
     world = ensure_people(args.data_dir, WORLD_PRESETS["scale"])
@@ -200,15 +214,22 @@ def main() -> None:
         )
     data = np.load(seen)
     model = Embedder(world.config.image_size, args.patch, args.hidden, args.layers, args.width, args.dim)
-    started = time.perf_counter()
-    loss = pretrain(model, photos, args)
-    rows = [measure(model, data["enrolled"], data["heldout"], data["benign"], g) for g in counts]
     # The same people `benign_population` draws as strangers.
     strangers = draw_identities(world, STRANGERS, 0, "strangers")
-    for row in rows:
-        row["strangers_sharing_all_attributes"] = shared_attributes(
-            strangers, [p.identity for p in people], row["enrolled"]
-        )
+    started = time.perf_counter()
+    rows: list[dict] = []
+
+    def checkpoint(step: int, loss: float) -> None:
+        for g in counts:
+            row = {"step": step, "loss": round(loss, 4), "seconds": round(time.perf_counter() - started, 1)}
+            row |= measure(model, data["enrolled"], data["heldout"], data["benign"], g)
+            row["strangers_sharing_all_attributes"] = shared_attributes(strangers, [p.identity for p in people], g)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+        if args.json:  # a long run keeps what it measured so far
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}))
+
+    loss = pretrain(model, photos, args, checkpoint)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "final_loss": loss, "rows": rows}
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
