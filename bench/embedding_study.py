@@ -189,6 +189,8 @@ def main() -> None:
         default="",
         help="also measure after these steps (comma-separated) of the same run; its schedule still spans --steps",
     )
+    parser.add_argument("--save", type=Path, help="keep the tower at each measured step (PATH.stepN.pt)")
+    parser.add_argument("--load", type=Path, help="measure this saved tower; trains nothing")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.measure_at = {int(s) for s in args.measure_at.split(",") if s} | {args.steps}
@@ -226,10 +228,18 @@ def main() -> None:
             row["strangers_sharing_all_attributes"] = shared_attributes(strangers, [p.identity for p in people], g)
             print(json.dumps(row), flush=True)
             rows.append(row)
+        if args.save:  # a long run's tower can be measured again without training it again
+            torch.save(model.state_dict(), args.save.with_suffix(f".step{step}.pt"))
         if args.json:  # a long run keeps what it measured so far
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}))
 
-    loss = pretrain(model, photos, args, checkpoint)
+    if args.load:
+        model.load_state_dict(torch.load(args.load))
+        model.eval()
+        loss = float("nan")
+        checkpoint(0, loss)
+    else:
+        loss = pretrain(model, photos, args, checkpoint)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "final_loss": loss, "rows": rows}
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
