@@ -27,7 +27,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, get_cosine_schedule_with_warmup
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from unlearning.augment import MILD_VIEWS, augment
+from unlearning.augment import MILD_VIEWS, STRONG_VIEWS, AugmentConfig, augment
 from unlearning.identity.trainer import contrastive_loss, two_views
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.builder import ensure_people
@@ -122,10 +122,40 @@ def embed(model: Embedder, images: np.ndarray, batch: int = 512) -> torch.Tensor
     return torch.cat([model(as_pixels(images[i : i + batch])) for i in range(0, len(images), batch)])
 
 
-def measure(model: Embedder, enrolled: np.ndarray, heldout: np.ndarray, benign: np.ndarray, g: int) -> dict:
-    """Rank-1 and the TPR of one cosine threshold at the benign set's 99th and 99.9th percentiles, G enrolled."""
+def measure(
+    model: Embedder, enrolled: np.ndarray, heldout: np.ndarray, benign: np.ndarray, g: int, views: int = 0
+) -> dict:
+    """Rank-1 and the TPR of one cosine threshold at the benign set's 99th and 99.9th percentiles, G enrolled;
+    with `views`, also for prototypes averaged over augmented views of the request photos."""
     photos = embed(model, enrolled[:g].reshape(-1, *enrolled.shape[2:])).view(g, enrolled.shape[1], -1)
-    return measure_embeddings(photos, embed(model, heldout[:g]), embed(model, benign))
+    held, benign_embeddings = embed(model, heldout[:g]), embed(model, benign)
+    row = measure_embeddings(photos, held, benign_embeddings)
+    if views:
+        # The service's mix (trainer: the photos, 48 strong views and 24 mild views of each), and mild views alone.
+        for suffix, mix in (
+            ("_served_views", ((STRONG_VIEWS, views), (MILD_VIEWS, views // 2))),
+            ("_mild_views", ((MILD_VIEWS, views),)),
+        ):
+            prototypes = viewed_prototypes(model, enrolled[:g], photos, mix)
+            own = held @ prototypes.T
+            row |= _tpr(own, (benign_embeddings @ prototypes.T).max(1).values, suffix)
+    return row
+
+
+@torch.no_grad()
+def viewed_prototypes(
+    model: Embedder, enrolled: np.ndarray, photos: torch.Tensor, mix: tuple[tuple[AugmentConfig, int], ...]
+) -> torch.Tensor:
+    """Unit mean of each person's photos and `count` views of each under every (config, count) of `mix`."""
+    generator = torch.Generator().manual_seed(7)
+    total, n = photos.sum(1), photos.shape[1] + photos.shape[1] * sum(count for _, count in mix)
+    for start in range(0, len(enrolled), 64):
+        pixels = as_pixels(enrolled[start : start + 64].reshape(-1, *enrolled.shape[2:]))
+        for config, count in mix:
+            changed = augment(pixels.repeat(count, 1, 1, 1), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, config, generator)
+            sums = torch.cat([model(c) for c in changed.split(512)]).view(count, -1, photos.shape[1], photos.shape[2])
+            total[start : start + 64] += sums.sum((0, 2))
+    return F.normalize(total / n, dim=-1)
 
 
 def measure_embeddings(photos: torch.Tensor, heldout: torch.Tensor, benign: torch.Tensor) -> dict:
@@ -189,6 +219,12 @@ def main() -> None:
         default="",
         help="also measure after these steps (comma-separated) of the same run; its schedule still spans --steps",
     )
+    parser.add_argument(
+        "--prototype-views",
+        type=int,
+        default=0,
+        help="also measure prototypes over this many strong (and half as many mild) views of each request photo",
+    )
     parser.add_argument("--save", type=Path, help="keep the tower at each measured step (PATH.stepN.pt)")
     parser.add_argument("--load", type=Path, help="measure this saved tower; trains nothing")
     parser.add_argument("--json", type=Path)
@@ -224,7 +260,7 @@ def main() -> None:
     def checkpoint(step: int, loss: float) -> None:
         for g in counts:
             row = {"step": step, "loss": round(loss, 4), "seconds": round(time.perf_counter() - started, 1)}
-            row |= measure(model, data["enrolled"], data["heldout"], data["benign"], g)
+            row |= measure(model, data["enrolled"], data["heldout"], data["benign"], g, args.prototype_views)
             row["strangers_sharing_all_attributes"] = shared_attributes(strangers, [p.identity for p in people], g)
             print(json.dumps(row), flush=True)
             rows.append(row)
