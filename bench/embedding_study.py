@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -259,7 +260,8 @@ def main() -> None:
 
     def checkpoint(step: int, loss: float) -> None:
         for g in counts:
-            row = {"step": step, "loss": round(loss, 4), "seconds": round(time.perf_counter() - started, 1)}
+            seconds = round(time.perf_counter() - started, 1)
+            row = {"step": step, "loss": None if math.isnan(loss) else round(loss, 4), "seconds": seconds}
             row |= measure(model, data["enrolled"], data["heldout"], data["benign"], g, args.prototype_views)
             row["strangers_sharing_all_attributes"] = shared_attributes(strangers, [p.identity for p in people], g)
             print(json.dumps(row), flush=True)
@@ -273,7 +275,7 @@ def main() -> None:
         model.load_state_dict(torch.load(args.load))
         model.eval()
         loss = float("nan")
-        checkpoint(0, loss)
+        checkpoint(0, loss)  # step 0: the loaded tower, as saved
     else:
         loss = pretrain(model, photos, args, checkpoint)
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "final_loss": loss, "rows": rows}
