@@ -10,6 +10,8 @@ look-alikes, mild changes); one cosine threshold at the benign set's 99th (99.9t
 reads its figures.
 
     python bench/embedding_study.py --loss arcface --patch 8 --enrolled 1000,10000 --json out.json
+    python -m bench.embedding_study --positive-margin 0.2 --steps 6000 --measure-at 2000,4000 --save DIR/tower
+    python -m bench.embedding_study --load DIR/tower.step6000.pt --prototype-views 8
 """
 
 from __future__ import annotations
@@ -278,7 +280,8 @@ def main() -> None:
         checkpoint(0, loss)  # step 0: the loaded tower, as saved
     else:
         loss = pretrain(model, photos, args, checkpoint)
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "final_loss": loss, "rows": rows}
+    final_loss = None if math.isnan(loss) else loss
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "final_loss": final_loss, "rows": rows}
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
     if args.json:
