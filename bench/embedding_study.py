@@ -257,6 +257,7 @@ def main() -> None:
     model = Embedder(world.config.image_size, args.patch, args.hidden, args.layers, args.width, args.dim)
     # The same people `benign_population` draws as strangers.
     strangers = draw_identities(world, STRANGERS, 0, "strangers")
+    recorded_args = {k: str(v) for k, v in vars(args).items()}
     started = time.perf_counter()
     rows: list[dict] = []
 
@@ -271,7 +272,7 @@ def main() -> None:
         if args.save:  # a long run's tower can be measured again without training it again
             torch.save(model.state_dict(), args.save.with_suffix(f".step{step}.pt"))
         if args.json:  # a long run keeps what it measured so far
-            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}))
+            args.json.write_text(json.dumps({"args": recorded_args, "rows": rows}))
 
     if args.load:
         model.load_state_dict(torch.load(args.load))
@@ -281,7 +282,7 @@ def main() -> None:
     else:
         loss = pretrain(model, photos, args, checkpoint)
     final_loss = None if math.isnan(loss) else loss
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "final_loss": final_loss, "rows": rows}
+    result = {"args": recorded_args, "final_loss": final_loss, "rows": rows}
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result, indent=1))
     if args.json:
