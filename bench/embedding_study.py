@@ -240,9 +240,8 @@ def main() -> None:
     cache = args.data_dir / "embedding-study"
     cache.mkdir(parents=True, exist_ok=True)
     pool = cache / f"pretraining-{args.identities}x{args.views}.npy"
-    if not pool.is_file():
+    if not pool.is_file() and not args.load:
         np.save(pool, pretraining_photos(world, args.identities, args.views, 2))
-    photos = np.load(pool)
     people = enrolled_people(world, max(counts))
     seen = cache / f"enrolled-{max(counts)}.npz"
     if not seen.is_file():
@@ -280,7 +279,7 @@ def main() -> None:
         loss = float("nan")
         checkpoint(0, loss)  # step 0: the loaded tower, as saved
     else:
-        loss = pretrain(model, photos, args, checkpoint)
+        loss = pretrain(model, np.load(pool), args, checkpoint)
     final_loss = None if math.isnan(loss) else loss
     result = {"args": recorded_args, "final_loss": final_loss, "rows": rows}
     result["seconds"] = round(time.perf_counter() - started, 1)
