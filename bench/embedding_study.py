@@ -141,7 +141,7 @@ def measure(
         ):
             prototypes = viewed_prototypes(model, enrolled[:g], photos, mix)
             own = held @ prototypes.T
-            row |= _tpr(own, (benign_embeddings @ prototypes.T).max(1).values, suffix)
+            row |= tpr_row(own, (benign_embeddings @ prototypes.T).max(1).values, suffix)
     return row
 
 
@@ -168,16 +168,16 @@ def measure_embeddings(photos: torch.Tensor, heldout: torch.Tensor, benign: torc
     own = heldout @ prototypes.T
     nearest_benign = (benign @ prototypes.T).max(1).values
     row = {"enrolled": g, "rank1": round(float((own.argmax(1) == torch.arange(g)).float().mean()), 4)}
-    row |= _tpr(own, nearest_benign, "")
+    row |= tpr_row(own, nearest_benign, "")
     # Each request photo its own prototype, a module scoring its nearest (template matching, not the mean).
     each = F.normalize(photos, dim=-1)
     own_each = torch.einsum("hd,gpd->hgp", heldout, each).amax(2)
     nearest_each = torch.cat([torch.einsum("bd,gpd->bgp", b, each).amax((1, 2)) for b in benign.split(256)])
-    row |= _tpr(own_each, nearest_each, "_each_photo")
+    row |= tpr_row(own_each, nearest_each, "_each_photo")
     return row
 
 
-def _tpr(own: torch.Tensor, nearest_benign: torch.Tensor, suffix: str) -> dict:
+def tpr_row(own: torch.Tensor, nearest_benign: torch.Tensor, suffix: str) -> dict:
     """TPR of one threshold at the benign set's 99th and 99.9th percentiles; the own module must be the nearest."""
     g, own_score, row = len(own), own.diagonal(), {}
     for share, name in ((0.99, "tpr_at_1pct"), (0.999, "tpr_at_0_1pct")):

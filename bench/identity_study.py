@@ -8,6 +8,10 @@ their held-out photo, and the benign population; one cosine threshold at the ben
 
     python -m bench.identity_study --data-dir DIR --identities 4000 --margin 0.2 --enrolled 1000,10000
     python -m bench.identity_study --data-dir DIR --built --enrolled 1000,10000   # the encoder the world built
+    python -m bench.identity_study --data-dir DIR --built --served-prototypes --enrolled 1000,10000
+
+`--served-prototypes` also measures the prototypes bulk enrollment stores (`enroll`: the unit mean of each request
+photo and its strong and mild views, `EnrollmentConfig`), suffixed `_served_views`.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from bench.embedding_study import STRANGERS, measure_embeddings
+from bench.embedding_study import STRANGERS, measure_embeddings, tpr_row
 from unlearning.identity.config import AUGMENTATIONS, GATE_TOKENS
 
 
@@ -46,10 +52,17 @@ def main() -> None:
         help="what the encoder reads: the projected visual tokens or the tower's, the projector's input",
     )
     parser.add_argument("--built", action="store_true", help="measure the world's own encoder, no recipe, no training")
+    parser.add_argument(
+        "--served-prototypes",
+        action="store_true",
+        help="with --built: also the prototypes bulk enrollment stores (the photos and their augmented views)",
+    )
     parser.add_argument("--enrolled", default="1000")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     counts = [int(c) for c in args.enrolled.split(",")]
+    if args.served_prototypes and not args.built:
+        parser.error("--served-prototypes measures the built encoder: add --built")
     world = build_world(args.data_dir, WORLD_PRESETS["scale"], with_retain_model=False)
     backbone = load_backbone(world.reference_model_dir)
     backbone.freeze()
@@ -82,6 +95,11 @@ def main() -> None:
         photos = embed([im for p in people for im in p.photos]).view(len(people), len(people[0].photos), -1)
         heldout, benign_embeddings = embed([p.heldout for p in people]), embed(benign)
         rows = [measure_embeddings(photos[:g], heldout[:g], benign_embeddings) for g in counts]
+        if args.served_prototypes:
+            served = served_prototypes(backbone, [p.photos for p in people[: max(counts)]])
+            for g, row in zip(counts, rows, strict=True):
+                own, benign_scores = heldout[:g] @ served[:g].T, benign_embeddings @ served[:g].T
+                row |= tpr_row(own, benign_scores.max(1).values, "_served_views")
     result = {
         "args": {k: str(v) for k, v in vars(args).items()},
         "config": config.to_dict(),
@@ -91,6 +109,19 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def served_prototypes(backbone: Any, subjects: list[list[Any]]) -> torch.Tensor:
+    """[subjects, dim] prototypes as `enroll` stores them, on the backbone's own identity encoder."""
+    from unlearning.augment import MILD_VIEWS, STRONG_VIEWS
+    from unlearning.cagul.enrollment import EnrollmentConfig, embed_views
+
+    config = EnrollmentConfig()
+    generator = torch.Generator().manual_seed(config.seed)
+    views = [(None, 1), (STRONG_VIEWS, config.strong_views), (MILD_VIEWS, config.mild_views)]
+    flat = [im for photos in subjects for im in photos]
+    embedded = embed_views(backbone, flat, views, generator).view(len(subjects), -1, backbone.identity_dim)
+    return F.normalize(embedded.mean(1), dim=-1)
 
 
 if __name__ == "__main__":
