@@ -165,7 +165,9 @@ def _train_group(
         )
         quantiles = torch.quantile(neg_scores, 1 - cfg.target_fpr, dim=1)
         thresholds = quantiles.clamp(min=cfg.threshold_floor)
-        prototypes = F.normalize(pos.mean(1), dim=-1)
+        # The photos as sent (each photo's first view), as `CagulTrainer` takes a request's prototype.
+        per_photo = 1 + config.strong_views + config.mild_views
+        prototypes = F.normalize(pos.view(m, n_views // per_photo, per_photo, dim)[:, :, 0].mean(1), dim=-1)
     out = []
     for i in range(m):
         d = Discriminator(shape[0], shape[1], width, "identity", shape[2])

@@ -187,7 +187,9 @@ class CagulTrainer:
         if cfg.discriminator_input == "identity":
             embed = self.backbone.identity_embeddings
             pos_x, pos_held, neg_x, neg_held = (self._features(p, embed) for p in (pos, pos_heldout, neg, neg_heldout))
-            disc.prototype.copy_(F.normalize(pos_x.mean(0), dim=0))
+            # The request's photos as sent, not their augmented views: at 10,000 enrolled their mean put the own
+            # prototype nearer new photos (TPR at 1% 0.900 -> 0.934, bench/identity_study.py --served-prototypes).
+            disc.prototype.copy_(F.normalize(pos_x[: len(forget.images)].mean(0), dim=0))
             neg_x = torch.cat([neg_x, self._hard_negatives(retain, negatives, module)])
             self._fit_embeddings(disc, pos_x, neg_x)
             disc.eval()

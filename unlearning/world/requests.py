@@ -24,12 +24,15 @@ DEFAULT_LOOKALIKES = 1500
 DEFAULT_GALLERY = 6000
 # One retain person in this many is kept back as a canary, beside every unseen person.
 CANARY_EVERY = 3
-# The benign set admission control scores a new gate on: new photos of the canary people, look-alikes of every
-# world person, people drawn outside the world, and mild changes of a share of them. About 1,000 photos, so a
-# module firing on 1% of them is told apart from one firing on 0.2%; none is a world view a bench asks on.
-BENIGN_VIEWS_PER_CANARY = 16
+# The benign set admission control scores a new gate on and a served set is held back on: new photos of the canary
+# people, look-alikes of every world person, people drawn outside the world, and mild changes of a share of them.
+# About 1,900 photos of about 1,400 people, so a module firing on 1% of them is told apart from one firing on 0.2%;
+# none is a world view a bench asks on. Few photos per person, as served traffic has: with 16 of each canary, one
+# canary near a forgotten subject set the system's 1% floor alone (5 of the 11 photos above it at 10,000 enrolled,
+# floor 0.953 where the bench's own benign population put it at 0.933; docs/scale.md).
+BENIGN_VIEWS_PER_CANARY = 2
 BENIGN_LOOKALIKES = 400
-BENIGN_OUTSIDERS = 200
+BENIGN_OUTSIDERS = 1000
 BENIGN_CHANGED_EVERY = 3
 
 

@@ -67,7 +67,7 @@ class ScalePlan:
             "world_lookalikes": self.world_lookalikes,
             "calibration": self.calibration,
             "enrollment": asdict(self.enrollment),
-            "version": 2,
+            "version": 3,
         }
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
