@@ -10,8 +10,9 @@ their held-out photo, and the benign population; one cosine threshold at the ben
     python -m bench.identity_study --data-dir DIR --built --enrolled 1000,10000   # the encoder the world built
     python -m bench.identity_study --data-dir DIR --built --served-prototypes --enrolled 1000,10000
 
-`--served-prototypes` also measures the prototypes bulk enrollment stores (`enroll`: the unit mean of each request
-photo and its strong and mild views, `EnrollmentConfig`), suffixed `_served_views`.
+`--served-prototypes` also measures the prototypes bulk enrollment stored until 2026-12-06 (the unit mean of each
+request photo and its strong and mild views, `EnrollmentConfig`), suffixed `_served_views`: they trailed the photos'
+mean, which `enroll` and `CagulTrainer` have stored since.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument(
         "--served-prototypes",
         action="store_true",
-        help="with --built: also the prototypes bulk enrollment stores (the photos and their augmented views)",
+        help="with --built: also the prototypes of the photos and their views (enrollment's until 2026-12-06)",
     )
     parser.add_argument("--enrolled", default="1000")
     parser.add_argument("--json", type=Path)
@@ -112,7 +113,7 @@ def main() -> None:
 
 
 def served_prototypes(backbone: Any, subjects: list[list[Any]]) -> torch.Tensor:
-    """[subjects, dim] prototypes as `enroll` stores them, on the backbone's own identity encoder."""
+    """[subjects, dim] prototypes as `enroll` stored them until 2026-12-06, on the backbone's own identity encoder."""
     from unlearning.augment import MILD_VIEWS, STRONG_VIEWS
     from unlearning.cagul.enrollment import EnrollmentConfig, embed_views
 
