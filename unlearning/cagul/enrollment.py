@@ -89,7 +89,9 @@ def enroll(
     for start in range(0, len(subjects), config.chunk):
         group = subjects[start : start + config.chunk]
         flat = [im for photos in group for im in photos]
-        pos = embed_views(backbone, flat, views, generator).view(len(group), -1, neg.shape[1])
+        drawn = embed_views(backbone, flat, views, generator)  # [photos, views, dim], each photo as sent first
+        pos = drawn.view(len(group), -1, neg.shape[1])
+        as_sent = drawn[:, 0].view(len(group), -1, neg.shape[1])
         hard = None
         if lookalikes:
             alike = [im for photos in lookalikes[start : start + config.chunk] for im in photos]
@@ -99,7 +101,7 @@ def enroll(
         if progress is not None:
             progress("embedded", start + len(group), len(subjects), math.nan)
         shape = (backbone.n_visual_tokens, backbone.hidden_size, backbone.identity_dim)
-        out += _train_group(pos, hard, neg, neg_heldout, module_config, config, generator, shape)
+        out += _train_group(pos, as_sent, hard, neg, neg_heldout, module_config, config, generator, shape)
         if progress is not None:
             progress("trained", start + len(group), len(subjects), math.nan)
     return out
@@ -107,6 +109,7 @@ def enroll(
 
 def _train_group(
     pos: torch.Tensor,
+    as_sent: torch.Tensor,
     hard: torch.Tensor | None,
     neg: torch.Tensor,
     neg_heldout: torch.Tensor,
@@ -117,7 +120,9 @@ def _train_group(
 ) -> list[Discriminator]:
     """[M, views, dim] positives against shared negatives: M MLPs as stacked weights, trained together.
 
-    `shape`: the backbone's visual token count, hidden size and identity size, as each module records them.
+    `as_sent`: [M, photos, dim], each subject's photos as sent, whose mean is the module's prototype (as
+    `CagulTrainer` takes a request's). `shape`: the backbone's visual token count, hidden size and identity size,
+    as each module records them.
     """
     m, n_views, dim = pos.shape
     width = cfg.discriminator_hidden
@@ -165,9 +170,7 @@ def _train_group(
         )
         quantiles = torch.quantile(neg_scores, 1 - cfg.target_fpr, dim=1)
         thresholds = quantiles.clamp(min=cfg.threshold_floor)
-        # The photos as sent (each photo's first view), as `CagulTrainer` takes a request's prototype.
-        per_photo = 1 + config.strong_views + config.mild_views
-        prototypes = F.normalize(pos.view(m, n_views // per_photo, per_photo, dim)[:, :, 0].mean(1), dim=-1)
+        prototypes = F.normalize(as_sent.mean(1), dim=-1)
     out = []
     for i in range(m):
         d = Discriminator(shape[0], shape[1], width, "identity", shape[2])
