@@ -61,6 +61,11 @@ def deactivate_all(sessions: Any) -> None:
 
 def set_active(sessions: Any, client: httpx.Client, adapter_ids: list[str], n: int) -> float:
     """Make exactly the first `n` adapters active in one set version; seconds until the server serves it."""
+    return served_after(client, activate_first(sessions, adapter_ids, n), timeout=3600)
+
+
+def activate_first(sessions: Any, adapter_ids: list[str], n: int) -> int:
+    """Make exactly the first `n` adapters active in one set version; its number."""
     with transaction(sessions) as session:
         sets, adapters = AdapterSetRepository(session), AdapterRepository(session)
         sets.lock()
@@ -69,8 +74,7 @@ def set_active(sessions: Any, client: httpx.Client, adapter_ids: list[str], n: i
             wanted = AdapterState.ACTIVE if adapter.id in first else AdapterState.INACTIVE
             if adapter.state != wanted:
                 adapters.set_state(adapter, wanted)
-        version = sets.record(f"scale bench: {n} active").version
-    return served_after(client, version, timeout=3600)
+        return int(sets.record(f"scale bench: {n} active").version)
 
 
 def one_more_activation(sessions: Any, client: httpx.Client, adapter_ids: list[str], n: int) -> float | None:

@@ -41,13 +41,7 @@ def serving_rows(
     log: Log,
 ) -> list[dict[str, Any]]:
     work = data_dir / "scale" / "serve"
-    work.mkdir(parents=True, exist_ok=True)
-    database = work / "registry.db"
-    database.unlink(missing_ok=True)
-    url = f"sqlite:///{database.resolve()}"
-    upgrade_database(url)
-    sessions = make_session_factory(make_engine(url))
-    adapter_ids = register(sessions, modules, max(counts))
+    url, sessions, adapter_ids = fresh_registry(work, modules, max(counts))
     queries = _queries(world_root)
     rows = []
     for gate, k in gate_kinds(candidates):
@@ -83,6 +77,17 @@ def serving_rows(
                 )
                 log(f"{gate} server, {n} modules: {rows[-1]}")
     return rows
+
+
+def fresh_registry(work: Path, modules: list, count: int) -> tuple[str, Any, list[str]]:
+    """A new SQLite registry under `work` holding `count` enrolled modules, none active: its URL, sessions and ids."""
+    work.mkdir(parents=True, exist_ok=True)
+    database = work / "registry.db"
+    database.unlink(missing_ok=True)
+    url = f"sqlite:///{database.resolve()}"
+    upgrade_database(url)
+    sessions = make_session_factory(make_engine(url))
+    return url, sessions, register(sessions, modules, count)
 
 
 def _queries(world_root: Path) -> list[tuple[str, str]]:
