@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -31,9 +30,10 @@ from unittest import mock
 import torch
 from PIL import Image
 
+from lethe.scale.bench import routing_only
 from lethe.scale.registry import activate_first, served_after
 from lethe.scale.report import commit, machine
-from lethe.scale.serving import _queries, _server, fresh_registry
+from lethe.scale.serving import api_server, fresh_registry, latency_figures, timed_requests, vqa_queries, warm_up
 
 # The background passes as the server runs them, and slowed to once an hour (the set is loaded at start-up).
 PASSES = {
@@ -62,11 +62,11 @@ def main() -> None:
     backbone = load_backbone(world.reference_model_dir)
     backbone.freeze()
     modules = enrolled_modules(world, backbone, ScalePlan(enrolled=args.n), args.data_dir / "scale", print)
-    queries = _queries(world.root)
+    queries = vqa_queries(world.root)
     in_process = gate_steps(backbone, modules, queries[:60], args.candidates)
     del backbone
     torch.set_num_threads(1)  # the server process gets the cores while it is timed
-    served = served_p50(args.data_dir, world.root, modules, queries, args)
+    served = served_p50(args.data_dir, modules, queries, args)
     report = {
         "commit": commit(),
         "date": datetime.date.today().isoformat(),
@@ -89,7 +89,7 @@ def gate_steps(backbone: Any, modules: list, queries: list[tuple[str, str]], can
     from unlearning.cagul.gate import CagulGate
 
     photos = [(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB"), q) for b, q in queries]
-    gate = CagulGate(backbone, candidates=candidates, rewrites=_no_rewrite)
+    gate = CagulGate(backbone, candidates=candidates, rewrites=routing_only)
     out = {"0": _timed_steps(backbone, gate, photos)}
     fingerprint = backbone.fingerprint()
     for i, (path, digest) in enumerate(modules):
@@ -127,7 +127,7 @@ def _timed_steps(backbone: Any, gate: Any, photos: list[tuple[Image.Image, str]]
 
 
 def served_p50(
-    data_dir: Path, world_root: Path, modules: list, queries: list[tuple[str, str]], args: argparse.Namespace
+    data_dir: Path, modules: list, queries: list[tuple[str, str]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """p50/p95 through a fresh server per row: N = 0 and N, each with the passes at their defaults and off."""
     work = data_dir / "scale" / "latency"
@@ -137,35 +137,16 @@ def served_p50(
         for passes, env in PASSES.items():
             for n in (0, args.n):
                 version = activate_first(sessions, ids, n)
-                server = _server(data_dir, "scale", url, args.candidates, work / "serve.log")
+                server = api_server(data_dir, "scale", url, args.candidates, work / "serve.log")
                 with mock.patch.dict(os.environ, env), server as (client, _pid):
                     served_after(client, version, timeout=3600)
-                    latencies = _timed_requests(client.post, queries, args.requests)
-                row = {"repeat": repeat, "passes": passes, "n": n, **latencies}
+                    warm_up(client, queries)
+                    latencies = timed_requests(client, queries, args.requests)
+                figures = latency_figures(latencies) | {"mean_ms": round(statistics.fmean(latencies), 1)}
+                row = {"repeat": repeat, "passes": passes, "n": n, **figures}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
-
-
-def _timed_requests(post: Callable[..., Any], queries: list[tuple[str, str]], requests: int) -> dict[str, float]:
-    for image, question in queries[:10]:  # first calls pay for allocations
-        post("/v1/vqa", json={"image": image, "question": question})
-    latencies = []
-    for i in range(requests):
-        image, question = queries[i % len(queries)]
-        started = time.perf_counter()
-        post("/v1/vqa", json={"image": image, "question": question}).raise_for_status()
-        latencies.append(1000 * (time.perf_counter() - started))
-    latencies.sort()
-    return {
-        "p50_ms": round(statistics.median(latencies), 1),
-        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
-        "mean_ms": round(statistics.fmean(latencies), 1),
-    }
-
-
-def _no_rewrite(module_id: str) -> Any:
-    raise RuntimeError(f"timing routing alone: no module may claim a photo (module {module_id} did)")
 
 
 if __name__ == "__main__":

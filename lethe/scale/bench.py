@@ -82,7 +82,7 @@ def _accuracy_rows(
 
     out = {}
     # One gate of each kind, growing with N as the server's does; loaded as the server loads (the gate part only).
-    gates = {name: CagulGate(backbone, candidates=k, rewrites=_routing_only) for name, k in gate_kinds(candidates)}
+    gates = {name: CagulGate(backbone, candidates=k, rewrites=routing_only) for name, k in gate_kinds(candidates)}
     fingerprint, added = backbone.fingerprint(), 0
     for n in counts:
         for i in range(added, n):
@@ -114,5 +114,5 @@ def _floor(min_cosine: float) -> float | None:
     return None if math.isinf(min_cosine) else round(min_cosine, 4)
 
 
-def _routing_only(module_id: str) -> Any:
+def routing_only(module_id: str) -> Any:
     raise RuntimeError(f"accuracy is measured on routing alone: no encoder is needed (asked for {module_id})")

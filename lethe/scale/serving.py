@@ -42,32 +42,24 @@ def serving_rows(
 ) -> list[dict[str, Any]]:
     work = data_dir / "scale" / "serve"
     url, sessions, adapter_ids = fresh_registry(work, modules, max(counts))
-    queries = _queries(world_root)
+    queries = vqa_queries(world_root)
     rows = []
     for gate, k in gate_kinds(candidates):
         deactivate_all(sessions)  # each server starts from an empty set, as the first does
-        with _server(data_dir, world_name, url, k, work / f"serve-{gate}.log") as (client, pid):
+        with api_server(data_dir, world_name, url, k, work / f"serve-{gate}.log") as (client, pid):
             for n in counts:
                 load_s = set_active(sessions, client, adapter_ids, n)
-                for image, question in queries[:10]:  # warm-up: first calls after a set change pay for allocations
-                    client.post("/v1/vqa", json={"image": image, "question": question})
-                latencies, gated_before = [], _gated(client)
-                for i in range(requests):
-                    image, question = queries[i % len(queries)]
-                    started = time.perf_counter()
-                    response = client.post("/v1/vqa", json={"image": image, "question": question})
-                    latencies.append(1000 * (time.perf_counter() - started))
-                    response.raise_for_status()
+                warm_up(client, queries)
+                gated_before = _gated(client)
+                latencies = timed_requests(client, queries, requests)
                 gated = _gated(client) - gated_before
                 rss = _rss_mb(pid)
                 activation = one_more_activation(sessions, client, adapter_ids, n)
-                latencies.sort()
                 rows.append(
                     {
                         "gate": gate,
                         "n": n,
-                        "p50_ms": round(statistics.median(latencies), 1),
-                        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+                        **latency_figures(latencies),
                         "rss_mb": rss,
                         # Timed queries are never-enrolled people: where a gate claims one, it takes the encoder path.
                         "timed_gated": round(gated / requests, 3),
@@ -90,7 +82,33 @@ def fresh_registry(work: Path, modules: list, count: int) -> tuple[str, Any, lis
     return url, sessions, register(sessions, modules, count)
 
 
-def _queries(world_root: Path) -> list[tuple[str, str]]:
+def warm_up(client: httpx.Client, queries: list[tuple[str, str]], calls: int = 10) -> None:
+    """Untimed calls: the first calls after a set change pay for allocations."""
+    for image, question in queries[:calls]:
+        client.post("/v1/vqa", json={"image": image, "question": question})
+
+
+def timed_requests(client: httpx.Client, queries: list[tuple[str, str]], requests: int) -> list[float]:
+    """Milliseconds of each of `requests` /v1/vqa calls, one after another, sorted."""
+    latencies = []
+    for i in range(requests):
+        image, question = queries[i % len(queries)]
+        started = time.perf_counter()
+        response = client.post("/v1/vqa", json={"image": image, "question": question})
+        latencies.append(1000 * (time.perf_counter() - started))
+        response.raise_for_status()
+    return sorted(latencies)
+
+
+def latency_figures(latencies: list[float]) -> dict[str, float]:
+    """p50 and p95 (ms, one decimal) of sorted `latencies`."""
+    return {
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+    }
+
+
+def vqa_queries(world_root: Path) -> list[tuple[str, str]]:
     from unlearning.world import World
 
     world = World(world_root)
@@ -104,7 +122,7 @@ def _queries(world_root: Path) -> list[tuple[str, str]]:
 
 
 @contextmanager
-def _server(
+def api_server(
     data_dir: Path, world_name: str, url: str, candidates: int, log_path: Path
 ) -> Iterator[tuple[httpx.Client, int]]:
     with socket.socket() as s:
