@@ -23,20 +23,11 @@ from typing import Any
 
 import httpx
 
+from lethe.scale.serving import vqa_queries
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import build_world
 
 TOKEN = "lethe_0123456789ab_load-bench-admin-key-not-secret"
-
-
-def vqa_queries(world: World) -> list[dict[str, str]]:
-    people = world.split("retain") + world.split("unseen")
-    return [
-        {"image": base64.b64encode(world.image_path(p.id, v).read_bytes()).decode(), "question": f.train_questions[0]}
-        for p in people
-        for v in range(world.config.n_views)
-        for f in p.facts[:2]
-    ]
 
 
 async def hold_load(base_url: str, token: str, queries: list[dict[str, str]], clients: int, seconds: float) -> dict:
@@ -123,7 +114,7 @@ def serve_and_load(world: World, max_batch: int, clients: int, seconds: float, l
             request_id = http.post("/v1/forget-requests", json=body).json()["id"]
             while http.get(f"/v1/forget-requests/{request_id}").json()["status"] == "queued":
                 time.sleep(0.2)
-            result = asyncio.run(hold_load(base, TOKEN, vqa_queries(world), clients, seconds))
+            result = asyncio.run(hold_load(base, TOKEN, vqa_queries(world.root, facts=2), clients, seconds))
             result["training_during_load"] = http.get(f"/v1/forget-requests/{request_id}").json()["status"]
             events = http.get(f"/v1/forget-requests/{request_id}/events").json()
             result["training_progress_events"] = sum(e["kind"] == "progress" for e in events)

@@ -83,12 +83,12 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def gate_steps(backbone: Any, modules: list, queries: list[tuple[str, str]], candidates: int) -> dict[str, Any]:
+def gate_steps(backbone: Any, modules: list, queries: list[dict[str, str]], candidates: int) -> dict[str, Any]:
     """Median ms of each step of one answer, at N = 0 and with every module in the gate, in this process."""
     from unlearning.artifacts import load_gate
     from unlearning.cagul.gate import CagulGate
 
-    photos = [(Image.open(io.BytesIO(base64.b64decode(b))).convert("RGB"), q) for b, q in queries]
+    photos = [(Image.open(io.BytesIO(base64.b64decode(q["image"]))).convert("RGB"), q["question"]) for q in queries]
     gate = CagulGate(backbone, candidates=candidates, rewrites=routing_only)
     out = {"0": _timed_steps(backbone, gate, photos)}
     fingerprint = backbone.fingerprint()
@@ -127,7 +127,7 @@ def _timed_steps(backbone: Any, gate: Any, photos: list[tuple[Image.Image, str]]
 
 
 def served_p50(
-    data_dir: Path, modules: list, queries: list[tuple[str, str]], args: argparse.Namespace
+    data_dir: Path, modules: list, queries: list[dict[str, str]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """p50/p95 through a fresh server per row: N = 0 and N, each with the passes at their defaults and off."""
     work = data_dir / "scale" / "latency"

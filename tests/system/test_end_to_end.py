@@ -20,10 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.load_vqa import hold_load, vqa_queries
+from bench.load_vqa import hold_load
 from core.certificates.verify import commitment
 from core.crypto import verify_certificate
 from core.processes import api_command, python_module, worker_command
+from lethe.scale.serving import vqa_queries
 from tests.helpers import ADMIN_TOKEN, request_body, service_settings, settings_env, wait_for
 from tests.system.processes import TERMINAL, ask, ask_text, free_port, spawn, stop
 from tests.system.processes import ready as _ready
@@ -222,7 +223,7 @@ def load_while_training(base_url: str, world: World, subject: str) -> None:
     request_id = client.post("/v1/forget-requests", json=request_body(world, subject)).json()["id"]
     url = f"/v1/forget-requests/{request_id}"
     wait_for(lambda: client.get(url).json()["status"] == "training", 120, 0.2, "training to start")
-    result = asyncio.run(hold_load(base_url, ADMIN_TOKEN, vqa_queries(world), clients=8, seconds=5))
+    result = asyncio.run(hold_load(base_url, ADMIN_TOKEN, vqa_queries(world.root, facts=2), clients=8, seconds=5))
     print("load while training:", result)
     assert result["errors"] == 0 and result["requests"] > 0
     assert client.get(url).json()["status"] == "training"
