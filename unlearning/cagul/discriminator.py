@@ -174,7 +174,11 @@ class StackedDiscriminators:
 
     @property
     def threshold_logits(self) -> torch.Tensor:
-        return torch.logit(self.thresholds, eps=1e-7)
+        return self.threshold_logits_at(slice(None))
+
+    def threshold_logits_at(self, rows: torch.Tensor | slice) -> torch.Tensor:
+        """`threshold_logits` of `rows` alone: stage 2 needs its k candidates', not all N."""
+        return torch.logit(self.thresholds[rows], eps=1e-7)
 
     @torch.no_grad()
     def cosines(self, embeddings: torch.Tensor) -> torch.Tensor:

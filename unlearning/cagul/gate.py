@@ -375,7 +375,7 @@ class CagulGate:
         picked = bank.logits_selected(embeddings, selected).cpu()
         selected = selected.cpu()
         logits = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, picked.T)
-        over = picked - bank.threshold_logits.cpu()[selected]
+        over = picked - bank.threshold_logits_at(selected).cpu()
         if self.min_cosine > float("-inf"):  # stage 1's own cosines: the exhaustive path reads the same matmul
             over = over.masked_fill(cosine.cpu() <= self.min_cosine, float("-inf"))
         margins = torch.full((size, embeddings.shape[0]), float("-inf")).scatter_(0, selected.T, over.T)
