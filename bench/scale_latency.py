@@ -9,8 +9,12 @@ background passes (the registry read every `LETHE_ENGINE_SYNC_INTERVAL_S`, the a
 loaded at start-up, held as `LETHE_GATE_SYSTEM_FPR` says; the rows are repeated to show how far processes differ.
 The modules are `lethe bench scale`'s own enrolled ones (built and cached by it, or here on first use).
 
+`--within-server` asks the served question on one process per configuration instead (N = 0, N, 0, N in turn, so
+the spread between server processes cancels out of the ratio): with the defaults, with one intra-op thread
+(`OMP_NUM_THREADS=1`), and with the integrity pass hourly.
+
 Run: LETHE_GATE_SYSTEM_FPR=0.01 python -m bench.scale_latency --data-dir DIR [--n 10000] [--repeats 2]
-[--requests 300] [--json PATH]
+[--requests 300] [--within-server] [--json PATH]
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ PASSES = {
     "passes_off": {"LETHE_ENGINE_SYNC_INTERVAL_S": "3600", "LETHE_ENGINE_INTEGRITY_INTERVAL_S": "3600"},
 }
 STEPS = ("pixels", "tokens", "identity", "route", "generate", "answer")
+# What might slow answers only when modules are served: another thread beside the answering thread's OpenMP team.
+WITHIN_SERVER = {
+    "default": {},
+    "one_thread": {"OMP_NUM_THREADS": "1"},
+    "integrity_hourly": {"LETHE_ENGINE_INTEGRITY_INTERVAL_S": "3600"},
+}
 
 
 def main() -> None:
@@ -50,6 +60,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--candidates", type=int, default=32)
+    parser.add_argument("--world", default="scale", help="tiny: a smoke run of this script, its figures not for use")
+    parser.add_argument("--within-server", action="store_true", help="N = 0 and N in turn on one server per setting")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -58,7 +70,7 @@ def main() -> None:
     from unlearning.world import WORLD_PRESETS
     from unlearning.world.builder import build_world
 
-    world = build_world(args.data_dir, WORLD_PRESETS["scale"], with_retain_model=False)
+    world = build_world(args.data_dir, WORLD_PRESETS[args.world], with_retain_model=False)
     backbone = load_backbone(world.reference_model_dir)
     backbone.freeze()
     modules = enrolled_modules(world, backbone, ScalePlan(enrolled=args.n), args.data_dir / "scale", print)
@@ -66,7 +78,7 @@ def main() -> None:
     in_process = gate_steps(backbone, modules, queries[:60], args.candidates)
     del backbone
     torch.set_num_threads(1)  # the server process gets the cores while it is timed
-    served = served_p50(args.data_dir, modules, queries, args)
+    served = (within_server if args.within_server else served_p50)(args.data_dir, modules, queries, args)
     report = {
         "commit": commit(),
         "date": datetime.date.today().isoformat(),
@@ -130,23 +142,49 @@ def served_p50(
     data_dir: Path, modules: list, queries: list[dict[str, str]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     """p50/p95 through a fresh server per row: N = 0 and N, each with the passes at their defaults and off."""
+    return served_rows(data_dir, modules, queries, args, PASSES, ((0,), (args.n,)))
+
+
+def within_server(
+    data_dir: Path, modules: list, queries: list[dict[str, str]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """p50/p95 at N = 0, N, 0, N on one server process per setting of `WITHIN_SERVER`, repeated."""
+    return served_rows(data_dir, modules, queries, args, WITHIN_SERVER, ((0, args.n, 0, args.n),))
+
+
+def served_rows(
+    data_dir: Path,
+    modules: list,
+    queries: list[dict[str, str]],
+    args: argparse.Namespace,
+    settings: dict[str, dict[str, str]],
+    servers: tuple[tuple[int, ...], ...],
+) -> list[dict[str, Any]]:
+    """Per repeat and setting (environment), one server per entry of `servers`, timed at each of its N in turn."""
     work = data_dir / "scale" / "latency"
     url, sessions, ids = fresh_registry(work, modules, args.n)
     rows = []
     for repeat in range(args.repeats):
-        for passes, env in PASSES.items():
-            for n in (0, args.n):
-                version = activate_first(sessions, ids, n)
-                server = api_server(data_dir, "scale", url, args.candidates, work / "serve.log")
+        for setting, env in settings.items():
+            for counts in servers:
+                version = activate_first(sessions, ids, counts[0])  # loaded at start-up, whatever the sync interval
+                server = api_server(data_dir, args.world, url, args.candidates, work / "serve.log")
                 with mock.patch.dict(os.environ, env), server as (client, _pid):
-                    served_after(client, version, timeout=3600)
-                    warm_up(client, queries)
-                    latencies = timed_requests(client, queries, args.requests)
-                figures = latency_figures(latencies) | {"mean_ms": round(statistics.fmean(latencies), 1)}
-                row = {"repeat": repeat, "passes": passes, "n": n, **figures}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                    for i, n in enumerate(counts):
+                        version = activate_first(sessions, ids, n) if i else version
+                        load_s = served_after(client, version, timeout=3600)
+                        labels = {"repeat": repeat, "setting": setting, "n": n, "set_load_s": load_s}
+                        rows.append(_timed_row(client, queries, args.requests, labels))
     return rows
+
+
+def _timed_row(client: Any, queries: list[dict[str, str]], requests: int, labels: dict[str, Any]) -> dict[str, Any]:
+    """Warm up, time `requests` answers, print and return the row: `labels` then the figures."""
+    warm_up(client, queries)
+    latencies = timed_requests(client, queries, requests)
+    row = labels | latency_figures(latencies) | {"mean_ms": round(statistics.fmean(latencies), 1)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":
