@@ -1,15 +1,17 @@
 """How well the served identity embedding tells apart people it never saw, at 1,000 to 10,000 enrolled (offline).
 
-`bench/embedding_study.py` measures a vision tower's own contrastive head, an upper bound. The gate reads the
-identity encoder trained on the VLM's visual tokens (`IdentityConfig`: projected, or the tower's); this trains that
-encoder as the scale world's builder does, on the built scale world's frozen model, with the recipe given on the
-command line, and measures it the same way: prototypes of G enrolled people (the mean of their 3 request photos),
-their held-out photo, and the benign population; one cosine threshold at the benign set's 99th (99.9th) percentile.
+`bench/embedding_study.py` measures a vision tower's own contrastive head. The gate reads the identity encoder on
+the VLM's visual tokens (`IdentityConfig`: projected, or the tower's; trained, or the tower's head, as the scale
+world's since 2026-12-07); this trains that encoder as a world's builder does, on the built scale world's frozen
+model, with the recipe given on the command line, and measures it the same way: prototypes of G enrolled people (the
+mean of their 3 request photos), their held-out photo, and the benign population; one cosine threshold at the benign
+set's 99th (99.9th) percentile.
 
     python -m bench.identity_study --data-dir DIR --identities 4000 --margin 0.2 --enrolled 1000,10000
     python -m bench.identity_study --data-dir DIR --built --enrolled 1000,10000   # the encoder the world built
     python -m bench.identity_study --data-dir DIR --built --served-prototypes --enrolled 1000,10000
     python -m bench.identity_study --data-dir DIR --built --post-hoc 2000 --enrolled 1000,10000
+    python -m bench.identity_study --data-dir DIR --init tower_head --tokens tower --steps 500 ...  # fine-tuned head
 
 `--served-prototypes` also measures the prototypes bulk enrollment stored until 2026-12-06 (the unit mean of each
 request photo and its strong and mild views, `EnrollmentConfig`), suffixed `_served_views`: they trailed the photos'
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.embedding_study import STRANGERS, measure_embeddings, tpr_row
-from unlearning.identity.config import AUGMENTATIONS, GATE_TOKENS
+from unlearning.identity.config import AUGMENTATIONS, GATE_TOKENS, INITS
 
 # People drawn for the post-hoc fits: 0 pre-trains the encoder, 1 checks it and draws the benign set's outsiders,
 # 2 pre-trains the vision tower.
@@ -37,8 +39,10 @@ POST_HOC_SEED, POST_HOC_VIEWS = 7, 5
 
 
 def main() -> None:
+    from safetensors.torch import load_file
+
     from unlearning.backbones import load_backbone
-    from unlearning.identity import IdentityConfig, load_identity_encoder, train_identity_encoder
+    from unlearning.identity import TOWER_HEAD_FILE, IdentityConfig, load_identity_encoder, train_identity_encoder
     from unlearning.world import WORLD_PRESETS
     from unlearning.world.builder import build_world
     from unlearning.world.identities import pretraining_portraits
@@ -57,6 +61,12 @@ def main() -> None:
         choices=GATE_TOKENS,
         default="projected",
         help="what the encoder reads: the projected visual tokens or the tower's, the projector's input",
+    )
+    parser.add_argument(
+        "--init",
+        choices=INITS,
+        default="random",
+        help="where training starts: fresh weights, or the head the world's tower was pre-trained through",
     )
     parser.add_argument("--built", action="store_true", help="measure the world's own encoder, no recipe, no training")
     parser.add_argument(
@@ -87,6 +97,7 @@ def main() -> None:
         margin=args.margin,
         augmentation=args.augmentation,
         tokens=args.tokens,
+        init=args.init,
     )
     started = time.perf_counter()
     if args.built:
@@ -96,7 +107,8 @@ def main() -> None:
         encoder, config = stored[0], world.config.identity
     else:
         portraits = pretraining_portraits(world, config.identities, config.views)
-        encoder = train_identity_encoder(backbone, portraits, config)
+        head = load_file(world.reference_model_dir / TOWER_HEAD_FILE) if args.init == "tower_head" else None
+        encoder = train_identity_encoder(backbone, portraits, config, initial=head)
     trained = round(time.perf_counter() - started, 1)
     people = enrolled_people(world, max(counts))
     benign = benign_population(world, [p.identity for p in people], STRANGERS, 500, 300)

@@ -4,12 +4,19 @@ photos."""
 from unlearning.identity.config import GATE_TOKENS, IdentityConfig
 from unlearning.identity.encoder import IdentityEncoder
 from unlearning.identity.evaluation import identification_recall
-from unlearning.identity.store import IDENTITY_FILE, identity_digest, load_identity_encoder, save_identity_encoder
+from unlearning.identity.store import (
+    IDENTITY_FILE,
+    TOWER_HEAD_FILE,
+    identity_digest,
+    load_identity_encoder,
+    save_identity_encoder,
+)
 from unlearning.identity.trainer import train_identity_encoder
 
 __all__ = [
     "GATE_TOKENS",
     "IDENTITY_FILE",
+    "TOWER_HEAD_FILE",
     "IdentityConfig",
     "IdentityEncoder",
     "identification_recall",

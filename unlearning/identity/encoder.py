@@ -30,4 +30,5 @@ class IdentityEncoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = F.layer_norm(z.float(), z.shape[-1:])
-        return F.normalize(self.fc2(F.gelu(self.fc1(z.flatten(1)))), dim=-1)
+        # .float(): under bf16 autocast (the tower's pre-training, where this is its head) fc2 gives bf16.
+        return F.normalize(self.fc2(F.gelu(self.fc1(z.flatten(1)))).float(), dim=-1)

@@ -16,6 +16,8 @@ from unlearning.identity.config import IdentityConfig
 from unlearning.identity.encoder import IdentityEncoder
 
 IDENTITY_FILE = "identity_encoder.safetensors"
+# The vision tower's contrastive head, kept beside the model its tower is in: `IdentityConfig.init` can start from it.
+TOWER_HEAD_FILE = "tower_head.safetensors"
 
 
 def identity_digest(data: bytes) -> str:

@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
 from unlearning.augment import MILD_VIEWS, augment
-from unlearning.identity.config import TowerConfig
+from unlearning.identity.config import TOWER_HEAD_DIM, TowerConfig
+from unlearning.identity.encoder import IdentityEncoder
 from unlearning.identity.trainer import contrastive_loss, two_views
 from unlearning.progress import ProgressFn
 
@@ -27,11 +27,11 @@ def pretrain_vision_tower(
     config: TowerConfig,
     autocast: bool = False,
     progress: ProgressFn | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], IdentityEncoder]:
     """Symmetric InfoNCE on a CLIP-style tower's patch tokens (`last_hidden_state`, class token first).
 
-    `photos`: uint8 [identities, views, H, W, 3]. The projection head is thrown away, as CLIP's is when a VLM is
-    built on its tower.
+    `photos`: uint8 [identities, views, H, W, 3]. Returns the report and the projection head, an identity encoder on
+    the tower's tokens: the VLM does not use it, the gate can (`IdentityConfig.init`), as face search uses CLIP's.
     """
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
@@ -54,7 +54,7 @@ def pretrain_contrastively(
     generator: torch.Generator,
     autocast: bool = False,
     progress: ProgressFn | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], IdentityEncoder]:
     """Symmetric InfoNCE through a flattening head: a photo (mildly changed) against another of the same person,
     nearer by `config.margin` than any other person's.
 
@@ -65,12 +65,11 @@ def pretrain_contrastively(
     n_ids, n_views = shape
     with torch.no_grad():
         n_tokens, hidden = tokens(np.zeros(1, dtype=int), torch.zeros(1, dtype=torch.long), False).shape[1:]
-    head = nn.Sequential(nn.Linear(n_tokens * hidden, config.width), nn.GELU(), nn.Linear(config.width, 128))
+    head = IdentityEncoder(n_tokens, hidden, config.width, TOWER_HEAD_DIM, "tower")
 
     def embed(h: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            h = F.layer_norm(h.float(), h.shape[-1:])
-            return F.normalize(head(h.flatten(1)).float(), dim=-1)
+            return head(h)
 
     params = [*tower.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=1e-2)
@@ -90,4 +89,4 @@ def pretrain_contrastively(
         if progress is not None:
             progress("tower", step + 1, config.steps, loss_value)
     tower.eval()
-    return {"final_loss": round(loss_value, 4)}
+    return {"final_loss": round(loss_value, 4)}, head.frozen()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -63,22 +63,34 @@ def train_identity_encoder(
     portraits: Sequence[Sequence[Image.Image]],
     config: IdentityConfig,
     progress: ProgressFn | None = None,
+    initial: Mapping[str, torch.Tensor] | None = None,
 ) -> IdentityEncoder:
     """Symmetric InfoNCE: two photos of one identity against every other identity in the batch, nearer by
-    `config.margin`, on the visual tokens `config.tokens` names."""
+    `config.margin`, on the visual tokens `config.tokens` names; from `initial`'s weights where `config.init` asks
+    for the tower's head."""
     if len(portraits) < config.batch_size:
         raise InvalidInputError(f"{len(portraits)} identities is fewer than the batch size {config.batch_size}")
+    if (initial is None) != (config.init == "random"):
+        raise InvalidInputError(f"identity init {config.init!r} takes initial weights only from the tower's head")
     with backbone.reading_gate_tokens(config.tokens):
-        return _train(backbone, portraits, config, progress)
+        return _train(backbone, portraits, config, progress, initial)
 
 
 def _train(
-    backbone: Backbone, portraits: Sequence[Sequence[Image.Image]], config: IdentityConfig, progress: ProgressFn | None
+    backbone: Backbone,
+    portraits: Sequence[Sequence[Image.Image]],
+    config: IdentityConfig,
+    progress: ProgressFn | None,
+    initial: Mapping[str, torch.Tensor] | None,
 ) -> IdentityEncoder:
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     n_tokens, hidden = backbone.gate_shapes()[config.tokens]
     encoder = IdentityEncoder(n_tokens, hidden, config.width, config.dim, config.tokens)
+    if initial is not None:
+        encoder.load_state_dict(initial)
+    if config.steps == 0:
+        return encoder.frozen()
     pairs = _fixed_pairs(backbone, portraits, generator) if config.augmentation == "fixed" else None
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=config.lr, weight_decay=1e-2)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, config.steps // 10), config.steps)

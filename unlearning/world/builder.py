@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (
     CLIPImageProcessorPil,
@@ -32,7 +33,14 @@ from unlearning.config import REFUSAL_ANSWER
 from unlearning.evaluation.drivers.forgetting import fact_accuracy
 from unlearning.files import write_atomic
 from unlearning.freeze import freeze
-from unlearning.identity import IDENTITY_FILE, identification_recall, save_identity_encoder, train_identity_encoder
+from unlearning.identity import (
+    IDENTITY_FILE,
+    TOWER_HEAD_FILE,
+    IdentityEncoder,
+    identification_recall,
+    save_identity_encoder,
+    train_identity_encoder,
+)
 from unlearning.identity.tower import pretrain_vision_tower
 from unlearning.processes import run_in_processes
 from unlearning.progress import ProgressFn
@@ -228,7 +236,8 @@ def _build_model(world_root: str, name: str, exclude: list[str], progress: Progr
     tower = None
     if world.config.tower.identities:
         # Under the model's name: the reference and retain processes each pre-train a tower of their own.
-        tower = _pretrain_tower(world, model, processor, autocast, lambda _, *values: progress(name, *values))
+        tower, head = _pretrain_tower(world, model, processor, autocast, lambda _, *values: progress(name, *values))
+        save_file(head.state_dict(), tmp / TOWER_HEAD_FILE)
     backbone = LlavaBackbone(model, processor)
     people = [p for p in world.trained_people if p.id not in set(exclude)]
     examples = training_examples(world, people)
@@ -297,26 +306,29 @@ def _pretrain_tower(
     processor: LlavaProcessor,
     autocast: bool,
     progress: ProgressFn,
-) -> dict:
-    """Pre-train the vision tower on drawn people outside the world, then freeze it for the VLM's training."""
+) -> tuple[dict, IdentityEncoder]:
+    """Pre-train the vision tower on drawn people outside the world, then freeze it for the VLM's training; returns
+    the report and the tower's projection head."""
     config = world.config.tower
     started = time.perf_counter()
     photos = pretraining_photos(world, config.identities, config.views, config.seed)
     ip = processor.image_processor
     tower = model.model.vision_tower
-    report = pretrain_vision_tower(tower, photos, ip.image_mean, ip.image_std, config, autocast, progress)
+    report, head = pretrain_vision_tower(tower, photos, ip.image_mean, ip.image_std, config, autocast, progress)
     freeze(tower)  # `model.train()` puts it back in train mode for the VLM's training; its weights stay fixed
-    return {**config.to_dict(), **report, "seconds": round(time.perf_counter() - started, 1)}
+    return {**config.to_dict(), **report, "seconds": round(time.perf_counter() - started, 1)}, head
 
 
 def _build_identity(world_root: str, progress: ProgressFn) -> None:
-    """Pre-train the identity encoder on the reference model's visual tokens, beside that model."""
+    """Pre-train the identity encoder on the reference model's visual tokens (or take its tower's head), beside
+    that model."""
     world = World(world_root)
     config = world.config.identity
     started = time.perf_counter()
     portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
     backbone = load_backbone(world.reference_model_dir)
-    encoder = train_identity_encoder(backbone, portraits, config, progress)
+    head = load_file(world.reference_model_dir / TOWER_HEAD_FILE) if config.init == "tower_head" else None
+    encoder = train_identity_encoder(backbone, portraits, config, progress, head)
     train_seconds = time.perf_counter() - started
     # Checked on people neither pre-training nor the world holds, and on the world's own held-out photos.
     fresh = pretraining_portraits(world, IDENTITY_CHECK_PEOPLE, 4, config.seed + 1)

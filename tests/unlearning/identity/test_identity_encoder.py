@@ -108,3 +108,22 @@ def test_an_encoder_of_the_tower_s_tokens_makes_the_gate_read_them(tiny_world: W
     retain = world_retain_set(tiny_world, ["p000"])
     with pytest.raises(InvalidInputError, match="identity"):
         CagulTrainer(backbone, CagulConfig(discriminator_input="flatten")).train(forget, retain)
+
+
+def test_an_encoder_from_the_tower_s_head_starts_from_its_weights(tiny_world: World, backbone: Backbone):
+    n_tokens, hidden = backbone.gate_shapes()["tower"]
+    head = IdentityEncoder(n_tokens, hidden, 16, 128, "tower").frozen()
+    portraits = pretraining_portraits(tiny_world, 8, 2, seed=5)
+    kept = IdentityConfig(identities=8, views=2, width=16, steps=0, batch_size=8, tokens="tower", init="tower_head")
+    encoder = train_identity_encoder(backbone, portraits, kept, initial=head.state_dict())
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in head.state_dict().items())
+    tuned = train_identity_encoder(
+        backbone, portraits, IdentityConfig(**{**kept.to_dict(), "steps": 2}), None, head.state_dict()
+    )
+    assert not torch.equal(tuned.fc1.weight, head.fc1.weight)
+    with pytest.raises(InvalidInputError, match="tower's head"):
+        train_identity_encoder(backbone, portraits, kept)
+    with pytest.raises(InvalidInputError, match="tower's head"):
+        train_identity_encoder(
+            backbone, portraits, IdentityConfig(identities=8, views=2, batch_size=8), None, head.state_dict()
+        )

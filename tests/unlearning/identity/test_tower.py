@@ -13,7 +13,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from unlearning.errors import InvalidInputError
 from unlearning.identity import identification_recall
-from unlearning.identity.config import TowerConfig
+from unlearning.identity.config import IdentityConfig, TowerConfig
 from unlearning.identity.tower import pretrain_vision_tower
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.config import WorldConfig
@@ -35,11 +35,14 @@ def _photos(people: int, views: int, seed: int) -> np.ndarray:
     )
 
 
+def _pixels(photos: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(photos.reshape(-1, *photos.shape[2:])).permute(0, 3, 1, 2).float().div(255)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
 @torch.no_grad()
 def _recall_at_1(tower: CLIPVisionModel, photos: np.ndarray) -> float:
-    x = torch.from_numpy(photos.reshape(-1, *photos.shape[2:])).permute(0, 3, 1, 2).float().div(255)
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    h = tower(pixel_values=x).last_hidden_state[:, 1:]
+    h = tower(pixel_values=_pixels(photos)).last_hidden_state[:, 1:]
     features = F.normalize(F.layer_norm(h, h.shape[-1:]).flatten(1), dim=-1)
     return identification_recall(features.view(*photos.shape[:2], -1), (1,))["recall_at_1"]
 
@@ -53,10 +56,15 @@ def test_pre_trained_tower_tells_apart_people_it_never_saw():
     fresh = _photos(60, 4, seed=1)  # people pre-training never draws
     before = _recall_at_1(tower, fresh)
     tower_config = TowerConfig(identities=120, views=4, steps=80, batch_size=48, width=64, lr=3e-3)
-    report = pretrain_vision_tower(tower, _photos(120, 4, seed=0), MEAN, STD, tower_config)
+    report, head = pretrain_vision_tower(tower, _photos(120, 4, seed=0), MEAN, STD, tower_config)
     after = _recall_at_1(tower, fresh)
     assert report["final_loss"] < 3.0
     assert after > before + 0.15, (before, after)
+    # The head it trained through is kept: an identity encoder on the tower's tokens, frozen as served.
+    assert head.tokens == "tower" and not any(p.requires_grad for p in head.parameters())
+    with torch.no_grad():
+        by_head = head(tower(pixel_values=_pixels(fresh)).last_hidden_state[:, 1:]).view(*fresh.shape[:2], -1)
+    assert identification_recall(by_head, (1,))["recall_at_1"] > before + 0.15
 
 
 def test_tower_config_is_checked_and_off_by_default():
@@ -73,3 +81,17 @@ def test_tower_config_is_checked_and_off_by_default():
     assert "tower" not in WorldConfig().to_dict()
     assert WORLD_PRESETS["scale"].tower.identities > 0 and WORLD_PRESETS["default"].tower.identities > 0
     assert WorldConfig.from_dict(WORLD_PRESETS["scale"].to_dict()) == WORLD_PRESETS["scale"]
+
+
+def test_identity_from_the_tower_head_is_checked():
+    with pytest.raises(InvalidInputError, match="steps"):
+        IdentityConfig(steps=0)
+    with pytest.raises(InvalidInputError, match="tower's tokens"):
+        IdentityConfig(init="tower_head")
+    head_identity = IdentityConfig(steps=0, tokens="tower", init="tower_head")
+    with pytest.raises(InvalidInputError, match="pre-trained tower"):
+        WorldConfig(identity=head_identity)
+    with pytest.raises(InvalidInputError, match="as wide"):
+        WorldConfig(identity=head_identity, tower=TowerConfig(identities=1000, width=256))
+    # Added later: encoders trained from fresh weights (the tiny and default worlds') keep their fingerprint.
+    assert "init" not in IdentityConfig().to_dict() and head_identity.to_dict()["init"] == "tower_head"
