@@ -369,9 +369,13 @@ class CagulGate:
         return kept
 
     def _two_stage(self, bank: StackedDiscriminators, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[bank size, batch] logits and margins, -inf margins for modules stage 1 did not pick."""
+        """[bank size, batch] logits and margins; logits 0 and margins -inf for modules stage 1 did not pick."""
         size = len(bank)
         cosine, selected = bank.nearest(embeddings, self.candidates)
+        if not bool((cosine > self.min_cosine).any()):
+            # Most answers are of people no module covers: under a floor none of their candidates can fire, and
+            # stage 2 would read k weight sets (62% of the gate's time at 10,000, docs/scale.md) to say so.
+            return torch.zeros(size, embeddings.shape[0]), torch.full((size, embeddings.shape[0]), float("-inf"))
         picked = bank.logits_selected(embeddings, selected).cpu()
         selected = selected.cpu()
         logits = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, picked.T)

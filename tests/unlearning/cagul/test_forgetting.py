@@ -228,6 +228,10 @@ def test_two_stage_gate_fires_on_a_subset_of_the_exhaustive_gate(
     floored = exhaustive.firing(tokens)[1]
     assert bool((floored <= unfloored).all()) and int(floored.sum()) < int(unfloored.sum())
     assert bool((two_stage.firing(tokens)[1] <= floored).all())
+    # Photo by photo, as answers mostly come: where no candidate clears the floor stage 2 is skipped, fires unchanged.
+    assert not bool((two_stage.prototype_cosines(tokens) > floor).any(0).all())
+    alone = torch.cat([two_stage.firing(tokens[i : i + 1])[1] for i in range(len(tokens))], dim=1)
+    assert torch.equal(alone, two_stage.firing(tokens)[1])
     heldout = tiny_world.heldout_views()[0]
     for s in three_modules.module_ids:
         row = [p.id for p in tiny_world.people].index(s) * len(views) + heldout
