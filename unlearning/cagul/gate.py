@@ -370,20 +370,20 @@ class CagulGate:
 
     def _two_stage(self, bank: StackedDiscriminators, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[bank size, batch] logits and margins; logits 0 and margins -inf for modules stage 1 did not pick."""
-        size = len(bank)
+        logits = torch.zeros(len(bank), embeddings.shape[0])
+        margins = torch.full_like(logits, float("-inf"))
         cosine, selected = bank.nearest(embeddings, self.candidates)
         if not bool((cosine > self.min_cosine).any()):
             # Most answers are of people no module covers: under a floor none of their candidates can fire, and
             # stage 2 would read k weight sets (62% of the gate's time at 10,000, docs/scale.md) to say so.
-            return torch.zeros(size, embeddings.shape[0]), torch.full((size, embeddings.shape[0]), float("-inf"))
+            return logits, margins
         picked = bank.logits_selected(embeddings, selected).cpu()
         selected = selected.cpu()
-        logits = torch.zeros(size, embeddings.shape[0]).scatter_(0, selected.T, picked.T)
+        logits.scatter_(0, selected.T, picked.T)
         over = picked - bank.threshold_logits_at(selected).cpu()
         if self.min_cosine > float("-inf"):  # stage 1's own cosines: the exhaustive path reads the same matmul
             over = over.masked_fill(cosine.cpu() <= self.min_cosine, float("-inf"))
-        margins = torch.full((size, embeddings.shape[0]), float("-inf")).scatter_(0, selected.T, over.T)
-        return logits, margins
+        return logits, margins.scatter_(0, selected.T, over.T)
 
     @torch.no_grad()
     def answer(

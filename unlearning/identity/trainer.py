@@ -68,7 +68,7 @@ def train_identity_encoder(
     """Symmetric InfoNCE: two photos of one identity against every other identity in the batch, nearer by
     `config.margin`, on the visual tokens `config.tokens` names; from `initial`'s weights where `config.init` asks
     for the tower's head."""
-    if len(portraits) < config.batch_size:
+    if config.steps and len(portraits) < config.batch_size:
         raise InvalidInputError(f"{len(portraits)} identities is fewer than the batch size {config.batch_size}")
     if (initial is None) != (config.init == "random"):
         raise InvalidInputError(f"identity init {config.init!r} takes initial weights only from the tower's head")

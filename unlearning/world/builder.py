@@ -325,7 +325,8 @@ def _build_identity(world_root: str, progress: ProgressFn) -> None:
     world = World(world_root)
     config = world.config.identity
     started = time.perf_counter()
-    portraits = pretraining_portraits(world, config.identities, config.views, config.seed)
+    # Kept as pre-trained (0 steps), the tower's head trains on no one.
+    portraits = pretraining_portraits(world, config.identities, config.views, config.seed) if config.steps else []
     backbone = load_backbone(world.reference_model_dir)
     head = load_file(world.reference_model_dir / TOWER_HEAD_FILE) if config.init == "tower_head" else None
     encoder = train_identity_encoder(backbone, portraits, config, progress, head)
