@@ -305,7 +305,7 @@ def pretrain_qwen2_vl_tower(backbone: Qwen2VLBackbone, world: World, config: Tow
         return backbone.visual_tokens_with_grad(qwen2_vl_patches((x - mean) / std, ip))
 
     visual = backbone.model.model.visual
-    report = pretrain_contrastively(visual, tokens, (config.identities, config.views), config, generator)
+    report, _ = pretrain_contrastively(visual, tokens, (config.identities, config.views), config, generator)
     for name, parameter in visual.named_parameters():
         parameter.requires_grad_(name.startswith("merger."))
     return report
