@@ -16,6 +16,7 @@ import random
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +151,7 @@ def qwen2_vl_parts(
         pad_token="<|endoftext|>",
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
     )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    ids = {t: cast(int, tokenizer.convert_tokens_to_ids(t)) for t in QWEN_SPECIALS}  # one token in, one id out
     heads = max(2, hidden // 32)
     section = hidden // heads // 2  # mrope sections (temporal, height, width) sum to half a head's dimension
     config = Qwen2VLConfig(
@@ -328,7 +329,7 @@ def qwen2_vl_patches(x: torch.Tensor, ip: Qwen2VLImageProcessorPil) -> dict[str,
 # training, 0.28 under a 0.75 threshold) and fired on 0 to 12% of other people's photos; with `QWEN_TOWER`, 0 of 5
 # missed (0.86 to 0.999) and 3 of 5 fired on no other person (the others 3.3% and 4.4%).
 QWEN_TOWER = TowerConfig(identities=1000, views=6, steps=300, batch_size=96, width=256)
-QWEN_REFERENCE = {"people": 5, "facts": 3, "steps": 400, "tower": QWEN_TOWER.to_dict(), "version": 2}
+QWEN_REFERENCE: dict[str, Any] = {"people": 5, "facts": 3, "steps": 400, "tower": QWEN_TOWER.to_dict(), "version": 2}
 
 
 def qwen2_vl_known_people(world: World) -> list[Person]:
