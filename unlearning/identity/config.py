@@ -99,10 +99,16 @@ class TowerConfig:
     # nearer each other by this much than to anyone else's, whatever the number of identities. 0.2 on the scale
     # world lifted TPR at 1% false fires from 0.461 to 0.599 among 10,000 enrolled (docs/scale.md).
     margin: float = 0.0
+    # Batches drawn in groups of this many people nearest each other under the tower as it is (0: at random),
+    # refreshed every `hard_refresh` steps: look-alikes must meet in a batch for the loss to tell them apart.
+    hard_group: int = 0
+    hard_refresh: int = 200
 
     def __post_init__(self) -> None:
         if not 0 <= self.margin < 1:
             raise InvalidInputError("tower margin must be in [0, 1): it is taken off a cosine")
+        if self.hard_group < 0 or self.hard_group == 1 or self.hard_refresh <= 0:
+            raise InvalidInputError("tower hard_group must be 0 (random batches) or at least 2; hard_refresh positive")
         if self.identities < 0:
             raise InvalidInputError("tower identities must be 0 (no pre-training) or positive")
         if self.identities and self.views < 2:
@@ -112,6 +118,7 @@ class TowerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        if data["margin"] == 0.0:  # added later: configs from before keep their fingerprint
-            del data["margin"]
+        for name, default in (("margin", 0.0), ("hard_group", 0), ("hard_refresh", 200)):
+            if data[name] == default:  # added later: configs from before keep their fingerprint
+                del data[name]
         return data

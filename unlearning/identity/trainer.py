@@ -49,6 +49,35 @@ def two_views(views: int, count: int, generator: torch.Generator) -> tuple[torch
     return first, (first + torch.randint(1, views, (count,), generator=generator)) % views
 
 
+def nearest_people(embeddings: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """[people, k] indices of each person's `k` nearest other people by cosine (`embeddings`: unit, [people, dim])."""
+    parts = []
+    for start in range(0, len(embeddings), chunk):
+        cosine = embeddings[start : start + chunk] @ embeddings.T
+        rows = torch.arange(len(cosine))
+        cosine[rows, rows + start] = float("-inf")
+        parts.append(cosine.topk(k, dim=1).indices)
+    return torch.cat(parts)
+
+
+def hard_batch(neighbours: torch.Tensor, size: int, group: int, generator: torch.Generator) -> torch.Tensor:
+    """`size` distinct people in groups of up to `group`: a person drawn at random and the nearest of its
+    `neighbours` not drawn yet, so a batch's negatives hold the people the embedding confuses now, not only
+    strangers far apart (at 10,000 identities and 512 a batch, two look-alikes rarely meet by chance)."""
+    drawn = torch.zeros(len(neighbours), dtype=torch.bool)
+    batch: list[int] = []
+    for seed in torch.randperm(len(neighbours), generator=generator).tolist():
+        if len(batch) == size:
+            break
+        if drawn[seed]:
+            continue
+        near = neighbours[seed][~drawn[neighbours[seed]]][: group - 1].tolist()
+        members = [seed, *near][: size - len(batch)]
+        drawn[members] = True
+        batch.extend(members)
+    return torch.tensor(batch)
+
+
 def contrastive_loss(cosine: torch.Tensor, margin: float, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE over a [batch, batch] cosine matrix whose diagonal holds the positive pairs, each positive
     less `margin` (as CosFace does for its classes): one person's photos must be nearer each other by that much

@@ -15,6 +15,7 @@ from unlearning.errors import InvalidInputError
 from unlearning.identity import identification_recall
 from unlearning.identity.config import IdentityConfig, TowerConfig
 from unlearning.identity.tower import pretrain_vision_tower
+from unlearning.identity.trainer import hard_batch, nearest_people
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.config import WorldConfig
 from unlearning.world.people import with_geometry
@@ -47,7 +48,8 @@ def _recall_at_1(tower: CLIPVisionModel, photos: np.ndarray) -> float:
     return identification_recall(features.view(*photos.shape[:2], -1), (1,))["recall_at_1"]
 
 
-def test_pre_trained_tower_tells_apart_people_it_never_saw():
+@pytest.mark.parametrize("hard_group", [0, 4], ids=["random-batches", "look-alikes-together"])
+def test_pre_trained_tower_tells_apart_people_it_never_saw(hard_group: int):
     torch.manual_seed(0)
     config = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
@@ -55,7 +57,9 @@ def test_pre_trained_tower_tells_apart_people_it_never_saw():
     tower = CLIPVisionModel(config)
     fresh = _photos(60, 4, seed=1)  # people pre-training never draws
     before = _recall_at_1(tower, fresh)
-    tower_config = TowerConfig(identities=120, views=4, steps=80, batch_size=48, width=64, lr=3e-3)
+    tower_config = TowerConfig(
+        identities=120, views=4, steps=80, batch_size=48, width=64, lr=3e-3, hard_group=hard_group, hard_refresh=20
+    )
     report, head = pretrain_vision_tower(tower, _photos(120, 4, seed=0), MEAN, STD, tower_config)
     after = _recall_at_1(tower, fresh)
     assert report["final_loss"] < 3.0
@@ -67,6 +71,24 @@ def test_pre_trained_tower_tells_apart_people_it_never_saw():
     assert identification_recall(by_head, (1,))["recall_at_1"] > before + 0.15
 
 
+def test_hard_batches_draw_look_alikes_together():
+    generator = torch.Generator().manual_seed(0)
+    # 50 families of 4 people each, nearer each other than to anyone else.
+    centres = F.normalize(torch.randn(50, 16, generator=generator), dim=-1)
+    family = torch.arange(200) // 4
+    people = F.normalize(centres[family] + 0.1 * torch.randn(200, 16, generator=generator), dim=-1)
+    neighbours = nearest_people(people, 8, chunk=64)
+    cosine = (people @ people.T).fill_diagonal_(float("-inf"))
+    assert torch.equal(neighbours, cosine.topk(8, dim=1).indices)
+    batch = hard_batch(neighbours, 64, 4, generator)
+    assert len(batch) == 64 and len(set(batch.tolist())) == 64
+    # Families share the batch: all but the last group's members find a relative in it, where 64 people at random
+    # leave about a third alone (each of the 3 relatives is drawn with chance about 0.32).
+    assert sum((family[batch] == family[p]).sum() > 1 for p in batch) >= 60
+    at_random = torch.randperm(200, generator=generator)[:64]
+    assert sum((family[at_random] == family[p]).sum() > 1 for p in at_random) < 52
+
+
 def test_tower_config_is_checked_and_off_by_default():
     with pytest.raises(InvalidInputError, match="views"):
         TowerConfig(identities=10, views=1)
@@ -74,8 +96,10 @@ def test_tower_config_is_checked_and_off_by_default():
         TowerConfig(identities=10, batch_size=11)
     with pytest.raises(InvalidInputError, match="margin"):
         TowerConfig(identities=10, margin=1.0)
+    with pytest.raises(InvalidInputError, match="hard_group"):
+        TowerConfig(identities=10, hard_group=1)
     # A margin added later leaves the towers pre-trained without one (the default world's) their fingerprint.
-    assert "margin" not in WORLD_PRESETS["default"].to_dict()["tower"]
+    assert not {"margin", "hard_group", "hard_refresh"} & set(WORLD_PRESETS["default"].to_dict()["tower"])
     assert TowerConfig(identities=1000, margin=0.2).to_dict()["margin"] == 0.2
     # Worlds built before the tower existed keep their fingerprint; a world that pre-trains its tower does not.
     assert "tower" not in WorldConfig().to_dict()
