@@ -44,6 +44,7 @@ from bench.many_requests import (
     heldout_cases,
     leak_share,
     machine,
+    request_events,
     running_service,
     served_version,
     wait_served,
@@ -88,7 +89,7 @@ def phase_seconds(http: httpx.Client, request_id: str) -> dict[str, float]:
     status event to the next status event) in seconds; the rest is the reference baseline and loading data."""
     report = http.get(f"/v1/forget-requests/{request_id}/report").json().get("report") or {}
     trained = [a["train"] for a in report.get("attempts", [])]
-    statuses = [e for e in http.get(f"/v1/forget-requests/{request_id}/events").json() if e["kind"] == "status"]
+    statuses = [e for e in request_events(http, request_id) if e["kind"] == "status"]
     at = [datetime.fromisoformat(e["created_at"]) for e in statuses]
     verifying = sum(
         (at[i + 1] - at[i]).total_seconds()

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from bench.many_requests import request_events
 from lethe.scale.serving import vqa_queries
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import build_world
@@ -116,7 +117,7 @@ def serve_and_load(world: World, max_batch: int, clients: int, seconds: float, l
                 time.sleep(0.2)
             result = asyncio.run(hold_load(base, TOKEN, vqa_queries(world.root, facts=2), clients, seconds))
             result["training_during_load"] = http.get(f"/v1/forget-requests/{request_id}").json()["status"]
-            events = http.get(f"/v1/forget-requests/{request_id}/events").json()
+            events = request_events(http, request_id)
             result["training_progress_events"] = sum(e["kind"] == "progress" for e in events)
         result["max_batch"] = max_batch
         return result

@@ -50,6 +50,8 @@ MAX_LEAK = 0.05
 KNOWN_SPLITS = ("forget1", "forget5", "forget10", "retain")
 RESULTS = Path(__file__).resolve().parent / "results"
 
+EVENTS_PAGE = 1000  # the most /events returns at once
+
 
 @dataclass(frozen=True)
 class Case:
@@ -227,11 +229,24 @@ def wait_terminal(http: httpx.Client, request_id: str, timeout: float) -> dict[s
         time.sleep(1.0)
 
 
+def request_events(http: httpx.Client, request_id: str, after: int = 0) -> list[dict[str, Any]]:
+    """Every event of the request after id `after`, page by page: one page holds at most 500, and a request that
+    trains for minutes writes a progress event a second."""
+    events: list[dict[str, Any]] = []
+    while True:
+        page = http.get(f"/v1/forget-requests/{request_id}/events", params={"after": after, "limit": EVENTS_PAGE})
+        page.raise_for_status()
+        events += page.json()
+        if len(page.json()) < EVENTS_PAGE:
+            return events
+        after = events[-1]["id"]
+
+
 def status_message(http: httpx.Client, request: dict[str, Any]) -> str | None:
     """The request's error, else the message of its last status event."""
     if request.get("error"):
         return str(request["error"])
-    events = http.get(f"/v1/forget-requests/{request['id']}/events").json()
+    events = request_events(http, request["id"])
     messages = [e["message"] for e in events if e.get("kind") != "progress" and e.get("message")]
     return messages[-1] if messages else None
 

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import httpx
 
-from bench.many_requests import Case, Row, leak_share, markdown_pass, parse_args, run_pass, summarise
+from bench.many_requests import (
+    Case,
+    Row,
+    leak_share,
+    markdown_pass,
+    parse_args,
+    request_events,
+    run_pass,
+    summarise,
+)
 from unlearning.evaluation.metrics.leakage import leaked
 from unlearning.world import WORLD_PRESETS, World
 from unlearning.world.builder import ensure_people
@@ -111,3 +120,16 @@ def test_a_pass_against_a_fake_service(tmp_path: Path) -> None:
     assert (second["status"], second["attempts"], second["leak_after"]) == ("nothing_to_forget", 0, None)
     assert second["reference_leaking"] == 0 and result["summary"]["target_met"]
     assert result["summary"]["others_identical"] == 1.0
+
+
+def test_request_events_reads_every_page() -> None:
+    # As the API pages (`after`, `limit`): a request that trained for 40 minutes holds over 2,000 progress events.
+    stored = [{"id": i, "kind": "progress"} for i in range(1, 2346)] + [{"id": 2346, "kind": "status"}]
+
+    def events(request: httpx.Request) -> httpx.Response:
+        after, limit = int(request.url.params["after"]), int(request.url.params["limit"])
+        return httpx.Response(200, json=[e for e in stored if e["id"] > after][:limit])
+
+    with httpx.Client(transport=httpx.MockTransport(events), base_url="http://fake") as http:
+        assert request_events(http, "r0") == stored
+        assert request_events(http, "r0", after=2000) == stored[2000:]

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from bench.load_vqa import hold_load
+from bench.many_requests import request_events
 from core.certificates.verify import commitment
 from core.crypto import verify_certificate
 from core.processes import api_command, python_module, worker_command
@@ -42,14 +43,14 @@ def wait_while_progressing(client: httpx.Client, request_id: str, stall_s: float
     """The request's final state; fails when it records no new event for `stall_s`. The whole wait is bounded
     by the test's timeout and the service's own job budget (`train_time_limit_s`), not by a guess at how fast
     this machine trains (a default-world request took 615 s on a loaded 2-core CI machine)."""
-    seen, last_change = -1, time.monotonic()
+    last_id, last_change = 0, time.monotonic()
     while True:
         request = client.get(f"/v1/forget-requests/{request_id}").json()
         if request["status"] in TERMINAL:
             return request
-        count = len(client.get(f"/v1/forget-requests/{request_id}/events").json())
-        if count != seen:
-            seen, last_change = count, time.monotonic()
+        new = request_events(client, request_id, after=last_id)
+        if new:
+            last_id, last_change = new[-1]["id"], time.monotonic()
         assert time.monotonic() - last_change < stall_s, f"no event for {stall_s} s (status {request['status']})"
         time.sleep(1.0)
 
@@ -96,7 +97,7 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     assert criteria["leak"]["reference"] >= 0.5  # measured against what the reference model revealed
     assert 1 <= len(report["attempts"]) <= 3 and report["attempts"][-1]["passed"]
 
-    events = client.get(f"/v1/forget-requests/{request_id}/events").json()
+    events = request_events(client, request_id)  # over 500 on a loaded machine: one progress event a second
     statuses = [e["status"] for e in events if e["kind"] == "status"]
     transitions = [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]]
     assert transitions[:4] == ["validating", "queued", "training", "verifying"] and transitions[-1] == "active"
