@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, select
 
+from bench.many_requests import request_events
 from core.adapters.models import Adapter
 from core.forget_requests.models import Job
 from core.processes import api_command, python_module, worker_command
@@ -148,7 +149,7 @@ def test_a_request_that_kills_its_worker_every_time_fails_at_the_delivery_cap(
         assert "started 2 times and never finished" in final["error"] and "LETHE_MAX_DELIVERIES=2" in final["error"]
         time.sleep(3)  # three reconciler passes: none sends it again
         assert outcome(pg_url, request_id) == (0, 2)
-        events = client.get(f"{url}/events").json()
+        events = request_events(client, request_id)
         gave_up = next(e["id"] for e in events if e["status"] == "failed")
         assert [e for e in events if (e["message"] or "").startswith("re-sent") and e["id"] > gave_up] == []
         assert client.get(url).json()["status"] == "failed"

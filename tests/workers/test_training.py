@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.many_requests import request_events
 from core.adapters.repository import AdapterRepository, AdapterSetRepository
 from core.audit.repository import AuditRepository
 from core.crypto import master_key
@@ -75,7 +76,7 @@ def test_too_few_steps_is_rejected_with_leaking_cases_after_recorded_retries(ser
     leak = next(c for c in got["verification"]["criteria"] if c["name"] == "leak")
     assert leak["module"] > leak["threshold"] and leak["reference"] >= 0.5 and not leak["passed"]
     assert got["verification"]["leaking_cases"] and all("question" in c for c in got["verification"]["leaking_cases"])
-    events = client.get(f"/v1/forget-requests/{payload.request_id}/events").json()
+    events = request_events(client, payload.request_id)
     assert any(f"attempt 2 of 2 after {', '.join(failed)} failed" in (e["message"] or "") for e in events)
     assert client.get("/v1/adapter-set").json()["adapter_ids"] == []
     # The rejected module is on record (checksum, report), but its weights, which still encode the subject, are gone.
