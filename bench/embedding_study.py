@@ -32,8 +32,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, get_cosine_schedule_
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from unlearning.augment import MILD_VIEWS, STRONG_VIEWS, AugmentConfig, augment
-from unlearning.identity.tower import NEIGHBOURS_PER_GROUP
-from unlearning.identity.trainer import contrastive_loss, hard_batch, nearest_people, two_views
+from unlearning.identity.trainer import batch_people, contrastive_loss, group_neighbours, two_views
 from unlearning.world import WORLD_PRESETS
 from unlearning.world.builder import ensure_people
 from unlearning.world.identities import pretraining_photos
@@ -94,12 +93,9 @@ def pretrain(
     for step in range(args.steps):
         if args.hard_group and step % args.hard_refresh == 0:
             model.eval()
-            neighbours = nearest_people(embed(model, photos[:, 0]), NEIGHBOURS_PER_GROUP * args.hard_group)
+            neighbours = group_neighbours(embed(model, photos[:, 0]), args.hard_group)
             model.train()
-        if neighbours is None:
-            who = torch.randperm(n_ids, generator=generator)[: args.batch].numpy()
-        else:
-            who = hard_batch(neighbours, args.batch, args.hard_group, generator).numpy()
+        who = batch_people(neighbours, n_ids, args.batch, args.hard_group, generator).numpy()
         first, second = two_views(n_views, args.batch, generator)
         changed = augment(
             as_pixels(photos[who, first.numpy()]), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, MILD_VIEWS, generator

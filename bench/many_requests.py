@@ -230,14 +230,15 @@ def wait_terminal(http: httpx.Client, request_id: str, timeout: float) -> dict[s
 
 
 def request_events(http: httpx.Client, request_id: str, after: int = 0) -> list[dict[str, Any]]:
-    """Every event of the request after id `after`, page by page: one page holds at most 500, and a request that
-    trains for minutes writes a progress event a second."""
+    """Every event of the request after id `after`, page by page: a page holds 500 unless asked for more (at most
+    `EVENTS_PAGE`), and a request that trains for minutes writes a progress event a second."""
     events: list[dict[str, Any]] = []
     while True:
-        page = http.get(f"/v1/forget-requests/{request_id}/events", params={"after": after, "limit": EVENTS_PAGE})
-        page.raise_for_status()
-        events += page.json()
-        if len(page.json()) < EVENTS_PAGE:
+        response = http.get(f"/v1/forget-requests/{request_id}/events", params={"after": after, "limit": EVENTS_PAGE})
+        response.raise_for_status()
+        page = response.json()
+        events += page
+        if len(page) < EVENTS_PAGE:
             return events
         after = events[-1]["id"]
 

@@ -12,11 +12,9 @@ from transformers import get_cosine_schedule_with_warmup
 from unlearning.augment import MILD_VIEWS, augment
 from unlearning.identity.config import TOWER_HEAD_DIM, TowerConfig
 from unlearning.identity.encoder import IdentityEncoder
-from unlearning.identity.trainer import contrastive_loss, hard_batch, nearest_people, two_views
+from unlearning.identity.trainer import batch_people, contrastive_loss, group_neighbours, two_views
 from unlearning.progress import ProgressFn
 
-# Neighbours kept per person for a hard batch's group: some of a person's nearest are drawn already.
-NEIGHBOURS_PER_GROUP = 4
 # (identities, view indices, mildly changed) -> the tower's patch tokens [batch, tokens, hidden], with gradients.
 TokensFn = Callable[[np.ndarray, torch.Tensor, bool], torch.Tensor]
 
@@ -86,11 +84,8 @@ def pretrain_contrastively(
                     embed(tokens(chunk, torch.zeros(len(chunk), dtype=torch.long), False)).float()
                     for chunk in np.array_split(np.arange(n_ids), max(1, n_ids // config.batch_size))
                 ]
-            neighbours = nearest_people(torch.cat(people), min(n_ids - 1, NEIGHBOURS_PER_GROUP * config.hard_group))
-        if neighbours is None:
-            who = torch.randperm(n_ids, generator=generator)[: config.batch_size].numpy()
-        else:
-            who = hard_batch(neighbours, config.batch_size, config.hard_group, generator).numpy()
+            neighbours = group_neighbours(torch.cat(people), config.hard_group)
+        who = batch_people(neighbours, n_ids, config.batch_size, config.hard_group, generator).numpy()
         first, second = two_views(n_views, config.batch_size, generator)
         cosine = embed(tokens(who, first, True)) @ embed(tokens(who, second, False)).T
         loss = contrastive_loss(cosine, config.margin, config.temperature)

@@ -16,6 +16,9 @@ from unlearning.identity.config import IdentityConfig
 from unlearning.identity.encoder import IdentityEncoder
 from unlearning.progress import ProgressFn
 
+# Neighbours kept per person for a hard batch's group: some of a person's nearest are drawn already.
+NEIGHBOURS_PER_GROUP = 4
+
 if TYPE_CHECKING:  # the backbone registry loads identity encoders: a runtime import here would be circular
     from unlearning.backbones import Backbone
 
@@ -58,6 +61,21 @@ def nearest_people(embeddings: torch.Tensor, k: int, chunk: int = 2048) -> torch
         cosine[rows, rows + start] = float("-inf")
         parts.append(cosine.topk(k, dim=1).indices)
     return torch.cat(parts)
+
+
+def group_neighbours(embeddings: torch.Tensor, group: int) -> torch.Tensor:
+    """`nearest_people` with as many per person as a hard group of `group` needs: some are drawn already."""
+    return nearest_people(embeddings, min(len(embeddings) - 1, NEIGHBOURS_PER_GROUP * group))
+
+
+def batch_people(
+    neighbours: torch.Tensor | None, people: int, size: int, group: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The people of one pre-training batch: `size` of `people` at random, or in hard groups once `neighbours`
+    (`group_neighbours`) are known."""
+    if neighbours is None:
+        return torch.randperm(people, generator=generator)[:size]
+    return hard_batch(neighbours, size, group, generator)
 
 
 def hard_batch(neighbours: torch.Tensor, size: int, group: int, generator: torch.Generator) -> torch.Tensor:
