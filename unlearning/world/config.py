@@ -141,7 +141,9 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
     # steps, no margin) -> 0.990 (2,000) -> 0.998, TPR at 1% false fires 0.461 -> 0.790 -> 0.953 (offline, the
     # tower's own head; docs/scale.md "Longer pre-training"; about 60 min of the build on 2 cores). That head is the
     # identity encoder: one trained after it on the frozen tower's tokens (10,000 people, fresh views, 2,000 steps,
-    # 21.5 min) reached 0.934 where the head reached 0.953, and 0.834 against 0.914 at 0.1%.
+    # 21.5 min) reached 0.934 where the head reached 0.953, and 0.834 against 0.914 at 0.1%. Batches drawn in groups
+    # of 4 people nearest each other (hard_group): the built world's head at 10,000 enrolled 0.962 -> 0.980 at 1%,
+    # 0.824 -> 0.931 at 0.1% (bench/results/identity-study-built-hard4.json; 48.5 min to build on 2 cores with bf16).
     "scale": WorldConfig(
         name="scale",
         seed=11,
@@ -152,6 +154,6 @@ WORLD_PRESETS: dict[str, WorldConfig] = {
         identity=IdentityConfig(steps=0, tokens="tower", init="tower_head"),
         face_geometry=True,
         face_detail=True,
-        tower=TowerConfig(identities=10_000, views=6, steps=6000, margin=0.2),
+        tower=TowerConfig(identities=10_000, views=6, steps=6000, margin=0.2, hard_group=4),
     ),
 }
