@@ -52,9 +52,9 @@ def fault_settings_env(tiny_world: World, tmp_path: Path, pg_url: str, broker: s
     return settings_env(settings)
 
 
-def encoder_event_after(client: httpx.Client, url: str, after: int) -> int | None:
+def encoder_event_after(client: httpx.Client, request_id: str, after: int) -> int | None:
     """The id of the newest encoder progress event past event `after`, if any."""
-    ids = [e["id"] for e in client.get(f"{url}/events", params={"after": after}).json() if e["phase"] == "encoder"]
+    ids = [e["id"] for e in request_events(client, request_id, after) if e["phase"] == "encoder"]
     return max(ids) if ids else None
 
 
@@ -71,14 +71,14 @@ def test_worker_killed_mid_training_is_redone_once(tiny_world: World, tmp_path: 
             "id"
         ]
         url = f"/v1/forget-requests/{request_id}"
-        wait_for(lambda: any(e["phase"] == "encoder" for e in client.get(f"{url}/events").json()), 180, 0.2, "training")
+        wait_for(lambda: any(e["phase"] == "encoder" for e in request_events(client, request_id)), 180, 0.2, "training")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         second = start_worker(env, tmp_path / "worker-2.log")
         final = wait_for(lambda: (r := client.get(url).json())["status"] in TERMINAL and r, 300, 0.5, "the redo")
         assert final["status"] in ("active", "rejected_verification"), final
         assert outcome(pg_url, request_id) == (1, 2)  # exactly one adapter; delivered twice
-        messages = [e["message"] or "" for e in client.get(f"{url}/events").json()]
+        messages = [e["message"] or "" for e in request_events(client, request_id)]
         assert any(m.startswith("re-sent") for m in messages) and "redelivered; restarting" in messages
         if final["status"] == "active":
             assert client.get("/v1/adapter-set").json()["adapter_ids"] == [final["adapter_id"]]
@@ -113,7 +113,7 @@ def test_redis_restart_loses_no_queued_job(tiny_world: World, tmp_path: Path, pg
             final = wait_for(lambda u=url: (r := client.get(u).json())["status"] in TERMINAL and r, 300, 0.5, "jobs")
             assert final["status"] in ("active", "rejected_verification"), final
             assert outcome(pg_url, request_id)[0] == 1
-            assert any((e["message"] or "").startswith("re-sent") for e in client.get(f"{url}/events").json())
+            assert any((e["message"] or "").startswith("re-sent") for e in request_events(client, request_id))
     finally:
         stop(api)
         if worker is not None:
@@ -141,7 +141,7 @@ def test_a_request_that_kills_its_worker_every_time_fails_at_the_delivery_cap(
         seen = 0
         for delivery in (1, 2):
             workers.append(start_worker(env, tmp_path / f"worker-{delivery}.log"))
-            seen = wait_for(lambda s=seen: encoder_event_after(client, url, s), 300, 0.2, f"delivery {delivery}")
+            seen = wait_for(lambda s=seen: encoder_event_after(client, request_id, s), 300, 0.2, f"delivery {delivery}")
             os.kill(workers[-1].pid, signal.SIGKILL)
             workers[-1].wait()
         final = wait_for(lambda: (r := client.get(url).json())["status"] in TERMINAL and r, 120, 0.5, "the give-up")
