@@ -183,6 +183,12 @@ class Settings(BaseSettings):
         default=120, description="An in-flight job silent this long (no heartbeat, not re-sent) is sent again."
     )
     reconcile_interval_s: float = Field(default=15, description="How often the API looks for silent jobs.")
+    progress_event_interval_s: float = Field(
+        default=5,
+        ge=0,
+        description="Least time between two stored progress events of a job (each phase's first and last step are "
+        "always stored); cancellation is still read every second.",
+    )
     vqa_max_batch: int = Field(default=16, description="Most /v1/vqa requests answered in one forward pass (1: none).")
     vqa_batch_wait_s: float = Field(default=0.005, description="How long a request waits for others to batch with.")
     # Off by default, as measured. Scale world (`lethe bench scale`, 2026-12-02): held back on the prototype cosine

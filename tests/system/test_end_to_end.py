@@ -97,7 +97,7 @@ def forget_over_http(base_url: str, world: World, subject: str, rollback: bool =
     assert criteria["leak"]["reference"] >= 0.5  # measured against what the reference model revealed
     assert 1 <= len(report["attempts"]) <= 3 and report["attempts"][-1]["passed"]
 
-    events = request_events(client, request_id)  # over 500 on a loaded machine: one progress event a second
+    events = request_events(client, request_id)  # paged: a long job stores more than one page
     statuses = [e["status"] for e in events if e["kind"] == "status"]
     transitions = [s for i, s in enumerate(statuses) if i == 0 or s != statuses[i - 1]]
     assert transitions[:4] == ["validating", "queued", "training", "verifying"] and transitions[-1] == "active"

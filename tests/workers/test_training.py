@@ -4,6 +4,7 @@ retries recorded, cancellation honoured until publishing, an earlier subject's p
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from unlearning.world.requests import WorldRetain
 from workers.runtime import Runtime
 from workers.training import run_training_job
 from workers.training.job import Job
+from workers.training.reporter import CANCEL_POLL_S, JobReporter
 
 pytestmark = pytest.mark.slow
 
@@ -116,6 +118,27 @@ def test_the_filed_aliases_reach_the_job(service, tiny_world: World, monkeypatch
     assert run_training_job(service[1], payload) == "cancelled"
     assert [f.aliases for f in seen] == [["Kamiro Tale", "K. Tale"]]
     assert seen[0].subject == tiny_world.person("p000").name and seen[0].qa_pairs
+
+
+def test_progress_is_stored_sparsely_while_cancellation_is_read_each_second(service, tiny_world: World):
+    client, rt = service
+    payload = file(service, request_body(tiny_world, "p003"))
+    reporter = JobReporter(rt, payload.request_id, payload.job_id)
+    for step in range(1, 301):  # far faster than the 5 s between stored events
+        reporter.progress("encoder", step, 300, 1.0 / step)
+    progress = [e for e in request_events(client, payload.request_id) if e["kind"] == "progress"]
+    assert [(e["phase"], e["step"], e["total"]) for e in progress] == [("encoder", 1, 300), ("encoder", 300, 300)]
+    assert progress[-1]["loss"] == round(1 / 300, 5) and progress[-1]["eta_seconds"] == 0
+
+    assert client.post(f"/v1/forget-requests/{payload.request_id}/cancel").status_code == 200
+    reporter.progress("prefix", 1, 300, 0.5)  # a phase's first step is stored and reads the flag
+    assert reporter.should_stop()
+    reporter.cancelled = False
+    time.sleep(CANCEL_POLL_S * 1.1)
+    reporter.progress("prefix", 2, 300, 0.5)  # not stored, but the flag is read again after a second
+    assert reporter.should_stop()
+    stored = [e["step"] for e in request_events(client, payload.request_id) if e["kind"] == "progress"]
+    assert stored == [1, 300, 1]
 
 
 def test_protected_person_is_nothing_to_forget(service, tiny_world: World):
