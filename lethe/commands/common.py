@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,9 +25,13 @@ Preset = Annotated[
 
 
 class Bars:
-    """Rich progress bars on stderr, one per training phase, fed by library progress callbacks."""
+    """Rich progress bars on stderr, one per training phase, fed by library progress callbacks; where stderr is no
+    terminal (a log file, a container's output), a line at every tenth of each phase instead."""
 
     def __init__(self) -> None:
+        self.lines = not err.is_terminal
+        self.started: dict[tuple[str, int], float] = {}
+        self.tenths: dict[tuple[str, int], int] = {}
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -39,20 +44,36 @@ class Bars:
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, phase: str, step: int, total: int, loss: float) -> None:
+        if self.lines:
+            self._line(phase, step, total, loss)
+            return
         if phase not in self.tasks:
             self.tasks[phase] = self.progress.add_task(phase, total=total, loss=float("nan"))
         # One name can report several stages (a model's tower pre-training, then its training), each its own total.
         self.progress.update(self.tasks[phase], completed=step, total=total, loss=loss)
 
+    def _line(self, phase: str, step: int, total: int, loss: float) -> None:
+        # Rich draws nothing to a non-terminal until the end: a 20-min world build would look hung in a log.
+        key, now = (phase, total), time.monotonic()
+        started = self.started.setdefault(key, now)
+        tenth = step * 10 // max(total, 1)
+        if self.tenths.get(key) == tenth and step != 1:
+            return
+        self.tenths[key] = tenth
+        left = (now - started) / step * (total - step) if step else 0.0
+        err.print(f"{phase}: {step}/{total}, loss {loss:.3f}, about {left / 60:.0f} min left", highlight=False)
+
     def __enter__(self) -> Bars:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # the CLI draws its own bars; transformers' would interleave
-        self.progress.start()
+        if not self.lines:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if not self.lines:
+            self.progress.stop()
 
 
 def world_config(preset: str | None):  # type: ignore[no-untyped-def]

@@ -241,3 +241,21 @@ def test_serve_with_a_checkpoint_path_that_holds_none_exits_naming_it(tmp_path):
     said = "".join(result.stderr.split())  # rich wraps long lines on stderr
     assert f"LETHE_MODEL_PATH={tmp_path / 'models' / 'llava'}holdsnocheckpoint" in said, result.stderr
     assert not (tmp_path / "data" / "lethe.db").exists()  # no database, no worker, no API
+
+
+def test_progress_without_a_terminal_is_a_line_at_every_tenth_of_each_phase(capsys):
+    from lethe.commands.common import Bars
+
+    with Bars() as bars:  # pytest's stderr is no terminal, as a log file or a container's output is not
+        for step in range(1, 101):
+            bars("reference", step, 100, 2.0 / step)
+        for step in range(1, 21):  # the same name, its next stage: a total of its own
+            bars("reference", step, 20, 0.5)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines[:11]] == ["reference: 1/100"] + [
+        f"reference: {s}/100" for s in range(10, 101, 10)
+    ]
+    assert lines[10].startswith("reference: 100/100, loss 0.020, about 0 min left")
+    assert [line.split(",")[0] for line in lines[11:]] == ["reference: 1/20"] + [
+        f"reference: {s}/20" for s in range(2, 21, 2)
+    ]
