@@ -82,8 +82,11 @@ class ForgetRequestRepository:
     ) -> None:
         request.status = status
         request.updated_at = utcnow()
-        if status == RequestStatus.ACTIVE:
-            request.error = None  # an in-flight message such as "verifying attempt 1 of 3" is not an error now
+        if status not in TERMINAL:
+            # "verifying attempt 1 of 3" read as a failure in `error` while nothing had failed; events keep it.
+            request.error = None
+        elif status == RequestStatus.ACTIVE:
+            request.error = None
         elif message is not None and status != RequestStatus.REVOKED:
             request.error = message
         self.add_event(request.id, kind="status", status=status, message=message, job_id=job_id)

@@ -41,6 +41,10 @@ def test_requests_jobs_events_and_adapter_set(pg_url: str):
         first, second = _request(repo, "a"), _request(repo, "b")
         job = repo.create_job(first)
         repo.set_status(first, "training", job_id=job.id)
+        repo.set_status(second, RequestStatus.VERIFYING, "verifying attempt 2 of 3")
+        assert second.error is None  # an in-flight message is no error; the event keeps it
+        repo.set_status(second, RequestStatus.REJECTED, "verification failed in all 3 attempts")
+        assert second.error == "verification failed in all 3 attempts"
         repo.add_event(first.id, job_id=job.id, kind="progress", phase="encoder", step=3, total=10, loss=0.5)
         ids = (first.id, second.id, job.id)
     with transaction(sessions) as session:
@@ -54,6 +58,10 @@ def test_requests_jobs_events_and_adapter_set(pg_url: str):
         items, total = repo.page(limit=1, offset=0)
         assert total == 2 and len(items) == 1
         assert repo.page(limit=5, offset=0, status="training")[1] == 1
+        assert [e.message for e in repo.events(ids[1])][-3:-1] == [
+            "verifying attempt 2 of 3",
+            "verification failed in all 3 attempts",
+        ]
         # Never heartbeated, created "now": stale only once the cutoff passes its creation time.
         assert repo.stale_jobs(timedelta(minutes=5)) == []
         assert [j.id for _, j in repo.stale_jobs(timedelta(minutes=5), now=utcnow() + timedelta(minutes=6))] == [ids[2]]
