@@ -231,7 +231,7 @@ def wait_terminal(http: httpx.Client, request_id: str, timeout: float) -> dict[s
 
 def request_events(http: httpx.Client, request_id: str, after: int = 0) -> list[dict[str, Any]]:
     """Every event of the request after id `after`, page by page: a page holds 500 unless asked for more (at most
-    `EVENTS_PAGE`), and a request that trains for minutes writes a progress event a second."""
+    `EVENTS_PAGE`), and a request that trains for minutes writes hundreds of progress events."""
     events: list[dict[str, Any]] = []
     while True:
         response = http.get(f"/v1/forget-requests/{request_id}/events", params={"after": after, "limit": EVENTS_PAGE})

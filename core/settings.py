@@ -185,7 +185,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=15, description="How often the API looks for silent jobs.")
     progress_event_interval_s: float = Field(
         default=5,
-        ge=0,
+        ge=1,
         description="Least time between two stored progress events of a job (each phase's first and last step are "
         "always stored); cancellation is still read every second.",
     )

@@ -82,10 +82,8 @@ class ForgetRequestRepository:
     ) -> None:
         request.status = status
         request.updated_at = utcnow()
-        if status not in TERMINAL:
+        if status not in TERMINAL or status == RequestStatus.ACTIVE:
             # "verifying attempt 1 of 3" read as a failure in `error` while nothing had failed; events keep it.
-            request.error = None
-        elif status == RequestStatus.ACTIVE:
             request.error = None
         elif message is not None and status != RequestStatus.REVOKED:
             request.error = message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -55,13 +56,17 @@ class Bars:
     def _line(self, phase: str, step: int, total: int, loss: float) -> None:
         # Rich draws nothing to a non-terminal until the end: a 20-min world build would look hung in a log.
         key, now = (phase, total), time.monotonic()
+        if step <= 1:
+            self.started[key] = now
         started = self.started.setdefault(key, now)
-        tenth = step * 10 // max(total, 1)
-        if self.tenths.get(key) == tenth and step != 1:
+        tenth = step * 10 // total if total > 0 else 10
+        if self.tenths.get(key) == tenth and step > 1:
             return
         self.tenths[key] = tenth
-        left = (now - started) / step * (total - step) if step else 0.0
-        err.print(f"{phase}: {step}/{total}, loss {loss:.3f}, about {left / 60:.0f} min left", highlight=False)
+        parts = [f"{phase}: {step}/{total}"] + ([] if math.isnan(loss) else [f"loss {loss:.3f}"])
+        if step > 1:
+            parts.append(f"about {(now - started) / (step - 1) * (total - step) / 60:.0f} min left")
+        err.print(", ".join(parts), highlight=False, markup=False)
 
     def __enter__(self) -> Bars:
         from transformers.utils import logging as hf_logging

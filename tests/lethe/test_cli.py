@@ -243,19 +243,21 @@ def test_serve_with_a_checkpoint_path_that_holds_none_exits_naming_it(tmp_path):
     assert not (tmp_path / "data" / "lethe.db").exists()  # no database, no worker, no API
 
 
-def test_progress_without_a_terminal_is_a_line_at_every_tenth_of_each_phase(capsys):
-    from lethe.commands.common import Bars
+def test_progress_without_a_terminal_is_a_line_at_every_tenth_of_each_phase(capsys, monkeypatch):
+    from rich.console import Console
 
-    with Bars() as bars:  # pytest's stderr is no terminal, as a log file or a container's output is not
+    from lethe.commands import common
+
+    # As a log file or a container's output is (FORCE_COLOR would make pytest's stderr a terminal to Rich).
+    monkeypatch.setattr(common, "err", Console(stderr=True, force_terminal=False))
+    with common.Bars() as bars:
         for step in range(1, 101):
             bars("reference", step, 100, 2.0 / step)
         for step in range(1, 21):  # the same name, its next stage: a total of its own
-            bars("reference", step, 20, 0.5)
+            bars("reference", step, 20, float("nan"))  # enrollment reports no loss
     lines = capsys.readouterr().err.splitlines()
-    assert [line.split(",")[0] for line in lines[:11]] == ["reference: 1/100"] + [
-        f"reference: {s}/100" for s in range(10, 101, 10)
-    ]
-    assert lines[10].startswith("reference: 100/100, loss 0.020, about 0 min left")
-    assert [line.split(",")[0] for line in lines[11:]] == ["reference: 1/20"] + [
-        f"reference: {s}/20" for s in range(2, 21, 2)
-    ]
+    assert [line.split(",")[0] for line in lines[:11]] == [f"reference: {s}/100" for s in [1, *range(10, 101, 10)]]
+    assert lines[0] == "reference: 1/100, loss 2.000"  # no time left to guess from one step
+    assert lines[10] == "reference: 100/100, loss 0.020, about 0 min left"
+    assert [line.split(",")[0] for line in lines[11:]] == [f"reference: {s}/20" for s in [1, *range(2, 21, 2)]]
+    assert lines[11] == "reference: 1/20" and "loss" not in lines[-1]

@@ -140,6 +140,11 @@ def test_progress_is_stored_sparsely_while_cancellation_is_read_each_second(serv
     stored = [e["step"] for e in request_events(client, payload.request_id) if e["kind"] == "progress"]
     assert stored == [1, 300, 1]
 
+    rt.settings.progress_event_interval_s = 1.0
+    time.sleep(1.05)
+    reporter.progress("prefix", 3, 300, 0.4)  # the interval passed: a middle step is stored
+    assert [e["step"] for e in request_events(client, payload.request_id) if e["kind"] == "progress"][-1] == 3
+
 
 def test_protected_person_is_nothing_to_forget(service, tiny_world: World):
     rt = service[1]
