@@ -56,9 +56,9 @@ class Bars:
     def _line(self, phase: str, step: int, total: int, loss: float) -> None:
         # Rich draws nothing to a non-terminal until the end: a 20-min world build would look hung in a log.
         key, now = (phase, total), time.monotonic()
-        if step <= 1:
+        if step <= 1 or key not in self.started:
             self.started[key] = now
-        started = self.started.setdefault(key, now)
+        started = self.started[key]
         tenth = step * 10 // total if total > 0 else 10
         if self.tenths.get(key) == tenth and step > 1:
             return

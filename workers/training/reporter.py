@@ -51,9 +51,8 @@ class JobReporter:
 
     def progress(self, phase: str, step: int, total: int, loss: float) -> None:
         now = time.monotonic()
-        if step <= 1:  # a retry's phase starts again: its eta must not count the attempts before it
+        if step <= 1 or phase not in self.phase_started:  # a retry's phase starts again: its eta counts it alone
             self.phase_started[phase] = now
-        self.phase_started.setdefault(phase, now)
         # One row a second made 2,000+ rows of a 40-min job; operators read a bar and a loss curve, not every step.
         store = step in (1, total) or now - self.last_event >= self.rt.settings.progress_event_interval_s
         if not store:
